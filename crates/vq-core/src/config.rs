@@ -1,0 +1,323 @@
+//! Serde configurations of the quantizers and the checked types they are validated into.
+//!
+//! Following linfa's convention, a `*Config` is plain data with defaults (what a TOML file holds)
+//! and `validate()` turns it into a checked type (`Valid*`) before any tensor is created; every
+//! constructor of this crate takes the checked type, so an invalid configuration cannot reach a
+//! forward pass.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ConfigError;
+use crate::structures::structures;
+
+/// Hyper-parameters of one codebook's learning rule (the paper's eq. 3 and its EMA update).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CodebookConfig {
+    /// α: weight of the commitment term `‖z_e − sg[z_q]‖²`. Paper: 0.25.
+    pub commitment: f64,
+    /// β: overall weight of the VQ loss `β·(‖sg[z_e] − z_q‖² + α‖z_e − sg[z_q]‖²)`. Paper: 1.
+    pub beta: f64,
+    /// `true`: the codebook follows an exponential moving average of its assigned vectors
+    /// (the paper's default). `false`: the codebook is a trainable variable learned by gradient
+    /// (the paper's "without EMA" ablation).
+    pub ema: bool,
+    /// γ: EMA decay, in (0, 1). Paper: 0.99.
+    pub decay: f64,
+    /// ε: Laplace smoothing of the EMA cluster sizes.
+    pub epsilon: f64,
+}
+
+impl Default for CodebookConfig {
+    fn default() -> Self {
+        Self {
+            commitment: 0.25,
+            beta: 1.0,
+            ema: true,
+            decay: 0.99,
+            epsilon: 1e-5,
+        }
+    }
+}
+
+impl CodebookConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        finite_non_negative("commitment", self.commitment)?;
+        finite_non_negative("beta", self.beta)?;
+        if !(self.decay > 0.0 && self.decay < 1.0) {
+            return Err(ConfigError::DecayOutOfRange(self.decay));
+        }
+        if !(self.epsilon.is_finite() && self.epsilon > 0.0) {
+            return Err(ConfigError::invalid(
+                "epsilon",
+                format!("must be a finite number > 0, got {}", self.epsilon),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn finite_non_negative(field: &'static str, v: f64) -> Result<(), ConfigError> {
+    if v.is_finite() && v >= 0.0 {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(
+            field,
+            format!("must be a finite number ≥ 0, got {v}"),
+        ))
+    }
+}
+
+/// One codebook `[N, D]` and its learning rule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VqConfig {
+    /// N: number of codewords.
+    pub num_embeddings: usize,
+    /// D: dimension of each codeword.
+    pub embedding_dim: usize,
+    /// Learning rule of the codebook.
+    pub codebook: CodebookConfig,
+}
+
+impl Default for VqConfig {
+    fn default() -> Self {
+        Self {
+            num_embeddings: 512,
+            embedding_dim: 128,
+            codebook: CodebookConfig::default(),
+        }
+    }
+}
+
+impl VqConfig {
+    /// Checks every field (`N ≥ 1`, `D ≥ 1`, α, β ≥ 0, γ ∈ (0, 1), ε > 0).
+    pub fn validate(&self) -> Result<ValidVqConfig, ConfigError> {
+        if self.num_embeddings == 0 {
+            return Err(ConfigError::invalid("num_embeddings", "must be ≥ 1"));
+        }
+        if self.embedding_dim == 0 {
+            return Err(ConfigError::invalid("embedding_dim", "must be ≥ 1"));
+        }
+        if self.num_embeddings > u32::MAX as usize {
+            return Err(ConfigError::invalid(
+                "num_embeddings",
+                "must fit in u32 (codes are stored as u32)",
+            ));
+        }
+        self.codebook.validate()?;
+        Ok(ValidVqConfig(self.clone()))
+    }
+}
+
+/// A [`VqConfig`] whose fields have been checked; the only way to build a
+/// [`VectorQuantizer`](crate::VectorQuantizer).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidVqConfig(VqConfig);
+
+impl ValidVqConfig {
+    /// N.
+    pub fn num_embeddings(&self) -> usize {
+        self.0.num_embeddings
+    }
+    /// D.
+    pub fn embedding_dim(&self) -> usize {
+        self.0.embedding_dim
+    }
+    /// The learning rule.
+    pub fn codebook(&self) -> &CodebookConfig {
+        &self.0.codebook
+    }
+    /// The configuration this was validated from.
+    pub fn config(&self) -> &VqConfig {
+        &self.0
+    }
+}
+
+/// Which vectors share one codebook choice in the adaptive quantizer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Granularity {
+    /// Every latent vector (spatial position) picks its own codebook (the authors' code).
+    #[default]
+    PerVector,
+    /// One choice per image for all of its positions; the attention query is the mean of the
+    /// image's latent vectors.
+    PerImage,
+}
+
+/// How the multi-head attention between the query and the per-codebook keys becomes the logits
+/// fed to the Gumbel-Softmax.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SelectionLogits {
+    /// `log(mean_h softmax_i(q_h·k_{h,i}/√d_h))`: the Gumbel-Softmax samples codebook `i` with
+    /// the head-averaged attention probability, i.e. the paper's `π(i) ∝ exp(k_iᵀ z_e)` (exactly
+    /// so for one head). Computed stably with log-sum-exp.
+    #[default]
+    LogAttention,
+    /// `mean_h q_h·k_{h,i}/√d_h`: the head-averaged attention scores before the softmax.
+    MeanScores,
+    /// The head-averaged attention *probabilities* used directly as logits, as in the authors'
+    /// published code (`F.gumbel_softmax(attn_weights)`); selection is then close to uniform.
+    AttentionProbs,
+}
+
+/// The pool of codebooks of an [`AdaptiveQuantizer`](crate::AdaptiveQuantizer). A pool of one is
+/// the fixed-codebook model of the paper's Table 1.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdaptiveConfig {
+    /// C: channel count of the encoder output (the attention's model dimension).
+    pub channels: usize,
+    /// W: the capacity every codebook of the pool must have (`N·D = W`). With an empty `pool`
+    /// the pool is [`structures(W)`](crate::structures).
+    pub capacity: Option<usize>,
+    /// Explicit pool `[[N, D], ...]`; empty means `structures(capacity)`.
+    pub pool: Vec<[usize; 2]>,
+    /// Attention heads of the selector (paper: 2). Must divide `channels`.
+    pub heads: usize,
+    /// Per latent vector or per image selection.
+    pub granularity: Granularity,
+    /// How attention becomes Gumbel-Softmax logits.
+    pub logits: SelectionLogits,
+    /// Permit codebooks with `N ≤ D`.
+    pub allow_n_le_d: bool,
+    /// Learning rule shared by every codebook of the pool.
+    pub codebook: CodebookConfig,
+}
+
+impl Default for AdaptiveConfig {
+    fn default() -> Self {
+        Self {
+            channels: 128,
+            capacity: Some(65536),
+            pool: Vec::new(),
+            heads: 2,
+            granularity: Granularity::PerVector,
+            logits: SelectionLogits::LogAttention,
+            allow_n_le_d: false,
+            codebook: CodebookConfig::default(),
+        }
+    }
+}
+
+impl AdaptiveConfig {
+    /// The paper's adaptive pool: `structures(capacity)` over `channels`, 2 heads.
+    pub fn adaptive(channels: usize, capacity: usize) -> Self {
+        Self {
+            channels,
+            capacity: Some(capacity),
+            ..Self::default()
+        }
+    }
+
+    /// A pool of one fixed codebook `[n, d]` (the paper's Table 1 model); no capacity check.
+    pub fn fixed(channels: usize, n: usize, d: usize) -> Self {
+        Self {
+            channels,
+            capacity: None,
+            pool: vec![[n, d]],
+            ..Self::default()
+        }
+    }
+
+    /// Checks every field and resolves the pool.
+    pub fn validate(&self) -> Result<ValidAdaptiveConfig, ConfigError> {
+        if self.channels == 0 {
+            return Err(ConfigError::invalid("channels", "must be ≥ 1"));
+        }
+        self.codebook.validate()?;
+        let pool: Vec<[usize; 2]> = if self.pool.is_empty() {
+            match self.capacity {
+                Some(w) => structures(w)?,
+                None => {
+                    return Err(ConfigError::invalid(
+                        "pool",
+                        "is empty and no `capacity` is given to derive it from",
+                    ))
+                }
+            }
+        } else {
+            self.pool.clone()
+        };
+        if pool.is_empty() {
+            return Err(ConfigError::EmptyPool);
+        }
+        let mut codebooks = Vec::with_capacity(pool.len());
+        for &[n, d] in &pool {
+            if let Some(w) = self.capacity {
+                if n.checked_mul(d) != Some(w) {
+                    return Err(ConfigError::CapacityMismatch { n, d, w });
+                }
+            }
+            if n <= d && !self.allow_n_le_d {
+                return Err(ConfigError::NotMoreEmbeddingsThanDims { n, d });
+            }
+            codebooks.push(
+                VqConfig {
+                    num_embeddings: n,
+                    embedding_dim: d,
+                    codebook: self.codebook.clone(),
+                }
+                .validate()?,
+            );
+        }
+        if codebooks.len() > 1 {
+            if self.heads == 0 {
+                return Err(ConfigError::invalid("heads", "must be ≥ 1"));
+            }
+            if self.channels % self.heads != 0 {
+                return Err(ConfigError::HeadsDoNotDivide {
+                    heads: self.heads,
+                    channels: self.channels,
+                });
+            }
+        }
+        Ok(ValidAdaptiveConfig {
+            config: self.clone(),
+            codebooks,
+        })
+    }
+}
+
+/// An [`AdaptiveConfig`] whose pool is resolved and checked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidAdaptiveConfig {
+    config: AdaptiveConfig,
+    codebooks: Vec<ValidVqConfig>,
+}
+
+impl ValidAdaptiveConfig {
+    /// The codebooks of the pool, in order.
+    pub fn codebooks(&self) -> &[ValidVqConfig] {
+        &self.codebooks
+    }
+    /// The `[N, D]` of each codebook.
+    pub fn pool(&self) -> Vec<[usize; 2]> {
+        self.codebooks
+            .iter()
+            .map(|c| [c.num_embeddings(), c.embedding_dim()])
+            .collect()
+    }
+    /// C.
+    pub fn channels(&self) -> usize {
+        self.config.channels
+    }
+    /// Attention heads.
+    pub fn heads(&self) -> usize {
+        self.config.heads
+    }
+    /// Per-vector or per-image selection.
+    pub fn granularity(&self) -> Granularity {
+        self.config.granularity
+    }
+    /// Logit mode of the selector.
+    pub fn logits(&self) -> SelectionLogits {
+        self.config.logits
+    }
+    /// The configuration this was validated from.
+    pub fn config(&self) -> &AdaptiveConfig {
+        &self.config
+    }
+}

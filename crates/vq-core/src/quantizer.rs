@@ -1,0 +1,160 @@
+//! The [`Quantizer`] trait shared by every quantizer of this crate, what a forward pass is told
+//! ([`Step`]) and what it returns ([`QuantizerOutput`], [`Codes`]).
+
+use candle_core::Tensor;
+use rand::RngCore;
+
+use crate::error::{Result, VqError};
+
+/// How the codebook of each vector is selected in a forward pass.
+pub enum Selection<'a> {
+    /// Gumbel-Softmax at temperature `tau` with noise from `rng`; `hard` gives the exact one-hot
+    /// with the straight-through gradient (the paper), otherwise the soft relaxation mixes the
+    /// codebooks' outputs.
+    Gumbel {
+        tau: f64,
+        hard: bool,
+        rng: &'a mut dyn RngCore,
+    },
+    /// Gumbel-Softmax with caller-provided noise `[units, m]` (common random numbers across
+    /// models, reference tests).
+    GumbelWithNoise {
+        tau: f64,
+        hard: bool,
+        noise: &'a Tensor,
+    },
+    /// Deterministic argmax of the selection logits (evaluation, encoding).
+    Argmax,
+}
+
+/// What a forward pass should do besides quantizing.
+pub struct Step<'a> {
+    /// Move EMA codebooks towards their assigned vectors.
+    pub update_codebooks: bool,
+    /// Codebook selection.
+    pub selection: Selection<'a>,
+}
+
+impl<'a> Step<'a> {
+    /// A training step: EMA update, hard Gumbel-Softmax at `tau`.
+    pub fn train(tau: f64, rng: &'a mut dyn RngCore) -> Self {
+        Self {
+            update_codebooks: true,
+            selection: Selection::Gumbel {
+                tau,
+                hard: true,
+                rng,
+            },
+        }
+    }
+
+    /// A validation pass as in the paper: no update, hard Gumbel-Softmax at τ = 1.
+    pub fn validate(rng: &'a mut dyn RngCore) -> Self {
+        Self {
+            update_codebooks: false,
+            selection: Selection::Gumbel {
+                tau: crate::gumbel::VALIDATION_TAU,
+                hard: true,
+                rng,
+            },
+        }
+    }
+
+    /// Deterministic evaluation: no update, argmax selection.
+    pub fn eval() -> Step<'static> {
+        Step {
+            update_codebooks: false,
+            selection: Selection::Argmax,
+        }
+    }
+}
+
+/// The code of every latent position: which codebook, and which row of it.
+#[derive(Clone, Debug)]
+pub struct Codes {
+    /// `[B, *S]` u32: codebook id in the pool (0 for a single codebook).
+    pub codebook: Tensor,
+    /// `[B, *S]` u32: row of that codebook.
+    pub index: Tensor,
+}
+
+/// What [`Quantizer::forward`] returns. `m` is the number of codebooks.
+#[derive(Clone, Debug)]
+pub struct QuantizerOutput {
+    /// `[B, C, *S]`: quantized latents; forward value is the selected codebook's output,
+    /// gradient reaches the input through the straight-through estimator.
+    pub z_q: Tensor,
+    /// Scalar: mean of the pool's VQ losses (the paper's eq. 4 without the reconstruction).
+    pub loss: Tensor,
+    /// `[m]` (detached): each codebook's VQ loss.
+    pub codebook_losses: Tensor,
+    /// `[m]` (detached): each codebook's code-usage perplexity on this batch.
+    pub perplexity: Tensor,
+    /// `[m]` f32: how many selection units (vectors, or images for per-image selection) chose
+    /// each codebook.
+    pub selection_counts: Tensor,
+    /// Per-position codes.
+    pub codes: Codes,
+    /// `[units, m]` selection logits (`None` for a single codebook).
+    pub logits: Option<Tensor>,
+}
+
+/// A vector quantizer of channel-first latents `[B, C, *S]` (images `[B, C, H, W]`, sequences
+/// `[B, C, L]`, or plain vectors `[B, C]`).
+///
+/// Implemented by [`AdaptiveQuantizer`](crate::AdaptiveQuantizer) (a pool of one is the fixed
+/// codebook model) and [`VectorQuantizer`](crate::VectorQuantizer) (no projection, `C = D`).
+pub trait Quantizer {
+    /// C: channels of the latents this quantizer accepts.
+    fn channels(&self) -> usize;
+
+    /// m: number of codebooks.
+    fn num_codebooks(&self) -> usize;
+
+    /// Quantizes `z_e` `[B, C, *S]`.
+    fn forward(&self, z_e: &Tensor, step: &mut Step<'_>) -> Result<QuantizerOutput>;
+
+    /// Codes of `z_e` with deterministic (argmax) selection and no update.
+    fn encode(&self, z_e: &Tensor) -> Result<Codes> {
+        Ok(self.forward(z_e, &mut Step::eval())?.codes)
+    }
+
+    /// Latents `[B, C, *S]` of the given codes.
+    fn decode(&self, codes: &Codes) -> Result<Tensor>;
+}
+
+/// `[B, C, *S]` → `[B·S, C]` (channels last, positions row-major).
+pub(crate) fn to_flat(z: &Tensor, channels: usize) -> Result<Tensor> {
+    let dims = z.dims();
+    if dims.len() < 2 || dims[1] != channels {
+        return Err(VqError::input(
+            "z_e",
+            format!("expected [B, {channels}, ...] (channels first), got {dims:?}"),
+        ));
+    }
+    let rank = dims.len();
+    let mut perm: Vec<usize> = vec![0];
+    perm.extend(2..rank);
+    perm.push(1);
+    let t = z.elem_count() / channels;
+    Ok(z.permute(perm)?.contiguous()?.reshape((t, channels))?)
+}
+
+/// `[B·S, C]` → `[B, C, *S]` for the spatial shape of `like` (`[B, *, *S]`).
+pub(crate) fn from_flat(flat: &Tensor, like_dims: &[usize]) -> Result<Tensor> {
+    let c = flat.dim(1)?;
+    let rank = like_dims.len();
+    let mut cl: Vec<usize> = vec![like_dims[0]];
+    cl.extend(&like_dims[2..]);
+    cl.push(c);
+    let mut perm: Vec<usize> = vec![0, rank - 1];
+    perm.extend(1..rank - 1);
+    Ok(flat.reshape(cl)?.permute(perm)?.contiguous()?)
+}
+
+/// `[B, *S]` shape of the codes of latents `[B, C, *S]`.
+pub(crate) fn code_shape(like_dims: &[usize]) -> Vec<usize> {
+    let mut s = vec![like_dims[0]];
+    s.extend(&like_dims[2..]);
+    s
+}

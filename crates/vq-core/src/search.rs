@@ -1,0 +1,522 @@
+//! Exact nearest-codeword search under squared L2, in bounded memory.
+//!
+//! Three implementations give the same answer (ties go to the lowest index):
+//! - [`SearchMethod::Fused`] (CPU): a register-tiled kernel that computes `‖e‖² − 2⟨x, e⟩` for a
+//!   4-row × 16-codeword tile and folds it straight into a running per-lane minimum, so no
+//!   distance is ever written to memory. Rows are split over the rayon pool; codewords are
+//!   visited in panels that stay in cache. AVX2 is used when the CPU has it (chosen at run time,
+//!   same arithmetic, so results do not depend on the machine).
+//! - [`SearchMethod::Sorted`] (CPU, `D = 1`): binary search in the sorted codebook, `O(T log N)`.
+//! - [`SearchMethod::Blocked`] (any device): candle matmul + argmin over row blocks whose
+//!   `rows × N` distance block never exceeds [`MAX_BLOCK_BYTES`].
+//!
+//! [`nearest_brute_force`] is the plain reference (exact distances in f64) the tests compare with.
+
+use candle_core::{DType, Device, Storage, Tensor};
+use rayon::prelude::*;
+
+use crate::error::{Result, VqError};
+
+/// Upper bound of the distance block the [`SearchMethod::Blocked`] path materialises.
+pub const MAX_BLOCK_BYTES: usize = 64 << 20;
+
+/// Which nearest-neighbour implementation to run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SearchMethod {
+    /// `Sorted` for `D = 1` and `Fused` otherwise on the CPU; `Blocked` on accelerators.
+    #[default]
+    Auto,
+    /// Fused distance + argmin kernel (CPU only).
+    Fused,
+    /// Sorted-codebook search (CPU only, `D = 1`).
+    Sorted,
+    /// Blocked matmul + argmin with candle ops (any device).
+    Blocked,
+}
+
+/// Index of the nearest codeword (squared L2, lowest index on ties) for every row.
+///
+/// * `x`: `[T, D]` f32, the vectors to quantize.
+/// * `codebook`: `[N, D]` f32.
+/// * returns `[T]` u32 on the device of `x`.
+pub fn nearest(x: &Tensor, codebook: &Tensor, method: SearchMethod) -> Result<Tensor> {
+    let _span = tracing::trace_span!("nearest", t = x.dim(0).unwrap_or(0)).entered();
+    let (t, d) = x
+        .dims2()
+        .map_err(|_| VqError::input("x", format!("expected [T, D], got {:?}", x.shape())))?;
+    let (n, d2) = codebook.dims2().map_err(|_| {
+        VqError::input(
+            "codebook",
+            format!("expected [N, D], got {:?}", codebook.shape()),
+        )
+    })?;
+    if d != d2 {
+        return Err(VqError::input(
+            "x",
+            format!("vector dimension {d} differs from the codebook's {d2}"),
+        ));
+    }
+    if n == 0 {
+        return Err(VqError::input("codebook", "has no rows"));
+    }
+    if x.dtype() != DType::F32 || codebook.dtype() != DType::F32 {
+        return Err(VqError::input("x", "nearest-neighbour search expects f32"));
+    }
+    let on_cpu = matches!(x.device(), Device::Cpu);
+    let method = match method {
+        SearchMethod::Auto if !on_cpu => SearchMethod::Blocked,
+        SearchMethod::Auto if d == 1 => SearchMethod::Sorted,
+        SearchMethod::Auto => SearchMethod::Fused,
+        m => m,
+    };
+    if t == 0 {
+        return Ok(Tensor::zeros(0, DType::U32, x.device())?);
+    }
+    match method {
+        SearchMethod::Blocked => nearest_blocked(x, codebook),
+        SearchMethod::Sorted | SearchMethod::Fused => {
+            if !on_cpu {
+                return Err(VqError::input(
+                    "x",
+                    "fused/sorted search runs on the CPU only",
+                ));
+            }
+            let x = x.contiguous()?;
+            let codebook = codebook.contiguous()?;
+            let idx = with_cpu_f32(&x, |xs| {
+                with_cpu_f32(&codebook, |es| {
+                    if method == SearchMethod::Sorted {
+                        if d != 1 {
+                            return Err(VqError::input(
+                                "codebook",
+                                format!("sorted search needs D = 1, got D = {d}"),
+                            ));
+                        }
+                        Ok(nearest_sorted_1d(xs, es))
+                    } else {
+                        Ok(nearest_fused(xs, es, d))
+                    }
+                })?
+            })??;
+            Ok(Tensor::from_vec(idx, t, x.device())?)
+        }
+        SearchMethod::Auto => unreachable!("resolved above"),
+    }
+}
+
+/// Runs `f` on the contiguous f32 data of a CPU tensor without copying it.
+pub(crate) fn with_cpu_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        return Err(VqError::input("tensor", "expected a CPU tensor"));
+    };
+    let data = cpu.as_slice::<f32>()?;
+    let (a, b) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| VqError::input("tensor", "expected a contiguous tensor"))?;
+    Ok(f(&data[a..b]))
+}
+
+fn nearest_blocked(x: &Tensor, codebook: &Tensor) -> Result<Tensor> {
+    let (t, _) = x.dims2()?;
+    let n = codebook.dim(0)?;
+    let e_norm = codebook.sqr()?.sum(1)?.unsqueeze(0)?; // [1, N]
+    let et = codebook.t()?.contiguous()?; // [D, N]
+    let rows = (MAX_BLOCK_BYTES / (4 * n)).clamp(1, t);
+    let mut parts = Vec::with_capacity(t.div_ceil(rows));
+    let mut start = 0;
+    while start < t {
+        let len = rows.min(t - start);
+        let xb = x.narrow(0, start, len)?;
+        let dist = xb.matmul(&et)?.affine(-2.0, 0.0)?.broadcast_add(&e_norm)?;
+        parts.push(dist.argmin(1)?);
+        start += len;
+    }
+    Ok(Tensor::cat(&parts, 0)?)
+}
+
+/// Plain reference: exact squared distances in f64, strict `<` scan so the lowest index wins.
+///
+/// `x` is `[T, D]` and `codebook` `[N, D]`, both row-major.
+pub fn nearest_brute_force(x: &[f32], codebook: &[f32], d: usize) -> Vec<u32> {
+    assert!(d > 0 && x.len() % d == 0 && codebook.len() % d == 0);
+    x.chunks_exact(d)
+        .map(|xr| {
+            let mut best = f64::INFINITY;
+            let mut arg = 0u32;
+            for (j, er) in codebook.chunks_exact(d).enumerate() {
+                let dist: f64 = xr
+                    .iter()
+                    .zip(er)
+                    .map(|(&a, &b)| {
+                        let z = a as f64 - b as f64;
+                        z * z
+                    })
+                    .sum();
+                if dist < best {
+                    best = dist;
+                    arg = j as u32;
+                }
+            }
+            arg
+        })
+        .collect()
+}
+
+/// Binary search in the sorted codebook (`D = 1`); ties go to the lowest index.
+pub fn nearest_sorted_1d(x: &[f32], codebook: &[f32]) -> Vec<u32> {
+    let n = codebook.len();
+    assert!(n > 0);
+    let mut order: Vec<(f32, u32)> = codebook
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| (v, i as u32))
+        .collect();
+    order.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    let vals: Vec<f32> = order.iter().map(|p| p.0).collect();
+    // For every sorted slot, the lowest codebook index among the codewords of equal value.
+    let mut best_idx: Vec<u32> = order.iter().map(|p| p.1).collect();
+    for i in 1..n {
+        if vals[i] == vals[i - 1] {
+            best_idx[i] = best_idx[i - 1].min(best_idx[i]);
+        }
+    }
+    // Propagate backwards too, so any slot of a run knows the run's minimum index.
+    for i in (0..n - 1).rev() {
+        if vals[i] == vals[i + 1] {
+            best_idx[i] = best_idx[i + 1].min(best_idx[i]);
+        }
+    }
+    x.par_iter()
+        .with_min_len(1024)
+        .map(|&v| {
+            let p = vals.partition_point(|&e| e < v);
+            let right = (p < n).then(|| {
+                let z = vals[p] - v;
+                (z * z, best_idx[p])
+            });
+            let left = (p > 0).then(|| {
+                let z = v - vals[p - 1];
+                (z * z, best_idx[p - 1])
+            });
+            match (left, right) {
+                (Some(l), Some(r)) => {
+                    if l.0 < r.0 || (l.0 == r.0 && l.1 < r.1) {
+                        l.1
+                    } else {
+                        r.1
+                    }
+                }
+                (Some(l), None) => l.1,
+                (None, Some(r)) => r.1,
+                // NaN input: no ordering; fall back to a full scan to stay deterministic.
+                (None, None) => 0,
+            }
+        })
+        .collect()
+}
+
+const ROWS: usize = 4;
+const COLS: usize = 16;
+/// Rows of `x` a rayon task handles (their running minima live on the stack of the task).
+const ROW_CHUNK: usize = 32;
+/// Codeword panel size in floats of `D × panel` (kept in L1/L2 while a row chunk sweeps it).
+const PANEL_FLOATS: usize = 16 * 1024;
+
+/// Fused distance + running argmin kernel for any `D` (CPU). `x`: `[T, D]`, `codebook`:
+/// `[N, D]`, both row-major; returns `[T]` indices, lowest index on ties.
+pub fn nearest_fused(x: &[f32], codebook: &[f32], d: usize) -> Vec<u32> {
+    assert!(d > 0 && x.len() % d == 0 && codebook.len() % d == 0);
+    let t = x.len() / d;
+    let n = codebook.len() / d;
+    assert!(n > 0);
+    let n_pad = n.div_ceil(COLS) * COLS;
+    // Transposed, padded codebook [D, n_pad] and norms; padding columns have norm +inf so they
+    // never win.
+    let mut et = vec![0f32; d * n_pad];
+    let mut enorm = vec![f32::INFINITY; n_pad];
+    for (j, row) in codebook.chunks_exact(d).enumerate() {
+        let mut s = 0f32;
+        for (k, &v) in row.iter().enumerate() {
+            et[k * n_pad + j] = v;
+            s += v * v;
+        }
+        enorm[j] = s;
+    }
+    let panel = ((PANEL_FLOATS / d) / COLS * COLS).clamp(COLS, n_pad);
+    let mut out = vec![0u32; t];
+    out.par_chunks_mut(ROW_CHUNK)
+        .enumerate()
+        .for_each(|(ci, out_chunk)| {
+            let r0 = ci * ROW_CHUNK;
+            let rows = out_chunk.len();
+            fused_rows(
+                &x[r0 * d..(r0 + rows) * d],
+                d,
+                &et,
+                &enorm,
+                n_pad,
+                panel,
+                out_chunk,
+            );
+        });
+    out
+}
+
+fn fused_rows(
+    x: &[f32],
+    d: usize,
+    et: &[f32],
+    enorm: &[f32],
+    n_pad: usize,
+    panel: usize,
+    out: &mut [u32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above).
+            unsafe { fused_rows_avx2(x, d, et, enorm, n_pad, panel, out) };
+            return;
+        }
+    }
+    fused_rows_generic(x, d, et, enorm, n_pad, panel, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn fused_rows_avx2(
+    x: &[f32],
+    d: usize,
+    et: &[f32],
+    enorm: &[f32],
+    n_pad: usize,
+    panel: usize,
+    out: &mut [u32],
+) {
+    fused_rows_generic(x, d, et, enorm, n_pad, panel, out)
+}
+
+#[inline(always)]
+fn fused_rows_generic(
+    x: &[f32],
+    d: usize,
+    et: &[f32],
+    enorm: &[f32],
+    n_pad: usize,
+    panel: usize,
+    out: &mut [u32],
+) {
+    let rows = out.len();
+    let groups = rows.div_ceil(ROWS);
+    // −2·x, padded to whole row groups.
+    let mut xs = vec![0f32; groups * ROWS * d];
+    for (dst, &src) in xs.iter_mut().zip(x) {
+        *dst = -2.0 * src;
+    }
+    let mut best_v = vec![[[f32::INFINITY; COLS]; ROWS]; groups];
+    let mut best_i = vec![[[0u32; COLS]; ROWS]; groups];
+    let mut p0 = 0;
+    while p0 < n_pad {
+        let p1 = (p0 + panel).min(n_pad);
+        for g in 0..groups {
+            let xg = &xs[g * ROWS * d..(g + 1) * ROWS * d];
+            tile_sweep(
+                xg,
+                d,
+                et,
+                enorm,
+                n_pad,
+                p0,
+                p1,
+                &mut best_v[g],
+                &mut best_i[g],
+            );
+        }
+        p0 = p1;
+    }
+    for (r, o) in out.iter_mut().enumerate() {
+        let (g, rr) = (r / ROWS, r % ROWS);
+        let (vals, idxs) = (&best_v[g][rr], &best_i[g][rr]);
+        let mut bv = vals[0];
+        let mut bi = idxs[0];
+        for c in 1..COLS {
+            if vals[c] < bv || (vals[c] == bv && idxs[c] < bi) {
+                bv = vals[c];
+                bi = idxs[c];
+            }
+        }
+        *o = bi;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn tile_sweep(
+    xg: &[f32],
+    d: usize,
+    et: &[f32],
+    enorm: &[f32],
+    n_pad: usize,
+    p0: usize,
+    p1: usize,
+    best_v: &mut [[f32; COLS]; ROWS],
+    best_i: &mut [[u32; COLS]; ROWS],
+) {
+    let mut j = p0;
+    while j < p1 {
+        let en: &[f32; COLS] = enorm[j..j + COLS].try_into().expect("padded");
+        let mut acc = [*en; ROWS];
+        for k in 0..d {
+            let e: &[f32; COLS] = et[k * n_pad + j..k * n_pad + j + COLS]
+                .try_into()
+                .expect("padded");
+            for r in 0..ROWS {
+                let xv = xg[r * d + k];
+                for c in 0..COLS {
+                    acc[r][c] += xv * e[c];
+                }
+            }
+        }
+        for r in 0..ROWS {
+            for c in 0..COLS {
+                let better = acc[r][c] < best_v[r][c];
+                best_v[r][c] = if better { acc[r][c] } else { best_v[r][c] };
+                best_i[r][c] = if better { (j + c) as u32 } else { best_i[r][c] };
+            }
+        }
+        j += COLS;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    fn ints(rng: &mut ChaCha8Rng, len: usize, lo: i32, hi: i32) -> Vec<f32> {
+        (0..len).map(|_| rng.random_range(lo..=hi) as f32).collect()
+    }
+
+    fn gauss(rng: &mut ChaCha8Rng, len: usize) -> Vec<f32> {
+        (0..len)
+            .map(|_| {
+                let u: f32 = rng.random_range(-1.0..1.0);
+                let v: f32 = rng.random_range(-1.0..1.0);
+                u + v
+            })
+            .collect()
+    }
+
+    /// Integer-valued data: every distance is exact in f32, so all methods must agree with the
+    /// f64 brute force bit for bit, ties included (small ranges produce many ties).
+    #[test]
+    fn exact_on_integer_data_with_ties() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        for &(n, d) in &[
+            (1usize, 1usize),
+            (1, 3),
+            (2, 1),
+            (5, 2),
+            (17, 1),
+            (33, 4),
+            (100, 7),
+            (512, 128),
+            (4096, 16),
+            (65536, 1),
+            (16384, 4),
+        ] {
+            let t = if n * d > 100_000 { 300 } else { 129 };
+            let x = ints(&mut rng, t * d, -3, 3);
+            let e = ints(&mut rng, n * d, -3, 3);
+            let want = nearest_brute_force(&x, &e, d);
+            assert_eq!(nearest_fused(&x, &e, d), want, "fused n={n} d={d}");
+            if d == 1 {
+                assert_eq!(nearest_sorted_1d(&x, &e), want, "sorted n={n}");
+            }
+            let xt = Tensor::from_vec(x.clone(), (t, d), &Device::Cpu).unwrap();
+            let et = Tensor::from_vec(e.clone(), (n, d), &Device::Cpu).unwrap();
+            let blocked = nearest(&xt, &et, SearchMethod::Blocked)
+                .unwrap()
+                .to_vec1::<u32>()
+                .unwrap();
+            assert_eq!(blocked, want, "blocked n={n} d={d}");
+            let auto = nearest(&xt, &et, SearchMethod::Auto)
+                .unwrap()
+                .to_vec1::<u32>()
+                .unwrap();
+            assert_eq!(auto, want, "auto n={n} d={d}");
+        }
+    }
+
+    /// Continuous data: f32 rounding can only flip near-ties, so the chosen codeword's exact
+    /// distance must equal the exact minimum up to f32 rounding of the expansion.
+    #[test]
+    fn near_optimal_on_continuous_data() {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        for &(n, d) in &[
+            (512usize, 128usize),
+            (2048, 32),
+            (8192, 8),
+            (32768, 2),
+            (65536, 1),
+        ] {
+            let t = 200;
+            let x = gauss(&mut rng, t * d);
+            let e = gauss(&mut rng, n * d);
+            let want = nearest_brute_force(&x, &e, d);
+            let got = nearest_fused(&x, &e, d);
+            let dist = |r: usize, j: u32| -> f64 {
+                (0..d)
+                    .map(|k| {
+                        let z = x[r * d + k] as f64 - e[j as usize * d + k] as f64;
+                        z * z
+                    })
+                    .sum()
+            };
+            let sorted = (d == 1).then(|| nearest_sorted_1d(&x, &e));
+            let (mut same_fused, mut same_sorted) = (0, 0);
+            for r in 0..t {
+                let (a, b) = (dist(r, got[r]), dist(r, want[r]));
+                let scale: f64 = 1.0
+                    + (0..d).map(|k| (x[r * d + k] as f64).powi(2)).sum::<f64>()
+                    + (0..d)
+                        .map(|k| (e[got[r] as usize * d + k] as f64).powi(2))
+                        .sum::<f64>();
+                assert!(a - b <= 1e-5 * scale, "row {r}: {a} vs {b} (n={n} d={d})");
+                same_fused += (got[r] == want[r]) as usize;
+                if let Some(s) = &sorted {
+                    // Sorted search compares (x − e)² directly: only exact f32 ties can differ.
+                    assert!(dist(r, s[r]) - b <= 1e-12, "sorted row {r}");
+                    same_sorted += (s[r] == want[r]) as usize;
+                }
+            }
+            // ‖e‖² − 2⟨x, e⟩ in f32 cannot separate codewords closer than ~1e-7·‖e‖², which a
+            // dense low-dimensional codebook has; with D ≥ 8 the nearest is well separated.
+            if d >= 8 {
+                assert!(
+                    same_fused >= t - 2,
+                    "only {same_fused}/{t} identical (n={n} d={d})"
+                );
+            }
+            if sorted.is_some() {
+                assert!(
+                    same_sorted >= t - 2,
+                    "sorted: only {same_sorted}/{t} identical"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn empty_and_mismatched_inputs() {
+        let x = Tensor::zeros((3, 2), DType::F32, &Device::Cpu).unwrap();
+        let e = Tensor::zeros((4, 3), DType::F32, &Device::Cpu).unwrap();
+        let err = nearest(&x, &e, SearchMethod::Auto).unwrap_err();
+        assert!(err.to_string().contains("differs"), "{err}");
+        let e1 = Tensor::zeros((4, 2), DType::F32, &Device::Cpu).unwrap();
+        let err = nearest(&x, &e1, SearchMethod::Sorted).unwrap_err();
+        assert!(err.to_string().contains("D = 1"), "{err}");
+    }
+}

@@ -1,0 +1,410 @@
+//! One codebook `[N, D]`: nearest-codeword quantization with a straight-through output, the
+//! paper's eq. 3 loss, and an EMA or gradient-learned codebook.
+
+use candle_core::{DType, Tensor, Var};
+use candle_nn::{Init, VarBuilder};
+
+use crate::config::ValidVqConfig;
+use crate::error::{Result, VqError};
+use crate::search::{nearest, SearchMethod};
+
+/// EMA state of a codebook: `N_i` (cluster sizes) and `m_i` (running sums).
+#[derive(Clone, Debug)]
+struct EmaState {
+    cluster_size: Var,
+    ema_w: Var,
+}
+
+/// Vector quantizer over one codebook `[N, D]`.
+///
+/// Variables (relative to the builder's prefix):
+/// - `embedding` `[N, D]`: the codebook. With EMA it is a buffer (never receives a gradient);
+///   without EMA it is a trainable parameter.
+/// - `ema_cluster_size` `[N]`, `ema_w` `[N, D]`: EMA buffers (EMA mode only).
+///
+/// EMA initialisation follows the authors' code (zalando's `VectorQuantizerEMA`): codebook and
+/// running sums drawn independently from N(0, 1), cluster sizes zero.
+#[derive(Clone, Debug)]
+pub struct VectorQuantizer {
+    config: ValidVqConfig,
+    embedding: Var,
+    ema: Option<EmaState>,
+    search: SearchMethod,
+}
+
+/// What [`VectorQuantizer::forward`] returns.
+#[derive(Clone, Debug)]
+pub struct VqOutput {
+    /// `[T, D]`: the selected codewords in the forward pass, identity gradient to the input
+    /// (straight-through estimator).
+    pub quantized: Tensor,
+    /// `[T]` u32: index of the selected codeword of each vector.
+    pub indices: Tensor,
+    /// Scalar: `β·(‖sg[z_e] − z_q‖² + α‖z_e − sg[z_q]‖²)` (mean squared errors).
+    pub loss: Tensor,
+    /// `[N]` f32: how many vectors each codeword received.
+    pub counts: Tensor,
+    /// Scalar: `exp(−Σ p log p)` of the code usage in this batch.
+    pub perplexity: Tensor,
+}
+
+fn as_var(t: Tensor) -> Result<Var> {
+    Ok(Var::from_tensor(&t)?)
+}
+
+impl VectorQuantizer {
+    /// Builds the codebook (and EMA buffers) under `vb`.
+    pub fn new(config: &ValidVqConfig, vb: VarBuilder) -> Result<Self> {
+        let (n, d) = (config.num_embeddings(), config.embedding_dim());
+        let cb = config.codebook();
+        let (embedding, ema) = if cb.ema {
+            let normal = Init::Randn {
+                mean: 0.0,
+                stdev: 1.0,
+            };
+            let embedding = as_var(vb.get_with_hints((n, d), "embedding", normal)?)?;
+            let ema_w = as_var(vb.get_with_hints((n, d), "ema_w", normal)?)?;
+            let cluster_size =
+                as_var(vb.get_with_hints(n, "ema_cluster_size", Init::Const(0.0))?)?;
+            (
+                embedding,
+                Some(EmaState {
+                    cluster_size,
+                    ema_w,
+                }),
+            )
+        } else {
+            let bound = 1.0 / n as f64;
+            let init = Init::Uniform {
+                lo: -bound,
+                up: bound,
+            };
+            (as_var(vb.get_with_hints((n, d), "embedding", init)?)?, None)
+        };
+        Ok(Self {
+            config: config.clone(),
+            embedding,
+            ema,
+            search: SearchMethod::Auto,
+        })
+    }
+
+    /// Chooses the nearest-neighbour implementation (default: [`SearchMethod::Auto`]).
+    pub fn with_search(mut self, search: SearchMethod) -> Self {
+        self.search = search;
+        self
+    }
+
+    /// The validated configuration.
+    pub fn config(&self) -> &ValidVqConfig {
+        &self.config
+    }
+
+    /// `[N, D]`: the current codebook (detached in EMA mode).
+    pub fn codebook(&self) -> Tensor {
+        if self.ema.is_some() {
+            self.embedding.as_detached_tensor()
+        } else {
+            self.embedding.as_tensor().clone()
+        }
+    }
+
+    /// `[N]` EMA cluster sizes, when the codebook is EMA-updated.
+    pub fn ema_cluster_size(&self) -> Option<Tensor> {
+        self.ema
+            .as_ref()
+            .map(|e| e.cluster_size.as_detached_tensor())
+    }
+
+    /// Nearest codeword index of each row of `x` (`[T, D]` → `[T]` u32), no gradient, no update.
+    pub fn encode(&self, x: &Tensor) -> Result<Tensor> {
+        self.check_input(x)?;
+        nearest(
+            &x.detach(),
+            &self.embedding.as_detached_tensor(),
+            self.search,
+        )
+    }
+
+    /// Codewords of `indices` (`[T]` u32 → `[T, D]`).
+    pub fn decode(&self, indices: &Tensor) -> Result<Tensor> {
+        Ok(self.codebook().index_select(indices, 0)?)
+    }
+
+    fn check_input(&self, x: &Tensor) -> Result<()> {
+        let d = self.config.embedding_dim();
+        match x.dims() {
+            [_, dd] if *dd == d => Ok(()),
+            dims => Err(VqError::input(
+                "x",
+                format!("expected [T, {d}] for codebook dimension D = {d}, got {dims:?}"),
+            )),
+        }
+    }
+
+    /// Quantizes `x` (`[T, D]`). With `update` and an EMA codebook, the codebook then moves
+    /// towards the vectors assigned to it (the output uses the codebook *before* the update).
+    pub fn forward(&self, x: &Tensor, update: bool) -> Result<VqOutput> {
+        let _span = tracing::trace_span!(
+            "vq",
+            n = self.config.num_embeddings(),
+            d = self.config.embedding_dim()
+        )
+        .entered();
+        self.check_input(x)?;
+        let cb = self.config.codebook();
+        let x_sg = x.detach();
+        let codebook = self.codebook();
+        let indices = nearest(&x_sg, &codebook.detach(), self.search)?;
+        let z_q = codebook.index_select(&indices, 0)?;
+        let z_q_sg = z_q.detach();
+        // ‖sg[z_e] − z_q‖²: moves a learned codebook; a constant with EMA.
+        let codebook_loss = (&x_sg - &z_q)?.sqr()?.mean_all()?;
+        // α‖z_e − sg[z_q]‖²: commits the encoder to its codes.
+        let commitment = (x - &z_q_sg)?.sqr()?.mean_all()?;
+        let loss =
+            (codebook_loss + commitment.affine(cb.commitment, 0.0)?)?.affine(cb.beta, 0.0)?;
+        // Straight-through: forward value is exactly z_q, gradient w.r.t. x is the identity.
+        let quantized = (&z_q_sg + (x - &x_sg)?)?;
+        let t = x.dim(0)?;
+        let n = self.config.num_embeddings();
+        let ones = Tensor::ones(t, DType::F32, x.device())?;
+        let counts = Tensor::zeros(n, DType::F32, x.device())?.index_add(&indices, &ones, 0)?;
+        let p = counts.affine(1.0 / t.max(1) as f64, 0.0)?;
+        let perplexity = (&p * p.affine(1.0, 1e-10)?.log()?)?
+            .sum_all()?
+            .neg()?
+            .exp()?;
+        if update {
+            if let Some(ema) = &self.ema {
+                self.ema_update(ema, &x_sg, &indices, &counts)?;
+            }
+        }
+        Ok(VqOutput {
+            quantized,
+            indices,
+            loss,
+            counts,
+            perplexity,
+        })
+    }
+
+    /// `N ← γN + (1−γ)n`, Laplace smoothing, `m ← γm + (1−γ)Σx`, `e = m / N`.
+    fn ema_update(
+        &self,
+        ema: &EmaState,
+        x: &Tensor,
+        indices: &Tensor,
+        counts: &Tensor,
+    ) -> Result<()> {
+        let _span = tracing::trace_span!("ema_update").entered();
+        let cb = self.config.codebook();
+        let (g, eps) = (cb.decay, cb.epsilon);
+        let n_codes = self.config.num_embeddings() as f64;
+        let cs = (ema.cluster_size.as_detached_tensor().affine(g, 0.0)?
+            + counts.affine(1.0 - g, 0.0)?)?;
+        let total = cs.sum_all()?;
+        let denom = total.affine(1.0, n_codes * eps)?;
+        let cs = cs
+            .affine(1.0, eps)?
+            .broadcast_div(&denom)?
+            .broadcast_mul(&total)?;
+        let dw = ema.ema_w.zeros_like()?.index_add(indices, x, 0)?;
+        let ema_w = (ema.ema_w.as_detached_tensor().affine(g, 0.0)? + dw.affine(1.0 - g, 0.0)?)?;
+        let embedding = ema_w.broadcast_div(&cs.unsqueeze(1)?)?;
+        ema.cluster_size.set(&cs)?;
+        ema.ema_w.set(&ema_w)?;
+        self.embedding.set(&embedding)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{CodebookConfig, VqConfig};
+    use candle_core::Device;
+    use std::collections::HashMap;
+
+    fn vq_from(embedding: &[f32], n: usize, d: usize, ema: bool) -> VectorQuantizer {
+        let cfg = VqConfig {
+            num_embeddings: n,
+            embedding_dim: d,
+            codebook: CodebookConfig {
+                ema,
+                ..CodebookConfig::default()
+            },
+        }
+        .validate()
+        .unwrap();
+        let dev = Device::Cpu;
+        let mut ts = HashMap::new();
+        ts.insert(
+            "embedding".to_string(),
+            Tensor::from_slice(embedding, (n, d), &dev).unwrap(),
+        );
+        ts.insert(
+            "ema_w".to_string(),
+            Tensor::from_slice(embedding, (n, d), &dev).unwrap(),
+        );
+        ts.insert(
+            "ema_cluster_size".to_string(),
+            Tensor::ones(n, DType::F32, &dev).unwrap(),
+        );
+        let vb = VarBuilder::from_tensors(ts, DType::F32, &dev);
+        VectorQuantizer::new(&cfg, vb).unwrap()
+    }
+
+    /// EMA update on a 3-codeword, 2-dim example, computed by hand:
+    /// codebook e0 = (0,0), e1 = (1,1), e2 = (5,5); ema_w = codebook; cluster sizes 1.
+    /// x = (0.2,0), (0,0.4), (1.2,1.0) → indices 0, 0, 1; counts (2, 1, 0).
+    /// γ = 0.99: N = (0.99+0.02, 0.99+0.01, 0.99) = (1.01, 1.00, 0.99), ΣN = 3.0
+    /// Laplace (ε = 1e-5): N_i ← (N_i + ε)/(3 + 3ε)·3
+    /// Σx per code: (0.2, 0.4), (1.2, 1.0), (0, 0)
+    /// m = 0.99·e + 0.01·Σx: (0.002, 0.004), (1.002, 1.0), (4.95, 4.95)
+    /// e_new = m / N.
+    #[test]
+    fn ema_update_matches_hand_computation() {
+        let vq = vq_from(&[0., 0., 1., 1., 5., 5.], 3, 2, true);
+        let x = Tensor::from_slice(&[0.2f32, 0., 0., 0.4, 1.2, 1.0], (3, 2), &Device::Cpu).unwrap();
+        let out = vq.forward(&x, true).unwrap();
+        assert_eq!(out.indices.to_vec1::<u32>().unwrap(), vec![0, 0, 1]);
+        assert_eq!(out.counts.to_vec1::<f32>().unwrap(), vec![2.0, 1.0, 0.0]);
+        let eps = 1e-5f64;
+        let n_raw = [1.01f64, 1.00, 0.99];
+        let total: f64 = n_raw.iter().sum();
+        let n_s: Vec<f64> = n_raw
+            .iter()
+            .map(|v| (v + eps) / (total + 3.0 * eps) * total)
+            .collect();
+        let m = [[0.002f64, 0.004], [1.002, 1.0], [4.95, 4.95]];
+        let want: Vec<f64> = (0..3)
+            .flat_map(|i| [m[i][0] / n_s[i], m[i][1] / n_s[i]])
+            .collect();
+        let got = vq
+            .codebook()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            assert!((*g as f64 - w).abs() < 1e-6, "{got:?} vs {want:?}");
+        }
+        let cs = vq.ema_cluster_size().unwrap().to_vec1::<f32>().unwrap();
+        for (g, w) in cs.iter().zip(&n_s) {
+            assert!((*g as f64 - w).abs() < 1e-6);
+        }
+        // Output used the codebook before the update.
+        assert_eq!(
+            out.quantized.to_vec2::<f32>().unwrap(),
+            vec![vec![0., 0.], vec![0., 0.], vec![1., 1.]]
+        );
+        // Loss by hand: MSE(x, z_q) = (0.04 + 0.16 + 0.04 + 0)/6 = 0.04; β(1 + α)·0.04 = 0.05.
+        let loss = out.loss.to_scalar::<f32>().unwrap();
+        assert!((loss - 0.05).abs() < 1e-6, "{loss}");
+        // Perplexity of usage (2/3, 1/3, 0): exp(-(2/3 ln 2/3 + 1/3 ln 1/3)) = 1.8899.
+        let ppl = out.perplexity.to_scalar::<f32>().unwrap();
+        assert!((ppl - 1.889_882_5).abs() < 1e-4, "{ppl}");
+    }
+
+    /// Every quantized vector is exactly a codebook row, the row of the brute-force argmin.
+    #[test]
+    fn quantized_rows_are_codewords_of_the_argmin() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+        for &(n, d) in &[(64usize, 8usize), (300, 3), (1000, 1)] {
+            let e: Vec<f32> = (0..n * d).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let x: Vec<f32> = (0..257 * d).map(|_| rng.random_range(-1.2..1.2)).collect();
+            let vq = vq_from(&e, n, d, true);
+            let xt = Tensor::from_slice(&x, (257, d), &Device::Cpu).unwrap();
+            let out = vq.forward(&xt, false).unwrap();
+            let idx = out.indices.to_vec1::<u32>().unwrap();
+            let q = out.quantized.to_vec2::<f32>().unwrap();
+            let brute = crate::search::nearest_brute_force(&x, &e, d);
+            let mut same = 0;
+            for (r, row) in q.iter().enumerate() {
+                let j = idx[r] as usize;
+                assert_eq!(
+                    row.as_slice(),
+                    &e[j * d..(j + 1) * d],
+                    "row {r} is codeword {j}"
+                );
+                same += (idx[r] == brute[r]) as usize;
+            }
+            // f32 expansion vs exact f64 distances may only flip rare near-ties.
+            assert!(
+                same >= 255,
+                "{same}/257 agree with brute force (n={n}, d={d})"
+            );
+            assert!(out.loss.to_scalar::<f32>().unwrap() >= 0.0);
+        }
+    }
+
+    /// Laplace smoothing keeps every cluster size positive, even for codes never used while the
+    /// raw EMA decays them towards zero.
+    #[test]
+    fn laplace_keeps_counts_positive() {
+        let vq = vq_from(&[0., 0., 1., 1., 50., 50.], 3, 2, true);
+        let x = Tensor::from_slice(&[0.1f32, 0.1, 0.9, 0.9], (2, 2), &Device::Cpu).unwrap();
+        for _ in 0..3000 {
+            vq.forward(&x, true).unwrap();
+        }
+        let cs = vq.ema_cluster_size().unwrap().to_vec1::<f32>().unwrap();
+        assert!(cs.iter().all(|&c| c > 0.0), "{cs:?}");
+        assert!(cs[2] < 1e-3, "unused code decays: {cs:?}");
+        assert!(vq
+            .codebook()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .all(|v| v.is_finite()));
+    }
+
+    #[test]
+    fn straight_through_gradient_is_identity() {
+        let vq = vq_from(&[0., 0., 1., 1., 5., 5.], 3, 2, true);
+        let x = Var::from_slice(&[0.2f32, 0., 0., 0.4, 1.2, 1.0], (3, 2), &Device::Cpu).unwrap();
+        let w = Tensor::from_slice(&[1f32, 2., 3., 4., 5., 6.], (3, 2), &Device::Cpu).unwrap();
+        let out = vq.forward(x.as_tensor(), false).unwrap();
+        // L = Σ w ⊙ quantized  ⇒ ∂L/∂x = w exactly.
+        let g = (out.quantized * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gx = g.get(x.as_tensor()).unwrap();
+        assert_eq!(gx.to_vec2::<f32>().unwrap(), w.to_vec2::<f32>().unwrap());
+        // Codebook of an EMA quantizer never receives a gradient.
+        assert!(g.get(vq.embedding.as_tensor()).is_none());
+    }
+
+    /// Learned codebook: the loss gradient w.r.t. the selected codeword is
+    /// β·2(z_q − z_e)/(T·D) from the codebook term (hand derivative of the MSE).
+    #[test]
+    fn learned_codebook_gets_gradient() {
+        let vq = vq_from(&[0., 0., 1., 1., 5., 5.], 3, 2, false);
+        let x = Tensor::from_slice(&[0.2f32, 0., 1.2, 1.0], (2, 2), &Device::Cpu).unwrap();
+        let out = vq.forward(&x, true).unwrap();
+        let g = out.loss.backward().unwrap();
+        let ge = g
+            .get(vq.embedding.as_tensor())
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        let want = [
+            [2.0 * (0.0 - 0.2) / 4.0, 0.0],
+            [2.0 * (1.0 - 1.2) / 4.0, 2.0 * (1.0 - 1.0) / 4.0],
+            [0.0, 0.0],
+        ];
+        for i in 0..3 {
+            for k in 0..2 {
+                assert!((ge[i][k] - want[i][k] as f32).abs() < 1e-6, "{ge:?}");
+            }
+        }
+        // No EMA update in learned mode: codebook unchanged by forward.
+        assert_eq!(vq.codebook().to_vec2::<f32>().unwrap()[2], vec![5.0, 5.0]);
+    }
+}

@@ -1,0 +1,1 @@
+//! Dataset loaders for VQ autoencoders (being built: see the issue "vq-data").
