@@ -1,2 +1,33 @@
-//! VQ-VAE autoencoders over vq-core quantizers (being built: see the issue
-//! "vq-models and vq-train").
+//! VQ-VAE autoencoders of the paper around any [`vq_core::Quantizer`].
+//!
+//! - [`EncoderKind::CnnResnet`] (the base, as the VQ-VAE reference code): Conv 4×4 s2 (C→h/2),
+//!   ReLU, Conv 4×4 s2 (h/2→h), ReLU, Conv 3×3 (h→h), 2 residual blocks, ReLU; the decoder mirrors
+//!   it with two transposed convolutions.
+//! - [`EncoderKind::Cnn`]: the same without residual blocks.
+//! - [`EncoderKind::CnnInception`]: an Inception block instead of the residual stack.
+//!
+//! Latents are `[B, h, H/4, W/4]` (28 → 7×7, 32 → 8×8, 64 → 16×16, 256 → 64×64).
+//!
+//! ```
+//! use candle_core::{DType, Device, Tensor};
+//! use vq_core::{SeededVarMap, Step};
+//! use vq_models::{ModelConfig, VqVae};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let cfg = ModelConfig { hidden: 16, residual_hidden: 8, capacity: 256, ..Default::default() }.validate(1)?;
+//! let params = SeededVarMap::new(0);
+//! let model = VqVae::new(&cfg, params.var_builder(DType::F32, &Device::Cpu))?;
+//! let x = Tensor::zeros((2, 1, 28, 28), DType::F32, &Device::Cpu)?;
+//! let out = model.forward(&x, &mut Step::eval())?;
+//! assert_eq!(out.reconstruction.dims(), &[2, 1, 28, 28]);
+//! # Ok(()) }
+//! ```
+
+pub mod error;
+pub mod layers;
+pub mod model;
+
+pub use error::{ModelError, Result};
+pub use model::{
+    Decoder, Encoder, EncoderKind, ModelConfig, QuantizerSpec, ValidModelConfig, VqVae, VqVaeOutput,
+};

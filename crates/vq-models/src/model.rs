@@ -1,0 +1,389 @@
+//! The paper's autoencoders (CNN, CNN+ResNet, CNN+Inception) around any vq-core quantizer.
+
+use std::fmt;
+use std::str::FromStr;
+
+use candle_core::{Module, Tensor};
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use vq_core::{
+    AdaptiveConfig, AdaptiveQuantizer, CodebookConfig, Granularity, Quantizer, QuantizerOutput,
+    SelectionLogits, Step, ValidAdaptiveConfig,
+};
+
+use crate::error::{ModelError, Result};
+use crate::layers::{Conv2d, ConvTranspose2d, Inception, ResidualStack};
+
+/// Encoder/decoder family (the paper's encoder ablation).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EncoderKind {
+    /// Convolutions only.
+    Cnn,
+    /// Convolutions + a residual stack (the paper's base model).
+    #[default]
+    CnnResnet,
+    /// Convolutions + an Inception block.
+    CnnInception,
+}
+
+/// Which quantizer sits between encoder and decoder: `"adaptive"` or `"fixed:N,D"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuantizerSpec {
+    /// The pool `structures(capacity)` with attention selection.
+    Adaptive,
+    /// One codebook `[N, D]` (the paper's Table 1).
+    Fixed { n: usize, d: usize },
+}
+
+impl fmt::Display for QuantizerSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Adaptive => write!(f, "adaptive"),
+            Self::Fixed { n, d } => write!(f, "fixed:{n},{d}"),
+        }
+    }
+}
+
+impl FromStr for QuantizerSpec {
+    type Err = String;
+    /// Accepts `adaptive`, `fixed:N,D`, `fixed:[N,D]` and `fixed:NxD`.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let s = s.trim();
+        if s == "adaptive" {
+            return Ok(Self::Adaptive);
+        }
+        let Some(rest) = s.strip_prefix("fixed:") else {
+            return Err(format!("`{s}`: expected \"adaptive\" or \"fixed:N,D\""));
+        };
+        let rest = rest.trim().trim_start_matches('[').trim_end_matches(']');
+        let parts: Vec<&str> = rest.split([',', 'x']).map(str::trim).collect();
+        match parts.as_slice() {
+            [n, d] => match (n.parse::<usize>(), d.parse::<usize>()) {
+                (Ok(n), Ok(d)) if n > 0 && d > 0 => Ok(Self::Fixed { n, d }),
+                _ => Err(format!("`{s}`: N and D must be positive integers")),
+            },
+            _ => Err(format!("`{s}`: expected \"fixed:N,D\"")),
+        }
+    }
+}
+
+impl Serialize for QuantizerSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for QuantizerSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The whole model (the `[model]` table of a config).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Encoder/decoder family.
+    pub encoder: EncoderKind,
+    /// h: channels of the latents (the quantizer's C). Paper: 128.
+    pub hidden: usize,
+    /// Channels inside a residual block. Paper: 32.
+    pub residual_hidden: usize,
+    /// Residual blocks per stack. Paper: 2.
+    pub residual_layers: usize,
+    /// `"adaptive"` or `"fixed:N,D"`.
+    pub quantizer: QuantizerSpec,
+    /// W: capacity `N·D` of every codebook. Paper: 65536.
+    pub capacity: usize,
+    /// Attention heads of the selector. Paper: 2.
+    pub heads: usize,
+    /// Per-vector or per-image codebook selection.
+    pub granularity: Granularity,
+    /// How attention becomes selection logits.
+    pub selection_logits: SelectionLogits,
+    /// Permit codebooks with `N ≤ D`.
+    pub allow_n_le_d: bool,
+    /// α, β, EMA on/off, γ, ε.
+    pub codebook: CodebookConfig,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            encoder: EncoderKind::CnnResnet,
+            hidden: 128,
+            residual_hidden: 32,
+            residual_layers: 2,
+            quantizer: QuantizerSpec::Adaptive,
+            capacity: 65536,
+            heads: 2,
+            granularity: Granularity::PerVector,
+            selection_logits: SelectionLogits::LogAttention,
+            allow_n_le_d: false,
+            codebook: CodebookConfig::default(),
+        }
+    }
+}
+
+/// A [`ModelConfig`] checked for a number of input channels.
+#[derive(Clone, Debug)]
+pub struct ValidModelConfig {
+    config: ModelConfig,
+    in_channels: usize,
+    quantizer: ValidAdaptiveConfig,
+}
+
+impl ValidModelConfig {
+    /// The configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+    /// Image channels.
+    pub fn in_channels(&self) -> usize {
+        self.in_channels
+    }
+    /// The quantizer's validated configuration.
+    pub fn quantizer(&self) -> &ValidAdaptiveConfig {
+        &self.quantizer
+    }
+}
+
+impl ModelConfig {
+    /// The vq-core configuration of the quantizer.
+    pub fn quantizer_config(&self) -> AdaptiveConfig {
+        let pool = match self.quantizer {
+            QuantizerSpec::Adaptive => Vec::new(),
+            QuantizerSpec::Fixed { n, d } => vec![[n, d]],
+        };
+        AdaptiveConfig {
+            channels: self.hidden,
+            capacity: Some(self.capacity),
+            pool,
+            heads: self.heads,
+            granularity: self.granularity,
+            logits: self.selection_logits,
+            allow_n_le_d: self.allow_n_le_d,
+            codebook: self.codebook.clone(),
+        }
+    }
+
+    /// Checks every field for images of `in_channels` channels.
+    pub fn validate(&self, in_channels: usize) -> Result<ValidModelConfig> {
+        let bad = |field, reason: &str| {
+            Err(ModelError::Config {
+                field,
+                reason: reason.into(),
+            })
+        };
+        if in_channels == 0 {
+            return bad("channels", "images need at least one channel");
+        }
+        if self.hidden < 2 || self.hidden % 2 != 0 {
+            return bad(
+                "hidden",
+                "must be an even number ≥ 2 (the first convolution has hidden/2 channels)",
+            );
+        }
+        if self.encoder == EncoderKind::CnnInception && self.hidden % 4 != 0 {
+            return bad(
+                "hidden",
+                "must be divisible by 4 for the Inception block's four branches",
+            );
+        }
+        if self.encoder == EncoderKind::CnnResnet
+            && (self.residual_hidden == 0 || self.residual_layers == 0)
+        {
+            return bad(
+                "residual_layers",
+                "the residual stack needs ≥ 1 layer of ≥ 1 channel",
+            );
+        }
+        let quantizer = self.quantizer_config().validate()?;
+        Ok(ValidModelConfig {
+            config: self.clone(),
+            in_channels,
+            quantizer,
+        })
+    }
+}
+
+/// `[B, C_in, H, W] → [B, h, H/4, W/4]`.
+///
+/// Variables: `conv1`, `conv2`, `conv3`, then `residual.*` or `inception.*`.
+#[derive(Clone, Debug)]
+pub struct Encoder {
+    conv1: Conv2d,
+    conv2: Conv2d,
+    conv3: Conv2d,
+    residual: Option<ResidualStack>,
+    inception: Option<Inception>,
+}
+
+impl Encoder {
+    pub fn new(cfg: &ValidModelConfig, vb: VarBuilder) -> Result<Self> {
+        let (c, m) = (cfg.in_channels(), cfg.config());
+        let h = m.hidden;
+        Ok(Self {
+            conv1: Conv2d::new(c, h / 2, 4, 2, 1, true, vb.pp("conv1"))?,
+            conv2: Conv2d::new(h / 2, h, 4, 2, 1, true, vb.pp("conv2"))?,
+            conv3: Conv2d::new(h, h, 3, 1, 1, true, vb.pp("conv3"))?,
+            residual: (m.encoder == EncoderKind::CnnResnet)
+                .then(|| {
+                    ResidualStack::new(h, m.residual_hidden, m.residual_layers, vb.pp("residual"))
+                })
+                .transpose()?,
+            inception: (m.encoder == EncoderKind::CnnInception)
+                .then(|| Inception::new(h, vb.pp("inception")))
+                .transpose()?,
+        })
+    }
+}
+
+impl Module for Encoder {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let _span = tracing::trace_span!("encoder").entered();
+        let h = self.conv3.forward(
+            &self
+                .conv2
+                .forward(&self.conv1.forward(x)?.relu()?)?
+                .relu()?,
+        )?;
+        match (&self.residual, &self.inception) {
+            (Some(r), _) => r.forward(&h),
+            (_, Some(i)) => i.forward(&h),
+            _ => Ok(h),
+        }
+    }
+}
+
+/// `[B, h, H/4, W/4] → [B, C_in, H, W]`.
+///
+/// Variables: `conv1`, then `residual.*` or `inception.*`, `deconv1`, `deconv2`.
+#[derive(Clone, Debug)]
+pub struct Decoder {
+    conv1: Conv2d,
+    residual: Option<ResidualStack>,
+    inception: Option<Inception>,
+    deconv1: ConvTranspose2d,
+    deconv2: ConvTranspose2d,
+}
+
+impl Decoder {
+    pub fn new(cfg: &ValidModelConfig, vb: VarBuilder) -> Result<Self> {
+        let (c, m) = (cfg.in_channels(), cfg.config());
+        let h = m.hidden;
+        Ok(Self {
+            conv1: Conv2d::new(h, h, 3, 1, 1, true, vb.pp("conv1"))?,
+            residual: (m.encoder == EncoderKind::CnnResnet)
+                .then(|| {
+                    ResidualStack::new(h, m.residual_hidden, m.residual_layers, vb.pp("residual"))
+                })
+                .transpose()?,
+            inception: (m.encoder == EncoderKind::CnnInception)
+                .then(|| Inception::new(h, vb.pp("inception")))
+                .transpose()?,
+            deconv1: ConvTranspose2d::new(h, h / 2, 4, 2, 1, vb.pp("deconv1"))?,
+            deconv2: ConvTranspose2d::new(h / 2, c, 4, 2, 1, vb.pp("deconv2"))?,
+        })
+    }
+}
+
+impl Module for Decoder {
+    fn forward(&self, z: &Tensor) -> candle_core::Result<Tensor> {
+        let _span = tracing::trace_span!("decoder").entered();
+        let h = self.conv1.forward(z)?;
+        let h = match (&self.residual, &self.inception) {
+            (Some(r), _) => r.forward(&h)?,
+            (_, Some(i)) => i.forward(&h)?,
+            _ => h.relu()?,
+        };
+        self.deconv2.forward(&self.deconv1.forward(&h)?.relu()?)
+    }
+}
+
+/// What [`VqVae::forward`] returns.
+#[derive(Clone, Debug)]
+pub struct VqVaeOutput {
+    /// `[B, C, H, W]`: the reconstruction.
+    pub reconstruction: Tensor,
+    /// `[B, h, H/4, W/4]`: the encoder output.
+    pub z_e: Tensor,
+    /// Scalar: mean squared reconstruction error.
+    pub recon_loss: Tensor,
+    /// Scalar: `recon_loss + quantizer loss` (the paper's eq. 4).
+    pub loss: Tensor,
+    /// The quantizer's output and statistics.
+    pub quant: QuantizerOutput,
+}
+
+/// Encoder → quantizer → decoder.
+///
+/// Variables: `encoder.*`, `quantizer.*`, `decoder.*`.
+#[derive(Clone, Debug)]
+pub struct VqVae<Q: Quantizer = AdaptiveQuantizer> {
+    encoder: Encoder,
+    quantizer: Q,
+    decoder: Decoder,
+}
+
+impl VqVae<AdaptiveQuantizer> {
+    /// Builds the model a validated config describes.
+    pub fn new(cfg: &ValidModelConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(Self {
+            encoder: Encoder::new(cfg, vb.pp("encoder"))?,
+            quantizer: AdaptiveQuantizer::new(cfg.quantizer(), vb.pp("quantizer"))?,
+            decoder: Decoder::new(cfg, vb.pp("decoder"))?,
+        })
+    }
+}
+
+impl<Q: Quantizer> VqVae<Q> {
+    /// Assembles a model from parts (any quantizer with `C = hidden`).
+    pub fn from_parts(encoder: Encoder, quantizer: Q, decoder: Decoder) -> Self {
+        Self {
+            encoder,
+            quantizer,
+            decoder,
+        }
+    }
+
+    /// The encoder.
+    pub fn encoder(&self) -> &Encoder {
+        &self.encoder
+    }
+    /// The quantizer.
+    pub fn quantizer(&self) -> &Q {
+        &self.quantizer
+    }
+    /// The decoder.
+    pub fn decoder(&self) -> &Decoder {
+        &self.decoder
+    }
+
+    /// `x` `[B, C, H, W]` (H, W divisible by 4) → reconstruction, losses and statistics.
+    pub fn forward(&self, x: &Tensor, step: &mut Step<'_>) -> Result<VqVaeOutput> {
+        let _span = tracing::trace_span!("vqvae").entered();
+        let (_, _, h, w) = x
+            .dims4()
+            .map_err(|_| ModelError::Input(format!("expected [B, C, H, W], got {:?}", x.dims())))?;
+        if h % 4 != 0 || w % 4 != 0 {
+            return Err(ModelError::Input(format!(
+                "height and width must be divisible by 4, got {h}×{w}"
+            )));
+        }
+        let z_e = self.encoder.forward(x)?;
+        let quant = self.quantizer.forward(&z_e, step)?;
+        let reconstruction = self.decoder.forward(&quant.z_q)?;
+        let recon_loss = (&reconstruction - x)?.sqr()?.mean_all()?;
+        let loss = (&recon_loss + &quant.loss)?;
+        Ok(VqVaeOutput {
+            reconstruction,
+            z_e,
+            recon_loss,
+            loss,
+            quant,
+        })
+    }
+}

@@ -1,0 +1,135 @@
+//! Shapes of all three autoencoders at every input size, variable names, config errors.
+
+use candle_core::{DType, Device, Tensor};
+use rand::SeedableRng;
+use vq_core::{SeededVarMap, Step};
+use vq_models::{EncoderKind, ModelConfig, QuantizerSpec, VqVae};
+
+fn build(cfg: &ModelConfig, c: usize) -> (VqVae, SeededVarMap) {
+    let vm = SeededVarMap::new(0);
+    let m = VqVae::new(
+        &cfg.validate(c).unwrap(),
+        vm.var_builder(DType::F32, &Device::Cpu),
+    )
+    .unwrap();
+    (m, vm)
+}
+
+#[test]
+fn every_encoder_at_every_size() {
+    for encoder in [
+        EncoderKind::Cnn,
+        EncoderKind::CnnResnet,
+        EncoderKind::CnnInception,
+    ] {
+        for (size, c, latent) in [
+            (28usize, 1usize, 7usize),
+            (32, 3, 8),
+            (64, 3, 16),
+            (256, 3, 64),
+        ] {
+            let cfg = ModelConfig {
+                encoder,
+                quantizer: QuantizerSpec::Fixed { n: 512, d: 128 },
+                ..Default::default()
+            };
+            let (model, _) = build(&cfg, c);
+            let x = Tensor::zeros((1, c, size, size), DType::F32, &Device::Cpu).unwrap();
+            let out = model.forward(&x, &mut Step::eval()).unwrap();
+            assert_eq!(
+                out.z_e.dims(),
+                &[1, 128, latent, latent],
+                "{encoder:?} {size}"
+            );
+            assert_eq!(
+                out.reconstruction.dims(),
+                &[1, c, size, size],
+                "{encoder:?} {size}"
+            );
+            assert_eq!(out.quant.codes.index.dims(), &[1, latent, latent]);
+        }
+    }
+}
+
+#[test]
+fn adaptive_model_trains_one_step_through_every_part() {
+    let cfg = ModelConfig::default();
+    let (model, vm) = build(&cfg, 1);
+    let x = Tensor::rand(-0.5f32, 0.5, (4, 1, 28, 28), &Device::Cpu).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let out = model.forward(&x, &mut Step::train(1.0, &mut rng)).unwrap();
+    assert_eq!(out.quant.selection_counts.dims(), &[8]);
+    let loss = out.loss.to_scalar::<f32>().unwrap();
+    let parts =
+        out.recon_loss.to_scalar::<f32>().unwrap() + out.quant.loss.to_scalar::<f32>().unwrap();
+    assert!((loss - parts).abs() < 1e-6);
+    let grads = out.loss.backward().unwrap();
+    let names: Vec<String> = vm.named_vars().into_iter().map(|(n, _)| n).collect();
+    for must in [
+        "encoder.conv1.weight",
+        "encoder.residual.layers.1.conv3.weight",
+        "decoder.deconv2.bias",
+        "quantizer.books.7.quantizer.embedding",
+        "quantizer.books.0.project_in.weight",
+        "quantizer.selector.keys",
+    ] {
+        assert!(names.iter().any(|n| n == must), "missing {must}");
+    }
+    // Every trainable tensor receives a gradient; EMA buffers do not.
+    for (name, var) in vm.named_vars() {
+        let has = grads.get(var.as_tensor()).is_some();
+        let buffer = name.contains("ema_") || name.ends_with("quantizer.embedding");
+        assert_eq!(has, !buffer, "{name}");
+    }
+}
+
+#[test]
+fn config_errors_name_the_field() {
+    let e = ModelConfig {
+        hidden: 7,
+        ..Default::default()
+    }
+    .validate(1)
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("hidden"), "{e}");
+    let e = ModelConfig {
+        quantizer: QuantizerSpec::Fixed { n: 512, d: 64 },
+        ..Default::default()
+    }
+    .validate(1)
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("[512, 64]") && e.contains("65536"), "{e}");
+    let e = ModelConfig {
+        heads: 3,
+        ..Default::default()
+    }
+    .validate(1)
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("heads"), "{e}");
+    assert_eq!(
+        "fixed:[512,128]".parse::<QuantizerSpec>().unwrap(),
+        QuantizerSpec::Fixed { n: 512, d: 128 }
+    );
+    assert_eq!(
+        "fixed:16384x4".parse::<QuantizerSpec>().unwrap(),
+        QuantizerSpec::Fixed { n: 16384, d: 4 }
+    );
+    assert!("fixed:0,4".parse::<QuantizerSpec>().is_err());
+    assert!("adaptve".parse::<QuantizerSpec>().is_err());
+    let x = Tensor::zeros((1, 1, 30, 30), DType::F32, &Device::Cpu).unwrap();
+    let (model, _) = build(
+        &ModelConfig {
+            quantizer: QuantizerSpec::Fixed { n: 512, d: 128 },
+            ..Default::default()
+        },
+        1,
+    );
+    let e = model
+        .forward(&x, &mut Step::eval())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("divisible by 4"), "{e}");
+}
