@@ -6,6 +6,8 @@
 //!   distance is ever written to memory. Rows are split over the rayon pool; codewords are
 //!   visited in panels that stay in cache. AVX2 is used when the CPU has it (chosen at run time,
 //!   same arithmetic, so results do not depend on the machine).
+//! - [`SearchMethod::Gemm`] (CPU, large `D`): `⟨x, e⟩` for a block of rows by GEMM into a
+//!   bounded buffer, then a row-wise argmin of `‖e‖² − 2⟨x, e⟩`.
 //! - [`SearchMethod::Sorted`] (CPU, `D = 1`): binary search in the sorted codebook, `O(T log N)`.
 //! - [`SearchMethod::Blocked`] (any device): candle matmul + argmin over row blocks whose
 //!   `rows × N` distance block never exceeds [`MAX_BLOCK_BYTES`].
@@ -20,14 +22,20 @@ use crate::error::{Result, VqError};
 /// Upper bound of the distance block the [`SearchMethod::Blocked`] path materialises.
 pub const MAX_BLOCK_BYTES: usize = 64 << 20;
 
+/// From this codeword dimension on, the CPU search uses GEMM instead of the fused kernel.
+pub const GEMM_MIN_DIM: usize = 16;
+
 /// Which nearest-neighbour implementation to run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SearchMethod {
-    /// `Sorted` for `D = 1` and `Fused` otherwise on the CPU; `Blocked` on accelerators.
+    /// On the CPU: `Sorted` for `D = 1`, `Fused` for `D <` [`GEMM_MIN_DIM`], `Gemm` above;
+    /// `Blocked` on accelerators.
     #[default]
     Auto,
     /// Fused distance + argmin kernel (CPU only).
     Fused,
+    /// Blocked GEMM + argmin (CPU only).
+    Gemm,
     /// Sorted-codebook search (CPU only, `D = 1`).
     Sorted,
     /// Blocked matmul + argmin with candle ops (any device).
@@ -66,6 +74,7 @@ pub fn nearest(x: &Tensor, codebook: &Tensor, method: SearchMethod) -> Result<Te
     let method = match method {
         SearchMethod::Auto if !on_cpu => SearchMethod::Blocked,
         SearchMethod::Auto if d == 1 => SearchMethod::Sorted,
+        SearchMethod::Auto if d >= GEMM_MIN_DIM => SearchMethod::Gemm,
         SearchMethod::Auto => SearchMethod::Fused,
         m => m,
     };
@@ -74,7 +83,7 @@ pub fn nearest(x: &Tensor, codebook: &Tensor, method: SearchMethod) -> Result<Te
     }
     match method {
         SearchMethod::Blocked => nearest_blocked(x, codebook),
-        SearchMethod::Sorted | SearchMethod::Fused => {
+        SearchMethod::Sorted | SearchMethod::Fused | SearchMethod::Gemm => {
             if !on_cpu {
                 return Err(VqError::input(
                     "x",
@@ -93,6 +102,8 @@ pub fn nearest(x: &Tensor, codebook: &Tensor, method: SearchMethod) -> Result<Te
                             ));
                         }
                         Ok(nearest_sorted_1d(xs, es))
+                    } else if method == SearchMethod::Gemm {
+                        Ok(nearest_gemm(xs, es, d))
                     } else {
                         Ok(nearest_fused(xs, es, d))
                     }
@@ -214,6 +225,72 @@ pub fn nearest_sorted_1d(x: &[f32], codebook: &[f32]) -> Vec<u32> {
             }
         })
         .collect()
+}
+
+/// Rows per GEMM block: the `rows × N` block of inner products stays within ~2 MiB.
+fn gemm_rows(n: usize) -> usize {
+    ((2 << 20) / (4 * n)).clamp(16, 512)
+}
+
+/// GEMM search (CPU): `x` `[T, D]`, `codebook` `[N, D]`, row-major; lowest index on ties.
+/// Row blocks run in parallel, each with a single-threaded GEMM into its own bounded buffer.
+pub fn nearest_gemm(x: &[f32], codebook: &[f32], d: usize) -> Vec<u32> {
+    assert!(d > 0 && x.len() % d == 0 && codebook.len() % d == 0);
+    let t = x.len() / d;
+    let n = codebook.len() / d;
+    assert!(n > 0);
+    let enorm: Vec<f32> = codebook
+        .chunks_exact(d)
+        .map(|e| e.iter().map(|v| v * v).sum())
+        .collect();
+    let rows = gemm_rows(n);
+    let mut out = vec![0u32; t];
+    out.par_chunks_mut(rows)
+        .enumerate()
+        .for_each(|(bi, out_b)| {
+            let r0 = bi * rows;
+            let m = out_b.len();
+            let mut dots = vec![0f32; m * n];
+            // dots[i, j] = Σ_k x[r0 + i, k] · e[j, k]  (dst row-major m × n).
+            // SAFETY: all pointers address live, correctly sized buffers with the given strides.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    n,
+                    d,
+                    dots.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    false,
+                    x[r0 * d..].as_ptr(),
+                    1,
+                    d as isize,
+                    codebook.as_ptr(),
+                    d as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
+            for (i, o) in out_b.iter_mut().enumerate() {
+                let row = &dots[i * n..(i + 1) * n];
+                let mut best = f32::INFINITY;
+                let mut arg = 0u32;
+                for (j, (&dot, &en)) in row.iter().zip(&enorm).enumerate() {
+                    let dist = en - 2.0 * dot;
+                    if dist < best {
+                        best = dist;
+                        arg = j as u32;
+                    }
+                }
+                *o = arg;
+            }
+        });
+    out
 }
 
 const ROWS: usize = 4;
@@ -432,6 +509,8 @@ mod tests {
             let e = ints(&mut rng, n * d, -3, 3);
             let want = nearest_brute_force(&x, &e, d);
             assert_eq!(nearest_fused(&x, &e, d), want, "fused n={n} d={d}");
+            assert_eq!(nearest_gemm(&x, &e, d), want, "gemm n={n} d={d}");
+
             if d == 1 {
                 assert_eq!(nearest_sorted_1d(&x, &e), want, "sorted n={n}");
             }

@@ -53,7 +53,11 @@ impl Conv2d {
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let _span = tracing::trace_span!("conv2d").entered();
-        let y = x.conv2d(&self.weight, self.config.padding, self.config.stride, 1, 1)?;
+        let y = if x.device().is_cpu() {
+            crate::conv::conv2d_gemm(x, &self.weight, self.config.stride, self.config.padding)?
+        } else {
+            x.conv2d(&self.weight, self.config.padding, self.config.stride, 1, 1)?
+        };
         match &self.bias {
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
             None => Ok(y),
@@ -103,13 +107,17 @@ impl Module for ConvTranspose2d {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let _span = tracing::trace_span!("conv_transpose2d").entered();
         let c = &self.config;
-        let y = x.conv_transpose2d(
-            &self.weight,
-            c.padding,
-            c.output_padding,
-            c.stride,
-            c.dilation,
-        )?;
+        let y = if x.device().is_cpu() && c.output_padding == 0 && c.dilation == 1 {
+            crate::conv::conv_transpose2d_gemm(x, &self.weight, c.stride, c.padding)?
+        } else {
+            x.conv_transpose2d(
+                &self.weight,
+                c.padding,
+                c.output_padding,
+                c.stride,
+                c.dilation,
+            )?
+        };
         y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
     }
 }

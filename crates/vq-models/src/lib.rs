@@ -23,7 +23,9 @@
 //! # Ok(()) }
 //! ```
 
+pub mod conv;
 pub mod error;
+
 pub mod layers;
 pub mod model;
 

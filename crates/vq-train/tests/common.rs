@@ -1,0 +1,45 @@
+//! Shared helpers of the vq-train integration tests (included with `mod common;`).
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use vq_train::TrainConfig;
+
+/// `../shared/data/<name>` if present.
+pub fn shared_data(name: &str) -> Option<PathBuf> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/data")
+        .join(name);
+    p.is_dir().then_some(p)
+}
+
+/// A small adaptive model (C = 32, W = 1024: five codebooks) on Fashion-MNIST: the real set
+/// from ../shared/data when present, otherwise the embedded subset.
+pub fn tiny_config(steps: usize) -> TrainConfig {
+    let mut c = TrainConfig::default();
+    match shared_data("fashion-mnist") {
+        Some(p) => {
+            c.data.name = "fashion-mnist".into();
+            c.data.path = Some(p);
+        }
+        None => {
+            println!("NOTICE: ../shared/data/fashion-mnist not found; using the embedded subset")
+        }
+    }
+    c.data.max_train = Some(2048);
+    c.data.max_val = Some(128);
+    c.model.hidden = 32;
+    c.model.residual_hidden = 16;
+    c.model.capacity = 1024;
+    c.train.steps = steps;
+    c.train.batch_size = 32;
+    c.train.lr = 1e-3;
+    c.train.tau = vq_core::TauSchedule::Constant { tau: 1.0 };
+    c.train.log_every = 10;
+    c.train.gap_every = 10;
+    c.train.val_every = 20;
+    c.train.checkpoint_every = 20;
+    c.train.progress = false;
+    c.train.report = false;
+    c
+}

@@ -1,0 +1,331 @@
+//! `cargo xtask bench`: ms per training step and peak RSS of the paper's model with fixed and
+//! adaptive quantizers (each case in its own process), optionally beside the PyTorch reference.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+use vq_core::{AdaptiveConfig, AdaptiveQuantizer, Quantizer, SeededVarMap, Step};
+use vq_models::{ModelConfig, QuantizerSpec, VqVae};
+use vq_train::optim::{Adam, AdamConfig};
+
+/// One measurement, printed as a JSON line by a child process.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CaseResult {
+    pub kind: String,
+    pub model: String,
+    pub shape: String,
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub max_ms: f64,
+    pub fwd_median_ms: f64,
+    pub bwd_median_ms: f64,
+    pub peak_rss_mib: f64,
+    pub threads: usize,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Peak resident set of this process (VmHWM), MiB.
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
+        })
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+fn shape_of(shape: &str) -> Result<(usize, usize, usize)> {
+    Ok(match shape {
+        "mnist" => (64, 1, 28),
+        "cifar" => (64, 3, 32),
+        s => bail!("unknown shape {s} (mnist, cifar)"),
+    })
+}
+
+fn quantizer_of(model: &str) -> Result<QuantizerSpec> {
+    Ok(match model {
+        "adaptive" => QuantizerSpec::Adaptive,
+        m => {
+            let nd = m
+                .strip_prefix("fixed")
+                .context("model: adaptive or fixedNxD")?;
+            format!("fixed:{nd}").parse().map_err(anyhow::Error::msg)?
+        }
+    })
+}
+
+/// Times `steps` training steps (after `warmup`) of one case in this process.
+pub fn run_case(model: &str, shape: &str, steps: usize, warmup: usize) -> Result<CaseResult> {
+    let (b, c, s) = shape_of(shape)?;
+    let dev = Device::Cpu;
+    let threads = rayon_threads();
+    if model == "quantizer" {
+        // The adaptive pool alone, forward + backward, T = 64·s'² vectors of C = 128.
+        let side = s / 4;
+        let cfg = AdaptiveConfig::adaptive(128, 65536).validate()?;
+        let vm = SeededVarMap::new(0);
+        let q = AdaptiveQuantizer::new(&cfg, vm.var_builder(DType::F32, &dev))?;
+        let z =
+            candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, 128, side, side), &dev)?)?;
+        let mut rng = vq_core::init::stream(0, "bench");
+        let mut times = Vec::new();
+        for i in 0..warmup + steps {
+            let t0 = Instant::now();
+            let out = q.forward(z.as_tensor(), &mut Step::train(1.0, &mut rng))?;
+            let l = (out.z_q.sqr()?.mean_all()? + out.loss)?;
+            l.backward()?;
+            if i >= warmup {
+                times.push(t0.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        let (mn, mx) = (
+            times.iter().cloned().fold(f64::MAX, f64::min),
+            times.iter().cloned().fold(0.0, f64::max),
+        );
+        return Ok(CaseResult {
+            kind: "quantizer_fwd_bwd".into(),
+            model: model.into(),
+            shape: shape.into(),
+            median_ms: median(&mut times),
+            min_ms: mn,
+            max_ms: mx,
+            fwd_median_ms: f64::NAN,
+            bwd_median_ms: f64::NAN,
+            peak_rss_mib: peak_rss_mib(),
+            threads,
+        });
+    }
+    let cfg = ModelConfig {
+        quantizer: quantizer_of(model)?,
+        ..Default::default()
+    }
+    .validate(c)?;
+    let vm = SeededVarMap::new(0);
+    let net = VqVae::new(&cfg, vm.var_builder(DType::F32, &dev))?;
+    let mut adam = Adam::new(
+        vm.named_vars(),
+        AdamConfig {
+            lr: 1e-4,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        },
+    );
+    let x = Tensor::rand(-0.5f32, 0.5, (b, c, s, s), &dev)?;
+    let mut rng = vq_core::init::stream(0, "bench");
+    let (mut total, mut fwd, mut bwd) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..warmup + steps {
+        let t0 = Instant::now();
+        let out = net.forward(&x, &mut Step::train(1.0, &mut rng))?;
+        let _ = out.loss.to_scalar::<f32>()?;
+        let t1 = Instant::now();
+        let grads = out.loss.backward()?;
+        let t2 = Instant::now();
+        adam.step(&grads)?;
+        if i >= warmup {
+            total.push(t0.elapsed().as_secs_f64() * 1e3);
+            fwd.push((t1 - t0).as_secs_f64() * 1e3);
+            bwd.push((t2 - t1).as_secs_f64() * 1e3);
+        }
+    }
+    let (mn, mx) = (
+        total.iter().cloned().fold(f64::MAX, f64::min),
+        total.iter().cloned().fold(0.0, f64::max),
+    );
+    Ok(CaseResult {
+        kind: "train_step".into(),
+        model: model.into(),
+        shape: shape.into(),
+        median_ms: median(&mut total),
+        min_ms: mn,
+        max_ms: mx,
+        fwd_median_ms: median(&mut fwd),
+        bwd_median_ms: median(&mut bwd),
+        peak_rss_mib: peak_rss_mib(),
+        threads,
+    })
+}
+
+fn rayon_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// The cases of the benchmark.
+pub const CASES: &[(&str, &str)] = &[
+    ("fixed512x128", "mnist"),
+    ("fixed16384x4", "mnist"),
+    ("adaptive", "mnist"),
+    ("quantizer", "mnist"),
+    ("fixed512x128", "cifar"),
+    ("fixed16384x4", "cifar"),
+    ("adaptive", "cifar"),
+    ("quantizer", "cifar"),
+];
+
+fn torch_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/bench/torch_reference.py")
+}
+
+fn run_torch(
+    model: &str,
+    shape: &str,
+    steps: usize,
+    warmup: usize,
+    threads: usize,
+) -> Result<CaseResult> {
+    let script = torch_script();
+    let mut cmd = Command::new("python3");
+    cmd.arg(&script).env("ADQ_THREADS", threads.to_string());
+    if model == "quantizer" {
+        let t = if shape == "mnist" { 3136 } else { 4096 };
+        cmd.args(["quant-bench", "--T", &t.to_string(), "--vq-impl", "index"]);
+    } else {
+        cmd.args([
+            "bench",
+            "--model",
+            model,
+            "--shape",
+            shape,
+            "--vq-impl",
+            "index",
+        ]);
+    }
+    cmd.args([
+        "--steps",
+        &steps.to_string(),
+        "--warmup",
+        &warmup.to_string(),
+    ]);
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !out.status.success() {
+        bail!(
+            "torch reference failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .context("no JSON line from the torch reference")?;
+    let v: serde_json::Value = serde_json::from_str(line)?;
+    let f = |k: &str| v.get(k).and_then(|x| x.as_f64()).unwrap_or(f64::NAN);
+    Ok(CaseResult {
+        kind: "torch".into(),
+        model: model.into(),
+        shape: shape.into(),
+        median_ms: f("median_ms"),
+        min_ms: f("min_ms"),
+        max_ms: f("max_ms"),
+        fwd_median_ms: f("fwd_only_median_ms"),
+        bwd_median_ms: f64::NAN,
+        peak_rss_mib: f("peak_rss_mib"),
+        threads,
+    })
+}
+
+fn run_child(model: &str, shape: &str, steps: usize, warmup: usize) -> Result<CaseResult> {
+    let exe = std::env::current_exe()?;
+    let out = Command::new(exe)
+        .args([
+            "bench-case",
+            "--model",
+            model,
+            "--shape",
+            shape,
+            "--steps",
+            &steps.to_string(),
+            "--warmup",
+            &warmup.to_string(),
+        ])
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "bench case {model}/{shape} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .context("no JSON from the bench case")?;
+    Ok(serde_json::from_str(line)?)
+}
+
+/// Runs every case (in alternation with the PyTorch reference when asked) and prints a table.
+pub fn bench(
+    steps: usize,
+    warmup: usize,
+    rounds: usize,
+    compare_torch: bool,
+    only: Option<&str>,
+    out: Option<&Path>,
+) -> Result<()> {
+    let threads = rayon_threads();
+    let mut rows: Vec<(CaseResult, Option<CaseResult>)> = Vec::new();
+    for &(model, shape) in CASES {
+        if only.is_some_and(|o| o != model) {
+            continue;
+        }
+        // Paired rounds: ours, then the reference, `rounds` times; medians of the medians.
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            ours.push(run_child(model, shape, steps, warmup)?);
+            if compare_torch {
+                theirs.push(run_torch(model, shape, steps, warmup, threads)?);
+            }
+        }
+        let pick = |v: &mut Vec<CaseResult>| -> Option<CaseResult> {
+            if v.is_empty() {
+                return None;
+            }
+            v.sort_by(|a, b| a.median_ms.total_cmp(&b.median_ms));
+            let mut r = v[v.len() / 2].clone();
+            r.peak_rss_mib = v.iter().map(|c| c.peak_rss_mib).fold(0.0, f64::max);
+            Some(r)
+        };
+        let o = pick(&mut ours).expect("at least one round");
+        let t = pick(&mut theirs);
+        eprintln!(
+            "{model:>13} {shape:>5}: {:8.1} ms/step (fwd {:7.1}, bwd {:7.1}) peak {:7.0} MiB{}",
+            o.median_ms,
+            o.fwd_median_ms,
+            o.bwd_median_ms,
+            o.peak_rss_mib,
+            t.as_ref().map_or(String::new(), |t| format!(
+                " | torch {:8.1} ms, {:6.0} MiB | ratio {:.3}× time, {:.3}× memory",
+                t.median_ms,
+                t.peak_rss_mib,
+                o.median_ms / t.median_ms,
+                o.peak_rss_mib / t.peak_rss_mib
+            ))
+        );
+        rows.push((o, t));
+    }
+    let json = serde_json::to_string_pretty(&rows)?;
+    println!("{json}");
+    if let Some(p) = out {
+        std::fs::write(p, json).with_context(|| p.display().to_string())?;
+    }
+    Ok(())
+}
