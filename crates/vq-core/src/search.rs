@@ -8,6 +8,8 @@
 //!   same arithmetic, so results do not depend on the machine).
 //! - [`SearchMethod::Gemm`] (CPU, large `D`): `⟨x, e⟩` for a block of rows by GEMM into a
 //!   bounded buffer, then a row-wise argmin of `‖e‖² − 2⟨x, e⟩`.
+//! - [`SearchMethod::KdTree`] (CPU, small `D`): a k-d tree rebuilt per call, pruning only
+//!   subtrees strictly farther than the best, so ties are still resolved to the lowest index.
 //! - [`SearchMethod::Sorted`] (CPU, `D = 1`): binary search in the sorted codebook, `O(T log N)`.
 //! - [`SearchMethod::Blocked`] (any device): candle matmul + argmin over row blocks whose
 //!   `rows × N` distance block never exceeds [`MAX_BLOCK_BYTES`].
@@ -23,19 +25,24 @@ use crate::error::{Result, VqError};
 pub const MAX_BLOCK_BYTES: usize = 64 << 20;
 
 /// From this codeword dimension on, the CPU search uses GEMM instead of the fused kernel.
-pub const GEMM_MIN_DIM: usize = 16;
+pub const GEMM_MIN_DIM: usize = 8;
+
+/// Up to this codeword dimension (from 2), the CPU search uses a k-d tree.
+pub const KDTREE_MAX_DIM: usize = 4;
 
 /// Which nearest-neighbour implementation to run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum SearchMethod {
-    /// On the CPU: `Sorted` for `D = 1`, `Fused` for `D <` [`GEMM_MIN_DIM`], `Gemm` above;
-    /// `Blocked` on accelerators.
+    /// On the CPU: `Sorted` for `D = 1`, `KdTree` up to [`KDTREE_MAX_DIM`], `Fused` below
+    /// [`GEMM_MIN_DIM`], `Gemm` from there; `Blocked` on accelerators.
     #[default]
     Auto,
     /// Fused distance + argmin kernel (CPU only).
     Fused,
     /// Blocked GEMM + argmin (CPU only).
     Gemm,
+    /// Exact k-d tree search (CPU only; fast for small `D`).
+    KdTree,
     /// Sorted-codebook search (CPU only, `D = 1`).
     Sorted,
     /// Blocked matmul + argmin with candle ops (any device).
@@ -74,6 +81,7 @@ pub fn nearest(x: &Tensor, codebook: &Tensor, method: SearchMethod) -> Result<Te
     let method = match method {
         SearchMethod::Auto if !on_cpu => SearchMethod::Blocked,
         SearchMethod::Auto if d == 1 => SearchMethod::Sorted,
+        SearchMethod::Auto if d <= KDTREE_MAX_DIM => SearchMethod::KdTree,
         SearchMethod::Auto if d >= GEMM_MIN_DIM => SearchMethod::Gemm,
         SearchMethod::Auto => SearchMethod::Fused,
         m => m,
@@ -83,7 +91,7 @@ pub fn nearest(x: &Tensor, codebook: &Tensor, method: SearchMethod) -> Result<Te
     }
     match method {
         SearchMethod::Blocked => nearest_blocked(x, codebook),
-        SearchMethod::Sorted | SearchMethod::Fused | SearchMethod::Gemm => {
+        SearchMethod::Sorted | SearchMethod::Fused | SearchMethod::Gemm | SearchMethod::KdTree => {
             if !on_cpu {
                 return Err(VqError::input(
                     "x",
@@ -104,6 +112,8 @@ pub fn nearest(x: &Tensor, codebook: &Tensor, method: SearchMethod) -> Result<Te
                         Ok(nearest_sorted_1d(xs, es))
                     } else if method == SearchMethod::Gemm {
                         Ok(nearest_gemm(xs, es, d))
+                    } else if method == SearchMethod::KdTree {
+                        Ok(nearest_kdtree(xs, es, d))
                     } else {
                         Ok(nearest_fused(xs, es, d))
                     }
@@ -225,6 +235,154 @@ pub fn nearest_sorted_1d(x: &[f32], codebook: &[f32]) -> Vec<u32> {
             }
         })
         .collect()
+}
+
+/// Codewords per k-d tree leaf.
+const KD_LEAF: usize = 12;
+
+#[derive(Clone, Copy)]
+struct KdNode {
+    /// Split dimension; `u32::MAX` marks a leaf.
+    dim: u32,
+    split: f32,
+    /// Children (inner node) or the leaf's range in the reordered points.
+    a: u32,
+    b: u32,
+}
+
+/// A k-d tree over the codebook (median splits on the widest dimension).
+struct KdTree {
+    d: usize,
+    points: Vec<f32>,
+    ids: Vec<u32>,
+    nodes: Vec<KdNode>,
+}
+
+impl KdTree {
+    fn build(codebook: &[f32], d: usize) -> Self {
+        let n = codebook.len() / d;
+        let mut perm: Vec<u32> = (0..n as u32).collect();
+        let mut nodes = Vec::with_capacity(2 * n / KD_LEAF + 2);
+        Self::build_node(codebook, d, &mut perm, 0, n, &mut nodes);
+        let mut points = Vec::with_capacity(n * d);
+        for &i in &perm {
+            points.extend_from_slice(&codebook[i as usize * d..(i as usize + 1) * d]);
+        }
+        Self {
+            d,
+            points,
+            ids: perm,
+            nodes,
+        }
+    }
+
+    fn build_node(
+        cb: &[f32],
+        d: usize,
+        perm: &mut [u32],
+        lo: usize,
+        hi: usize,
+        nodes: &mut Vec<KdNode>,
+    ) -> u32 {
+        let me = nodes.len() as u32;
+        nodes.push(KdNode {
+            dim: u32::MAX,
+            split: 0.0,
+            a: lo as u32,
+            b: hi as u32,
+        });
+        if hi - lo <= KD_LEAF {
+            return me;
+        }
+        let val = |i: u32, k: usize| cb[i as usize * d + k];
+        let dim = (0..d)
+            .map(|k| {
+                let (mn, mx) = perm[lo..hi]
+                    .iter()
+                    .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &i| {
+                        (a.min(val(i, k)), b.max(val(i, k)))
+                    });
+                (k, mx - mn)
+            })
+            .fold(
+                (0, f32::NEG_INFINITY),
+                |best, c| if c.1 > best.1 { c } else { best },
+            )
+            .0;
+        let mid = (lo + hi) / 2;
+        perm[lo..hi].select_nth_unstable_by(mid - lo, |&p, &q| val(p, dim).total_cmp(&val(q, dim)));
+        let split = val(perm[mid], dim);
+        let a = Self::build_node(cb, d, perm, lo, mid, nodes);
+        let b = Self::build_node(cb, d, perm, mid, hi, nodes);
+        nodes[me as usize] = KdNode {
+            dim: dim as u32,
+            split,
+            a,
+            b,
+        };
+        me
+    }
+
+    /// Exact nearest (squared L2 in f32, lowest index on ties). A subtree is skipped only when
+    /// its bound is strictly above the best distance, so equally near codewords are all seen.
+    fn query(&self, x: &[f32], stack: &mut Vec<(u32, f32)>) -> u32 {
+        let d = self.d;
+        let (mut best, mut arg) = (f32::INFINITY, u32::MAX);
+        stack.clear();
+        stack.push((0, 0.0));
+        while let Some((ni, bound)) = stack.pop() {
+            if bound > best {
+                continue;
+            }
+            let node = self.nodes[ni as usize];
+            if node.dim == u32::MAX {
+                for p in node.a as usize..node.b as usize {
+                    let e = &self.points[p * d..(p + 1) * d];
+                    let mut dist = 0f32;
+                    for k in 0..d {
+                        let z = x[k] - e[k];
+                        dist += z * z;
+                    }
+                    let id = self.ids[p];
+                    if dist < best || (dist == best && id < arg) {
+                        best = dist;
+                        arg = id;
+                    }
+                }
+                continue;
+            }
+            let diff = x[node.dim as usize] - node.split;
+            let (near, far) = if diff < 0.0 {
+                (node.a, node.b)
+            } else {
+                (node.b, node.a)
+            };
+            // Push the far side first so the near side is explored first.
+            stack.push((far, bound.max(diff * diff)));
+            stack.push((near, bound));
+        }
+        if arg == u32::MAX {
+            0 // only reachable with NaN input: no codeword compares as nearer
+        } else {
+            arg
+        }
+    }
+}
+
+/// Exact k-d tree search (CPU, small `D`): `x` `[T, D]`, `codebook` `[N, D]`, row-major;
+/// lowest index on ties. The tree is rebuilt per call (the codebook moves every step).
+pub fn nearest_kdtree(x: &[f32], codebook: &[f32], d: usize) -> Vec<u32> {
+    assert!(d > 0 && x.len() % d == 0 && codebook.len() % d == 0 && !codebook.is_empty());
+    let tree = KdTree::build(codebook, d);
+    let mut out = vec![0u32; x.len() / d];
+    out.par_chunks_mut(256).enumerate().for_each(|(ci, o)| {
+        let mut stack = Vec::with_capacity(64);
+        for (i, v) in o.iter_mut().enumerate() {
+            let r = ci * 256 + i;
+            *v = tree.query(&x[r * d..(r + 1) * d], &mut stack);
+        }
+    });
+    out
 }
 
 /// Rows per GEMM block: the `rows × N` block of inner products stays within ~2 MiB.
@@ -510,6 +668,7 @@ mod tests {
             let want = nearest_brute_force(&x, &e, d);
             assert_eq!(nearest_fused(&x, &e, d), want, "fused n={n} d={d}");
             assert_eq!(nearest_gemm(&x, &e, d), want, "gemm n={n} d={d}");
+            assert_eq!(nearest_kdtree(&x, &e, d), want, "kdtree n={n} d={d}");
 
             if d == 1 {
                 assert_eq!(nearest_sorted_1d(&x, &e), want, "sorted n={n}");
@@ -545,7 +704,6 @@ mod tests {
             let x = gauss(&mut rng, t * d);
             let e = gauss(&mut rng, n * d);
             let want = nearest_brute_force(&x, &e, d);
-            let got = nearest_fused(&x, &e, d);
             let dist = |r: usize, j: u32| -> f64 {
                 (0..d)
                     .map(|k| {
@@ -554,36 +712,44 @@ mod tests {
                     })
                     .sum()
             };
-            let sorted = (d == 1).then(|| nearest_sorted_1d(&x, &e));
-            let (mut same_fused, mut same_sorted) = (0, 0);
-            for r in 0..t {
-                let (a, b) = (dist(r, got[r]), dist(r, want[r]));
-                let scale: f64 = 1.0
-                    + (0..d).map(|k| (x[r * d + k] as f64).powi(2)).sum::<f64>()
-                    + (0..d)
-                        .map(|k| (e[got[r] as usize * d + k] as f64).powi(2))
-                        .sum::<f64>();
-                assert!(a - b <= 1e-5 * scale, "row {r}: {a} vs {b} (n={n} d={d})");
-                same_fused += (got[r] == want[r]) as usize;
-                if let Some(s) = &sorted {
-                    // Sorted search compares (x − e)² directly: only exact f32 ties can differ.
-                    assert!(dist(r, s[r]) - b <= 1e-12, "sorted row {r}");
-                    same_sorted += (s[r] == want[r]) as usize;
+            // (name, result, computes (x − e)² directly)
+            let mut methods = vec![
+                ("fused", nearest_fused(&x, &e, d), false),
+                ("gemm", nearest_gemm(&x, &e, d), false),
+            ];
+            if d <= 8 {
+                methods.push(("kdtree", nearest_kdtree(&x, &e, d), true));
+            }
+            if d == 1 {
+                methods.push(("sorted", nearest_sorted_1d(&x, &e), true));
+            }
+            for (name, got, direct) in methods {
+                let mut same = 0;
+                for r in 0..t {
+                    let (a, b) = (dist(r, got[r]), dist(r, want[r]));
+                    let scale: f64 = 1.0
+                        + (0..d).map(|k| (x[r * d + k] as f64).powi(2)).sum::<f64>()
+                        + (0..d)
+                            .map(|k| (e[got[r] as usize * d + k] as f64).powi(2))
+                            .sum::<f64>();
+                    // Direct (x − e)² sums differ from exact distances only by f32 rounding of
+                    // the distance itself; the expansion ‖e‖² − 2⟨x, e⟩ also by ~1e-7·‖e‖².
+                    let tol = if direct {
+                        1e-6 * b.max(1e-30) + 1e-12
+                    } else {
+                        1e-5 * scale
+                    };
+                    assert!(a - b <= tol, "{name} row {r}: {a} vs {b} (n={n} d={d})");
+                    same += (got[r] == want[r]) as usize;
                 }
-            }
-            // ‖e‖² − 2⟨x, e⟩ in f32 cannot separate codewords closer than ~1e-7·‖e‖², which a
-            // dense low-dimensional codebook has; with D ≥ 8 the nearest is well separated.
-            if d >= 8 {
-                assert!(
-                    same_fused >= t - 2,
-                    "only {same_fused}/{t} identical (n={n} d={d})"
-                );
-            }
-            if sorted.is_some() {
-                assert!(
-                    same_sorted >= t - 2,
-                    "sorted: only {same_sorted}/{t} identical"
-                );
+                // The expansion cannot separate codewords closer than ~1e-7·‖e‖², which a dense
+                // low-dimensional codebook has; with D ≥ 8 the nearest is well separated.
+                if direct || d >= 8 {
+                    assert!(
+                        same >= t - 2,
+                        "{name}: only {same}/{t} identical (n={n} d={d})"
+                    );
+                }
             }
         }
     }

@@ -155,6 +155,13 @@ pub fn save(
         &tmp.join("model.safetensors"),
         &safetensors_bytes(weights, &tmp)?,
     )?;
+    // Testing aid: die in the middle of writing this checkpoint (crash-safety tests).
+    if std::env::var("VQ_TRAIN_FAULT_ABORT_IN_CHECKPOINT")
+        .is_ok_and(|v| v == state.step.to_string())
+    {
+        std::process::abort();
+    }
+
     write_synced(
         &tmp.join("optimizer.safetensors"),
         &safetensors_bytes(optimizer, &tmp)?,

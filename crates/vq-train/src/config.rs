@@ -61,6 +61,8 @@ pub struct TrainParams {
     pub report: bool,
     /// Testing aid: make the loss NaN at this step (fault injection).
     pub fault_nan_at_step: Option<usize>,
+    /// Testing aid: make the gradients (not the loss) NaN at this step.
+    pub fault_nan_grad_at_step: Option<usize>,
 }
 
 impl Default for TrainParams {
@@ -84,6 +86,7 @@ impl Default for TrainParams {
             progress: true,
             report: true,
             fault_nan_at_step: None,
+            fault_nan_grad_at_step: None,
         }
     }
 }

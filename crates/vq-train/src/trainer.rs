@@ -30,6 +30,7 @@ pub const RESUMABLE_KEYS: &[&str] = &[
     "train.progress",
     "train.report",
     "train.fault_nan_at_step",
+    "train.fault_nan_grad_at_step",
 ];
 
 /// How a run ended.
@@ -155,7 +156,8 @@ pub fn train(
             "already holds a run (config.toml); resume it with --resume or choose another --out",
         ));
     }
-    std::fs::create_dir_all(run_dir).map_err(|e| TrainError::io(run_dir, e))?;
+    // Data, model and checkpoint are loaded before anything is written, so a bad input leaves
+    // no partial run folder behind.
     let session = Session::build(config)?;
     let cfg = &session.config;
     let tp = &cfg.train;
@@ -205,6 +207,7 @@ pub fn train(
         })?;
         tracing::info!(step = start_step, "resumed from {}", dir.display());
     }
+    std::fs::create_dir_all(run_dir).map_err(|e| TrainError::io(run_dir, e))?;
     checkpoint::write_atomic(&cfg_path, config_toml.as_bytes())?;
     let mut metrics = JsonlWriter::open(&run_dir.join("metrics.jsonl"), metrics_keep)?;
     let mut timings = JsonlWriter::open(&run_dir.join("timings.jsonl"), timings_keep)?;
@@ -257,6 +260,10 @@ pub fn train(
             .forward(&x, &mut Step::train(tau, &mut gumbel_rng))?;
         let loss = if tp.fault_nan_at_step == Some(step) {
             out.loss.affine(f64::NAN, 0.0)?
+        } else if tp.fault_nan_grad_at_step == Some(step) {
+            // NaN only in the gradients: sqrt(Σz_e · 0) is 0 but its derivative is ∞ · 0.
+            let s = out.z_e.sum_all()?;
+            (&out.loss + (&s * s.zeros_like()?)?.sqrt()?)?
         } else {
             out.loss.clone()
         };
