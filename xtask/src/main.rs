@@ -50,7 +50,7 @@ enum Cmd {
 }
 
 fn main() -> Result<()> {
-    vq_train::tune_allocator();
+    vq_train::tune_cpu_runtime();
     match Cli::parse().command {
         Cmd::Bench {
             steps,

@@ -1,12 +1,14 @@
-//! Convolutions as GEMM for CPU training: `im2col` / `col2im` custom ops that are each other's
-//! backward pass, so `conv2d = W · im2col(x)` and `conv_transpose2d = col2im(Wᵀ · x)` get every
-//! gradient from candle's matmul backward (itself a GEMM).
+//! Convolutions as GEMM for CPU training: `conv2d = W · im2col(x)` and
+//! `conv_transpose2d = col2im(Wᵀ · x)`, each one custom op (bias included) whose backward pass
+//! computes the input, kernel and bias gradients with two GEMMs and one `im2col`/`col2im`.
 //!
-//! candle's CPU `conv2d` input-gradient and `conv_transpose2d` run through direct kernels; this
-//! path keeps all the work in the `gemm` crate. On other devices the layers use candle's own
-//! convolutions.
+//! candle's CPU `conv2d` input-gradient and `conv_transpose2d` run through direct kernels, and
+//! composing the GEMM from candle ops puts the large column matrix into the autograd graph
+//! (a zero fill and an add per backward node). One op per layer keeps all the work in the `gemm`
+//! crate, and gradients are only computed for inputs that need them. On other devices the layers
+//! use candle's own convolutions.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Geometry of a square-kernel convolution over `[B, C, H, W]` inputs.
@@ -42,21 +44,23 @@ impl Geometry {
     }
 }
 
-/// `[B, C, H, W]` → `[C·k·k, B·H_out·W_out]` (zero padding).
-#[derive(Clone, Copy, Debug)]
-pub struct Im2Col(pub Geometry);
-
-/// `[C·k·k, B·H_out·W_out]` → `[B, C, H, W]`, summing overlapping taps (the adjoint of
-/// [`Im2Col`]).
-#[derive(Clone, Copy, Debug)]
-pub struct Col2Im(pub Geometry);
-
 fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
     let data = s.as_slice::<f32>()?;
     match l.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
         None => candle_core::bail!("{what}: expected a contiguous f32 tensor"),
     }
+}
+
+/// The output positions `lo..hi` whose input position `o·s + kk − p` lies in `0..inp`.
+fn valid_range(out: usize, inp: usize, s: usize, p: usize, kk: usize) -> (usize, usize) {
+    let lo = if p > kk { (p - kk).div_ceil(s) } else { 0 };
+    let hi = if inp + p > kk {
+        ((inp - 1 + p - kk) / s + 1).min(out)
+    } else {
+        0
+    };
+    (lo.min(hi), hi)
 }
 
 fn im2col(g: &Geometry, x: &[f32]) -> Vec<f32> {
@@ -66,19 +70,20 @@ fn im2col(g: &Geometry, x: &[f32]) -> Vec<f32> {
     let mut out = vec![0f32; rows * cols];
     out.par_chunks_mut(cols).enumerate().for_each(|(r, row)| {
         let (c, ky, kx) = (r / (k * k), (r / k) % k, r % k);
+        let (y_lo, y_hi) = valid_range(ho, h, s, p, ky);
+        let (x_lo, x_hi) = valid_range(wo, w, s, p, kx);
         for b in 0..g.batch {
             let plane = &x[(b * g.channels + c) * h * w..(b * g.channels + c + 1) * h * w];
-            for oy in 0..ho {
-                let iy = (oy * s + ky) as isize - p as isize;
-                let dst = &mut row[(b * ho + oy) * wo..(b * ho + oy + 1) * wo];
-                if iy < 0 || iy >= h as isize {
-                    continue;
-                }
-                let src = &plane[iy as usize * w..(iy as usize + 1) * w];
-                for (ox, d) in dst.iter_mut().enumerate() {
-                    let ix = (ox * s + kx) as isize - p as isize;
-                    if ix >= 0 && ix < w as isize {
-                        *d = src[ix as usize];
+            for oy in y_lo..y_hi {
+                let iy = oy * s + ky - p;
+                let dst = &mut row[(b * ho + oy) * wo + x_lo..(b * ho + oy) * wo + x_hi];
+                let src = &plane[iy * w..(iy + 1) * w];
+                if s == 1 {
+                    let ix0 = x_lo + kx - p;
+                    dst.copy_from_slice(&src[ix0..ix0 + dst.len()]);
+                } else {
+                    for (i, d) in dst.iter_mut().enumerate() {
+                        *d = src[(x_lo + i) * s + kx - p];
                     }
                 }
             }
@@ -90,92 +95,358 @@ fn im2col(g: &Geometry, x: &[f32]) -> Vec<f32> {
 fn col2im(g: &Geometry, cols_data: &[f32]) -> Vec<f32> {
     let (_, cols) = g.cols_shape();
     let (ho, wo, k, s, p) = (g.out_h(), g.out_w(), g.kernel, g.stride, g.padding);
-    let (h, w) = (g.height, g.width);
-    // Accumulate channel-major ([C, B, H, W]) so each task owns one channel, then reorder.
-    let mut cm = vec![0f32; g.input_len()];
-    cm.par_chunks_mut(g.batch * h * w)
+    let (h, w, c_all) = (g.height, g.width, g.channels);
+    let mut out = vec![0f32; g.input_len()];
+    // One task per (image, channel) plane: it gathers every tap that lands in it.
+    out.par_chunks_mut(h * w)
         .enumerate()
-        .for_each(|(c, acc)| {
+        .for_each(|(plane_idx, plane)| {
+            let (b, c) = (plane_idx / c_all, plane_idx % c_all);
             for ky in 0..k {
+                let (y_lo, y_hi) = valid_range(ho, h, s, p, ky);
                 for kx in 0..k {
-                    let row = &cols_data
-                        [((c * k + ky) * k + kx) * cols..((c * k + ky) * k + kx + 1) * cols];
-                    for b in 0..g.batch {
-                        let plane = &mut acc[b * h * w..(b + 1) * h * w];
-                        for oy in 0..ho {
-                            let iy = (oy * s + ky) as isize - p as isize;
-                            if iy < 0 || iy >= h as isize {
-                                continue;
+                    let (x_lo, x_hi) = valid_range(wo, w, s, p, kx);
+                    let r = (c * k + ky) * k + kx;
+                    let row = &cols_data[r * cols + b * ho * wo..r * cols + (b + 1) * ho * wo];
+                    for oy in y_lo..y_hi {
+                        let iy = oy * s + ky - p;
+                        let src = &row[oy * wo + x_lo..oy * wo + x_hi];
+                        let dst = &mut plane[iy * w..(iy + 1) * w];
+                        if s == 1 {
+                            let ix0 = x_lo + kx - p;
+                            for (d, v) in dst[ix0..ix0 + src.len()].iter_mut().zip(src) {
+                                *d += v;
                             }
-                            let src = &row[(b * ho + oy) * wo..(b * ho + oy + 1) * wo];
-                            let dst = &mut plane[iy as usize * w..(iy as usize + 1) * w];
-                            for (ox, v) in src.iter().enumerate() {
-                                let ix = (ox * s + kx) as isize - p as isize;
-                                if ix >= 0 && ix < w as isize {
-                                    dst[ix as usize] += v;
-                                }
+                        } else {
+                            for (i, v) in src.iter().enumerate() {
+                                dst[(x_lo + i) * s + kx - p] += v;
                             }
                         }
                     }
                 }
             }
         });
-    if g.channels == 1 || g.batch == 1 {
-        return cm;
-    }
-    let mut out = vec![0f32; g.input_len()];
-    let hw = h * w;
-    out.par_chunks_mut(g.channels * hw)
-        .enumerate()
-        .for_each(|(b, img)| {
-            for c in 0..g.channels {
-                img[c * hw..(c + 1) * hw]
-                    .copy_from_slice(&cm[(c * g.batch + b) * hw..(c * g.batch + b + 1) * hw]);
-            }
-        });
     out
 }
 
-impl CustomOp1 for Im2Col {
-    fn name(&self) -> &'static str {
-        "im2col"
+/// The CPU data of a tensor (made contiguous first when needed).
+fn host(t: &Tensor) -> Result<Vec<f32>> {
+    t.flatten_all()?.to_vec1::<f32>()
+}
+
+fn threads() -> usize {
+    rayon::current_num_threads().max(1)
+}
+
+/// `a · b` for `a` `[m, k]` (or `[k, m]` when `a_transposed`) and `b` `[k, n]` (or `[n, k]`
+/// when `b_transposed`), all row-major; returns the row-major `[m, n]` product.
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    a_transposed: bool,
+    b: &[f32],
+    b_transposed: bool,
+) -> Vec<f32> {
+    let mut c: Vec<f32> = Vec::with_capacity(m * n);
+    // SAFETY: `c` has room for m·n values and gemm (read_dst = false) writes every one of them
+    // before `set_len` makes them visible.
+    unsafe {
+        sgemm_raw(
+            m,
+            n,
+            k,
+            a,
+            a_transposed,
+            b,
+            b_transposed,
+            c.spare_capacity_mut().as_mut_ptr().cast::<f32>(),
+        );
+        c.set_len(m * n);
     }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = &self.0;
-        if l.shape().dims() != [g.batch, g.channels, g.height, g.width] {
-            candle_core::bail!("im2col: input {:?} does not match {g:?}", l.shape());
-        }
-        let x = contiguous(s, l, "im2col")?;
-        Ok((CpuStorage::F32(im2col(g, x)), Shape::from(g.cols_shape())))
-    }
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad.contiguous()?.apply_op1(Col2Im(self.0))?))
+    c
+}
+
+/// # Safety
+/// `c` must be valid for `m · n` writes.
+#[allow(clippy::too_many_arguments)]
+unsafe fn sgemm_raw(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    a_transposed: bool,
+    b: &[f32],
+    b_transposed: bool,
+    c: *mut f32,
+) {
+    assert!(a.len() >= m * k && b.len() >= k * n);
+    let (a_rs, a_cs) = if a_transposed {
+        (1, m as isize)
+    } else {
+        (k as isize, 1)
+    };
+    let (b_rs, b_cs) = if b_transposed {
+        (1, k as isize)
+    } else {
+        (n as isize, 1)
+    };
+    // SAFETY: the asserted lengths cover every element the strides address.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c,
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            a_cs,
+            a_rs,
+            b.as_ptr(),
+            b_cs,
+            b_rs,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(threads()),
+        );
     }
 }
 
-impl CustomOp1 for Col2Im {
-    fn name(&self) -> &'static str {
-        "col2im"
-    }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = &self.0;
-        let (r, c) = g.cols_shape();
-        if l.shape().dims() != [r, c] {
-            candle_core::bail!("col2im: input {:?} does not match {g:?}", l.shape());
+/// `[O, B·P]` → `[B, O, P]` (+ bias per `O`).
+fn ob_to_bo(src: &[f32], o: usize, b: usize, p: usize, bias: Option<&[f32]>) -> Vec<f32> {
+    let mut out = vec![0f32; o * b * p];
+    out.par_chunks_mut(o * p).enumerate().for_each(|(bi, img)| {
+        for oi in 0..o {
+            let add = bias.map_or(0.0, |bs| bs[oi]);
+            let s = &src[oi * b * p + bi * p..oi * b * p + (bi + 1) * p];
+            for (d, v) in img[oi * p..(oi + 1) * p].iter_mut().zip(s) {
+                *d = v + add;
+            }
         }
-        let cols = contiguous(s, l, "col2im")?;
+    });
+    out
+}
+
+/// `[B, O, P]` → `[O, B·P]`.
+fn bo_to_ob(src: &[f32], b: usize, o: usize, p: usize) -> Vec<f32> {
+    let mut out = vec![0f32; o * b * p];
+    out.par_chunks_mut(b * p).enumerate().for_each(|(oi, row)| {
+        for bi in 0..b {
+            row[bi * p..(bi + 1) * p]
+                .copy_from_slice(&src[(bi * o + oi) * p..(bi * o + oi + 1) * p]);
+        }
+    });
+    out
+}
+
+/// Row sums of `[rows, n]`.
+fn row_sums(src: &[f32], n: usize) -> Vec<f32> {
+    src.par_chunks(n).map(|r| r.iter().sum()).collect()
+}
+
+fn tracked(t: &Tensor) -> bool {
+    t.track_op()
+}
+
+fn cpu_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    contiguous(s, l, what)
+}
+
+/// `conv2d(x, w) + bias` as one op: `W · im2col(x)` forward; backward by two GEMMs and a
+/// `col2im`, with the columns kept from the forward pass (no `im2col` tensor in the graph).
+struct Conv2dOp {
+    g: Geometry,
+    out_channels: usize,
+    cols: std::sync::Mutex<Option<Vec<f32>>>,
+}
+
+impl CustomOp3 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "conv2d-gemm"
+    }
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = &self.g;
+        let (x, w, bias) = (
+            cpu_slice(xs, xl, "conv2d x")?,
+            cpu_slice(ws, wl, "conv2d w")?,
+            cpu_slice(bs, bl, "conv2d bias")?,
+        );
+        let (rows, n) = g.cols_shape();
+        let cols = im2col(g, x);
+        let y2 = matmul(self.out_channels, n, rows, w, false, &cols, false);
+        let y = ob_to_bo(
+            &y2,
+            self.out_channels,
+            g.batch,
+            g.out_h() * g.out_w(),
+            Some(bias),
+        );
+        *self.cols.lock().expect("cols lock") = Some(cols);
         Ok((
-            CpuStorage::F32(col2im(g, cols)),
+            CpuStorage::F32(y),
+            Shape::from((g.batch, self.out_channels, g.out_h(), g.out_w())),
+        ))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = &self.g;
+        let (o, p) = (self.out_channels, g.out_h() * g.out_w());
+        let (rows, n) = g.cols_shape();
+        let dy2 = bo_to_ob(&host(dy)?, g.batch, o, p);
+        let cols = match self.cols.lock().expect("cols lock").take() {
+            Some(c) => c,
+            None => im2col(g, &host(x)?),
+        };
+        let dev = x.device();
+        let db = tracked(bias)
+            .then(|| Tensor::from_vec(row_sums(&dy2, n), o, dev))
+            .transpose()?;
+        let dw = if tracked(w) {
+            let dw = matmul(o, rows, n, &dy2, false, &cols, true);
+            Some(Tensor::from_vec(dw, w.shape(), dev)?)
+        } else {
+            None
+        };
+        let dx = if tracked(x) {
+            let wv = host(w)?;
+            let dcols = matmul(rows, n, o, &wv, true, &dy2, false);
+            Some(Tensor::from_vec(col2im(g, &dcols), x.shape(), dev)?)
+        } else {
+            None
+        };
+        Ok((dx, dw, db))
+    }
+}
+
+/// `conv_transpose2d(x, w) + bias` as one op: `col2im(Wᵀ · x)` forward; backward by `im2col`
+/// of the output gradient and two GEMMs.
+struct ConvTranspose2dOp {
+    /// Geometry of the (adjoint) convolution over the output.
+    g: Geometry,
+    in_channels: usize,
+    x2: std::sync::Mutex<Option<Vec<f32>>>,
+}
+
+impl CustomOp3 for ConvTranspose2dOp {
+    fn name(&self) -> &'static str {
+        "conv-transpose2d-gemm"
+    }
+    fn cpu_fwd(
+        &self,
+        xs: &CpuStorage,
+        xl: &Layout,
+        ws: &CpuStorage,
+        wl: &Layout,
+        bs: &CpuStorage,
+        bl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = &self.g;
+        let (x, w, bias) = (
+            cpu_slice(xs, xl, "conv_transpose2d x")?,
+            cpu_slice(ws, wl, "conv_transpose2d w")?,
+            cpu_slice(bs, bl, "conv_transpose2d bias")?,
+        );
+        let (rows, n) = g.cols_shape(); // [Co·k·k, B·H·W]
+        let ci = self.in_channels;
+        let x2 = bo_to_ob(x, g.batch, ci, n / g.batch);
+        let cols = matmul(rows, n, ci, w, true, &x2, false);
+        let mut y = col2im(g, &cols);
+        let hw = g.height * g.width;
+        y.par_chunks_mut(hw).enumerate().for_each(|(i, plane)| {
+            let b = bias[i % g.channels];
+            plane.iter_mut().for_each(|v| *v += b);
+        });
+        *self.x2.lock().expect("x2 lock") = Some(x2);
+        Ok((
+            CpuStorage::F32(y),
             Shape::from((g.batch, g.channels, g.height, g.width)),
         ))
     }
-    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad.contiguous()?.apply_op1(Im2Col(self.0))?))
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = &self.g;
+        let (rows, n) = g.cols_shape();
+        let ci = self.in_channels;
+        let dyv = host(dy)?;
+        let dev = x.device();
+        let db = if tracked(bias) {
+            let hw = g.height * g.width;
+            let mut db = vec![0f32; g.channels];
+            for (i, plane) in dyv.chunks(hw).enumerate() {
+                db[i % g.channels] += plane.iter().sum::<f32>();
+            }
+            Some(Tensor::from_vec(db, g.channels, dev)?)
+        } else {
+            None
+        };
+        let dcols = im2col(g, &dyv); // [Co·k·k, B·H·W]
+        let x2 = match self.x2.lock().expect("x2 lock").take() {
+            Some(v) => v,
+            None => bo_to_ob(&host(x)?, g.batch, ci, n / g.batch),
+        };
+        let dw = if tracked(w) {
+            let dw = matmul(ci, rows, n, &x2, false, &dcols, true);
+            Some(Tensor::from_vec(dw, w.shape(), dev)?)
+        } else {
+            None
+        };
+        let dx = if tracked(x) {
+            let wv = host(w)?;
+            let dx2 = matmul(ci, n, rows, &wv, false, &dcols, false);
+            Some(Tensor::from_vec(
+                ob_to_bo(&dx2, ci, g.batch, n / g.batch, None),
+                x.shape(),
+                dev,
+            )?)
+        } else {
+            None
+        };
+        Ok((dx, dw, db))
     }
 }
 
-/// `conv2d(x [B,C,H,W], w [O,C,k,k])` with stride and zero padding, as `W · im2col(x)`.
-pub fn conv2d_gemm(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Result<Tensor> {
+fn bias_or_zeros(bias: Option<&Tensor>, n: usize, like: &Tensor) -> Result<Tensor> {
+    match bias {
+        Some(b) => b.contiguous(),
+        None => Tensor::zeros(n, like.dtype(), like.device()),
+    }
+}
+
+/// `conv2d(x [B,C,H,W], w [O,C,k,k]) + bias` with stride and zero padding (CPU, f32).
+pub fn conv2d_gemm(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
     let (b, c, h, wd) = x.dims4()?;
     let (o, c2, k, k2) = w.dims4()?;
     if c != c2 || k != k2 {
@@ -194,19 +465,21 @@ pub fn conv2d_gemm(x: &Tensor, w: &Tensor, stride: usize, padding: usize) -> Res
         stride,
         padding,
     };
-    let (ho, wo) = (g.out_h(), g.out_w());
-    let cols = x.contiguous()?.apply_op1(Im2Col(g))?;
-    let y = w.reshape((o, c * k * k))?.matmul(&cols)?; // [O, B·Ho·Wo]
-    y.reshape((o, b, ho, wo))?
-        .permute((1, 0, 2, 3))?
-        .contiguous()
+    let op = Conv2dOp {
+        g,
+        out_channels: o,
+        cols: std::sync::Mutex::new(None),
+    };
+    x.contiguous()?
+        .apply_op3(&w.contiguous()?, &bias_or_zeros(bias, o, x)?, op)
 }
 
-/// `conv_transpose2d(x [B,Ci,H,W], w [Ci,Co,k,k])` with stride and padding (no output padding),
-/// as `col2im(Wᵀ · x)`; output `[B, Co, (H−1)s − 2p + k, …]`.
+/// `conv_transpose2d(x [B,Ci,H,W], w [Ci,Co,k,k]) + bias` with stride and padding (no output
+/// padding); output `[B, Co, (H−1)s − 2p + k, …]` (CPU, f32).
 pub fn conv_transpose2d_gemm(
     x: &Tensor,
     w: &Tensor,
+    bias: Option<&Tensor>,
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
@@ -233,9 +506,13 @@ pub fn conv_transpose2d_gemm(
         padding,
     };
     debug_assert_eq!((g.out_h(), g.out_w()), (h, wd));
-    let x2 = x.permute((1, 0, 2, 3))?.reshape((ci, b * h * wd))?; // [Ci, B·H·W]
-    let cols = w.reshape((ci, co * k * k))?.t()?.matmul(&x2)?; // [Co·k·k, B·H·W]
-    cols.contiguous()?.apply_op1(Col2Im(g))
+    let op = ConvTranspose2dOp {
+        g,
+        in_channels: ci,
+        x2: std::sync::Mutex::new(None),
+    };
+    x.contiguous()?
+        .apply_op3(&w.contiguous()?, &bias_or_zeros(bias, co, x)?, op)
 }
 
 #[cfg(test)]
@@ -253,8 +530,8 @@ mod tests {
         }
     }
 
-    /// The GEMM path against candle's own convolutions: outputs within 1e-5 and gradients
-    /// (input and kernel) within 1e-4, relative to the largest magnitude.
+    /// The GEMM path against candle's own convolutions (+ bias): outputs within 1e-5 and the
+    /// input, kernel and bias gradients within 1e-4, relative to the largest magnitude.
     #[test]
     fn matches_candle_convolutions() {
         let d = Device::Cpu;
@@ -267,64 +544,72 @@ mod tests {
         ] {
             let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, c, h, h), &d).unwrap()).unwrap();
             let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (o, c, k, k), &d).unwrap()).unwrap();
-            let r = Tensor::randn(
-                0f32,
-                1.0,
-                candle_core::Shape::from(
-                    x.as_tensor()
-                        .conv2d(w.as_tensor(), p, s, 1, 1)
-                        .unwrap()
-                        .dims(),
-                ),
-                &d,
-            )
-            .unwrap();
-            let plain = x.as_tensor().conv2d(w.as_tensor(), p, s, 1, 1).unwrap();
-            let fast = conv2d_gemm(x.as_tensor(), w.as_tensor(), s, p).unwrap();
+            let bias = Var::from_tensor(&Tensor::randn(0f32, 1.0, o, &d).unwrap()).unwrap();
+            let plain = x
+                .as_tensor()
+                .conv2d(w.as_tensor(), p, s, 1, 1)
+                .unwrap()
+                .broadcast_add(&bias.as_tensor().reshape((1, o, 1, 1)).unwrap())
+                .unwrap();
+            let fast =
+                conv2d_gemm(x.as_tensor(), w.as_tensor(), Some(bias.as_tensor()), s, p).unwrap();
             close(&fast, &plain, 1e-5, "conv2d forward");
+            let r = Tensor::randn(0f32, 1.0, plain.dims(), &d).unwrap();
             let gp = (plain * &r).unwrap().sum_all().unwrap().backward().unwrap();
             let gf = (fast * &r).unwrap().sum_all().unwrap().backward().unwrap();
-            close(
-                gf.get(x.as_tensor()).unwrap(),
-                gp.get(x.as_tensor()).unwrap(),
-                1e-4,
-                "conv2d dx",
-            );
-            close(
-                gf.get(w.as_tensor()).unwrap(),
-                gp.get(w.as_tensor()).unwrap(),
-                1e-4,
-                "conv2d dw",
-            );
+            for (v, name) in [(&x, "dx"), (&w, "dw"), (&bias, "db")] {
+                close(
+                    gf.get(v.as_tensor()).unwrap(),
+                    gp.get(v.as_tensor()).unwrap(),
+                    1e-4,
+                    &format!("conv2d {name}"),
+                );
+            }
 
             // Transposed: kernel [Ci = c, Co = o, k, k].
-            let wt =
-                Var::from_tensor(&Tensor::randn(0f32, 1.0, (c, o, k, k), &d).unwrap()).unwrap();
             if (h - 1) * s + k < 2 * p + 1 {
                 continue;
             }
+            let wt =
+                Var::from_tensor(&Tensor::randn(0f32, 1.0, (c, o, k, k), &d).unwrap()).unwrap();
             let plain = x
                 .as_tensor()
                 .conv_transpose2d(wt.as_tensor(), p, 0, s, 1)
+                .unwrap()
+                .broadcast_add(&bias.as_tensor().reshape((1, o, 1, 1)).unwrap())
                 .unwrap();
-            let fast = conv_transpose2d_gemm(x.as_tensor(), wt.as_tensor(), s, p).unwrap();
+            let fast =
+                conv_transpose2d_gemm(x.as_tensor(), wt.as_tensor(), Some(bias.as_tensor()), s, p)
+                    .unwrap();
             close(&fast, &plain, 1e-5, "conv_transpose2d forward");
             let r = Tensor::randn(0f32, 1.0, plain.dims(), &d).unwrap();
             let gp = (plain * &r).unwrap().sum_all().unwrap().backward().unwrap();
             let gf = (fast * &r).unwrap().sum_all().unwrap().backward().unwrap();
-            close(
-                gf.get(x.as_tensor()).unwrap(),
-                gp.get(x.as_tensor()).unwrap(),
-                1e-4,
-                "conv_transpose2d dx",
-            );
-            close(
-                gf.get(wt.as_tensor()).unwrap(),
-                gp.get(wt.as_tensor()).unwrap(),
-                1e-4,
-                "conv_transpose2d dw",
-            );
+            for (v, name) in [(&x, "dx"), (&wt, "dw"), (&bias, "db")] {
+                close(
+                    gf.get(v.as_tensor()).unwrap(),
+                    gp.get(v.as_tensor()).unwrap(),
+                    1e-4,
+                    &format!("conv_transpose2d {name}"),
+                );
+            }
         }
+    }
+
+    /// An untracked input gets no gradient computed (the first layer's image).
+    #[test]
+    fn untracked_inputs_get_no_gradient() {
+        let d = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 6, 6), &d).unwrap();
+        let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 3, 3, 3), &d).unwrap()).unwrap();
+        let g = conv2d_gemm(&x, w.as_tensor(), None, 1, 1)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(g.get(&x).is_none());
+        assert!(g.get(w.as_tensor()).is_some());
     }
 
     /// im2col of a hand-checkable 1×1×3×3 input, k = 2, stride 1, no padding.

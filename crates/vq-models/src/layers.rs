@@ -53,11 +53,11 @@ impl Conv2d {
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let _span = tracing::trace_span!("conv2d").entered();
-        let y = if x.device().is_cpu() {
-            crate::conv::conv2d_gemm(x, &self.weight, self.config.stride, self.config.padding)?
-        } else {
-            x.conv2d(&self.weight, self.config.padding, self.config.stride, 1, 1)?
-        };
+        if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+            let (s, p) = (self.config.stride, self.config.padding);
+            return crate::conv::conv2d_gemm(x, &self.weight, self.bias.as_ref(), s, p);
+        }
+        let y = x.conv2d(&self.weight, self.config.padding, self.config.stride, 1, 1)?;
         match &self.bias {
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
             None => Ok(y),
@@ -107,17 +107,26 @@ impl Module for ConvTranspose2d {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let _span = tracing::trace_span!("conv_transpose2d").entered();
         let c = &self.config;
-        let y = if x.device().is_cpu() && c.output_padding == 0 && c.dilation == 1 {
-            crate::conv::conv_transpose2d_gemm(x, &self.weight, c.stride, c.padding)?
-        } else {
-            x.conv_transpose2d(
+        if x.device().is_cpu()
+            && x.dtype() == candle_core::DType::F32
+            && c.output_padding == 0
+            && c.dilation == 1
+        {
+            return crate::conv::conv_transpose2d_gemm(
+                x,
                 &self.weight,
-                c.padding,
-                c.output_padding,
+                Some(&self.bias),
                 c.stride,
-                c.dilation,
-            )?
-        };
+                c.padding,
+            );
+        }
+        let y = x.conv_transpose2d(
+            &self.weight,
+            c.padding,
+            c.output_padding,
+            c.stride,
+            c.dilation,
+        )?;
         y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
     }
 }

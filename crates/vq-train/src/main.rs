@@ -98,7 +98,7 @@ fn default_config() -> TrainConfig {
 }
 
 fn main() -> Result<()> {
-    vq_train::tune_allocator();
+    vq_train::tune_cpu_runtime();
     let cli = Cli::parse();
 
     tracing_subscriber::fmt()
