@@ -1,8 +1,8 @@
 //! `cargo xtask`: reproduction runs of the paper's tables and figures, and benchmarks.
 
-mod bench;
-
 use std::path::PathBuf;
+
+use xtask::{bench, reproduce};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -34,6 +34,34 @@ enum Cmd {
         /// Also write the results as JSON here.
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+    /// The paper's tables and figures: runs (resumable) and docs/results/<dataset>.md.
+    Reproduce {
+        #[arg(value_enum)]
+        part: reproduce::Part,
+        /// fashion-mnist, mnist-10k (from ../shared/data), embedded, or a vq-data name with
+        /// --data-path.
+        #[arg(long, default_value = "fashion-mnist")]
+        dataset: String,
+        #[arg(long)]
+        data_path: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "quick")]
+        budget: reproduce::Budget,
+        /// Override the budget's steps per run.
+        #[arg(long)]
+        steps: Option<usize>,
+        /// Override the budget's seeds per setting.
+        #[arg(long)]
+        seeds: Option<usize>,
+        /// Table 1 structures, e.g. 512x128,65536x1 (default: all of W = 65536).
+        #[arg(long)]
+        structures: Option<String>,
+        #[arg(long, default_value = "runs/reproduce")]
+        runs_dir: PathBuf,
+        #[arg(long, default_value = "docs/results")]
+        report_dir: PathBuf,
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
     /// One benchmark case in this process (used by `bench`).
     #[command(hide = true)]
@@ -67,6 +95,37 @@ fn main() -> Result<()> {
             only.as_deref(),
             out.as_deref(),
         ),
+        Cmd::Reproduce {
+            part,
+            dataset,
+            data_path,
+            budget,
+            steps,
+            seeds,
+            structures,
+            runs_dir,
+            report_dir,
+            device,
+        } => {
+            let opts = reproduce::Options {
+                part,
+                dataset,
+                data_path,
+                budget,
+                steps,
+                seeds,
+                structures: structures
+                    .as_deref()
+                    .map(reproduce::parse_structures)
+                    .transpose()?,
+                runs_dir,
+                report_dir,
+                device,
+            };
+            let path = reproduce::reproduce(&opts)?;
+            println!("{}", path.display());
+            Ok(())
+        }
         Cmd::BenchCase {
             model,
             shape,

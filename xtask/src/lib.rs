@@ -1,0 +1,4 @@
+//! Library of `cargo xtask`: benchmarks and the reproduction driver (usable from tests).
+
+pub mod bench;
+pub mod reproduce;
