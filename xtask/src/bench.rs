@@ -21,10 +21,28 @@ pub struct CaseResult {
     pub median_ms: f64,
     pub min_ms: f64,
     pub max_ms: f64,
+    /// Forward-only median (NaN when not measured; JSON null).
+    #[serde(with = "nan_as_null")]
     pub fwd_median_ms: f64,
+    #[serde(with = "nan_as_null")]
     pub bwd_median_ms: f64,
     pub peak_rss_mib: f64,
     pub threads: usize,
+}
+
+/// NaN ↔ JSON null.
+mod nan_as_null {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_nan() {
+            s.serialize_none()
+        } else {
+            s.serialize_f64(*v)
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+    }
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -279,12 +297,13 @@ pub fn bench(
     rounds: usize,
     compare_torch: bool,
     only: Option<&str>,
+    shape_only: Option<&str>,
     out: Option<&Path>,
 ) -> Result<()> {
     let threads = rayon_threads();
     let mut rows: Vec<(CaseResult, Option<CaseResult>)> = Vec::new();
     for &(model, shape) in CASES {
-        if only.is_some_and(|o| o != model) {
+        if only.is_some_and(|o| o != model) || shape_only.is_some_and(|o| o != shape) {
             continue;
         }
         // Paired rounds: ours, then the reference, `rounds` times; medians of the medians.

@@ -1,4 +1,5 @@
 //! Library of `cargo xtask`: benchmarks and the reproduction driver (usable from tests).
 
 pub mod bench;
+pub mod fuzz;
 pub mod reproduce;

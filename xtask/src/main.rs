@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use xtask::{bench, reproduce};
+use xtask::{bench, fuzz, reproduce};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -31,6 +31,9 @@ enum Cmd {
         /// Only this model (fixed512x128, fixed16384x4, adaptive, quantizer).
         #[arg(long)]
         only: Option<String>,
+        /// Only this input shape (mnist: 64×1×28×28, cifar: 64×3×32×32).
+        #[arg(long)]
+        shape: Option<String>,
         /// Also write the results as JSON here.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -63,6 +66,15 @@ enum Cmd {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+    /// Runs the cargo-fuzz targets (IDX, CIFAR-10, config parsers) for a bounded time each.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target (idx, cifar, config).
+        #[arg(long)]
+        only: Option<String>,
+    },
     /// One benchmark case in this process (used by `bench`).
     #[command(hide = true)]
     BenchCase {
@@ -86,6 +98,7 @@ fn main() -> Result<()> {
             rounds,
             compare_torch,
             only,
+            shape,
             out,
         } => bench::bench(
             steps,
@@ -93,6 +106,7 @@ fn main() -> Result<()> {
             rounds.max(1),
             compare_torch,
             only.as_deref(),
+            shape.as_deref(),
             out.as_deref(),
         ),
         Cmd::Reproduce {
@@ -124,6 +138,16 @@ fn main() -> Result<()> {
             };
             let path = reproduce::reproduce(&opts)?;
             println!("{}", path.display());
+            Ok(())
+        }
+        Cmd::Fuzz { seconds, only } => {
+            let results = fuzz::fuzz(seconds, only.as_deref())?;
+            for r in &results {
+                println!(
+                    "{}: {} inputs in {} s without a crash",
+                    r.target, r.runs, r.seconds
+                );
+            }
             Ok(())
         }
         Cmd::BenchCase {

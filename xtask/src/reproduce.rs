@@ -263,16 +263,7 @@ fn run_one(spec: &RunSpec, dir: &Path) -> Result<Finished> {
             }
         })
         .with_context(|| format!("{}: no final validation record", dir.display()))?;
-    let train = records
-        .into_iter()
-        .filter_map(|r| {
-            if let Record::Train(t) = r {
-                Some(t)
-            } else {
-                None
-            }
-        })
-        .collect();
+    let (train, _) = vq_train::metrics::split(records);
     Ok(Finished {
         group: spec.group.clone(),
         val,

@@ -26,6 +26,24 @@ pub struct CodebookConfig {
     pub decay: f64,
     /// ε: Laplace smoothing of the EMA cluster sizes.
     pub epsilon: f64,
+    /// How the codewords start (default: the authors' N(0, 1) draw).
+    pub init: CodebookInit,
+    /// Re-initialise every codeword whose EMA cluster size falls below this many vectors to a
+    /// random vector of the current batch (0 = never; EMA codebooks only). Not in the paper.
+    pub restart_below: f64,
+}
+
+/// Initial codewords.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CodebookInit {
+    /// Codewords (and EMA sums) drawn from N(0, 1), EMA cluster sizes 0, as in the authors'
+    /// code. When the projected vectors are small against `√D`, every vector picks the same
+    /// codeword and the others are never used.
+    #[default]
+    Normal,
+    /// Codewords set to random vectors of the first training batch (EMA cluster sizes 1).
+    Data,
 }
 
 impl Default for CodebookConfig {
@@ -36,6 +54,8 @@ impl Default for CodebookConfig {
             ema: true,
             decay: 0.99,
             epsilon: 1e-5,
+            init: CodebookInit::Normal,
+            restart_below: 0.0,
         }
     }
 }
@@ -51,6 +71,13 @@ impl CodebookConfig {
             return Err(ConfigError::invalid(
                 "epsilon",
                 format!("must be a finite number > 0, got {}", self.epsilon),
+            ));
+        }
+        finite_non_negative("restart_below", self.restart_below)?;
+        if self.restart_below > 0.0 && !self.ema {
+            return Err(ConfigError::invalid(
+                "restart_below",
+                "dead-code restarts need an EMA codebook (ema = true)",
             ));
         }
         Ok(())

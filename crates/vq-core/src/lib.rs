@@ -54,8 +54,8 @@ pub mod vq;
 
 pub use adaptive::{AdaptiveQuantizer, ProjectedQuantizer};
 pub use config::{
-    AdaptiveConfig, CodebookConfig, Granularity, SelectionLogits, ValidAdaptiveConfig,
-    ValidVqConfig, VqConfig,
+    AdaptiveConfig, CodebookConfig, CodebookInit, Granularity, SelectionLogits,
+    ValidAdaptiveConfig, ValidVqConfig, VqConfig,
 };
 pub use error::{ConfigError, Result, VqError};
 pub use gap::{gradient_gap, GradientGap};

@@ -195,17 +195,12 @@ pub fn nearest_sorted_1d(x: &[f32], codebook: &[f32]) -> Vec<u32> {
         .collect();
     order.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
     let vals: Vec<f32> = order.iter().map(|p| p.0).collect();
-    // For every sorted slot, the lowest codebook index among the codewords of equal value.
+    // For every sorted slot, the lowest codebook index among the codewords of equal value:
+    // sorting by (value, index) puts it first in its run, so copy it along the run.
     let mut best_idx: Vec<u32> = order.iter().map(|p| p.1).collect();
     for i in 1..n {
         if vals[i] == vals[i - 1] {
-            best_idx[i] = best_idx[i - 1].min(best_idx[i]);
-        }
-    }
-    // Propagate backwards too, so any slot of a run knows the run's minimum index.
-    for i in (0..n - 1).rev() {
-        if vals[i] == vals[i + 1] {
-            best_idx[i] = best_idx[i + 1].min(best_idx[i]);
+            best_idx[i] = best_idx[i - 1];
         }
     }
     x.par_iter()
@@ -230,8 +225,7 @@ pub fn nearest_sorted_1d(x: &[f32], codebook: &[f32]) -> Vec<u32> {
                 }
                 (Some(l), None) => l.1,
                 (None, Some(r)) => r.1,
-                // NaN input: no ordering; fall back to a full scan to stay deterministic.
-                (None, None) => 0,
+                (None, None) => unreachable!("the codebook is not empty"),
             }
         })
         .collect()

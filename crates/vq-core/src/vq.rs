@@ -4,7 +4,7 @@
 use candle_core::{DType, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 
-use crate::config::ValidVqConfig;
+use crate::config::{CodebookInit, ValidVqConfig};
 use crate::error::{Result, VqError};
 use crate::search::{nearest, SearchMethod};
 
@@ -22,13 +22,20 @@ struct EmaState {
 ///   without EMA it is a trainable parameter.
 /// - `ema_cluster_size` `[N]`, `ema_w` `[N, D]`: EMA buffers (EMA mode only).
 ///
+/// - `updates` `[1]`: number of codebook updates so far (only with data initialisation or
+///   dead-code restarts; it seeds their random choices, so they resume exactly).
+///
 /// EMA initialisation follows the authors' code (zalando's `VectorQuantizerEMA`): codebook and
-/// running sums drawn independently from N(0, 1), cluster sizes zero.
+/// running sums drawn independently from N(0, 1), cluster sizes zero. With
+/// [`CodebookInit::Data`](crate::CodebookInit::Data) the first training batch replaces them.
 #[derive(Clone, Debug)]
 pub struct VectorQuantizer {
     config: ValidVqConfig,
     embedding: Var,
     ema: Option<EmaState>,
+    updates: Option<Var>,
+    /// Stream key of this codebook's random choices (hash of its variable path).
+    key: u64,
     search: SearchMethod,
 }
 
@@ -81,10 +88,19 @@ impl VectorQuantizer {
             };
             (as_var(vb.get_with_hints((n, d), "embedding", init)?)?, None)
         };
+        let updates = (cb.init == CodebookInit::Data || cb.restart_below > 0.0)
+            .then(|| {
+                vb.get_with_hints(1, "updates", Init::Const(0.0))
+                    .map_err(VqError::from)
+                    .and_then(as_var)
+            })
+            .transpose()?;
         Ok(Self {
             config: config.clone(),
             embedding,
             ema,
+            updates,
+            key: crate::init::stable_hash(vb.prefix().as_bytes()),
             search: SearchMethod::Auto,
         })
     }
@@ -154,6 +170,13 @@ impl VectorQuantizer {
         self.check_input(x)?;
         let cb = self.config.codebook();
         let x_sg = x.detach();
+        let updates = match &self.updates {
+            Some(u) => u.as_tensor().to_vec1::<f32>()?[0] as u64,
+            None => 0,
+        };
+        if update && cb.init == CodebookInit::Data && updates == 0 {
+            self.init_from_data(&x_sg, updates)?;
+        }
         let codebook = self.codebook();
         let indices = nearest(&x_sg, &codebook.detach(), self.search)?;
         let z_q = codebook.index_select(&indices, 0)?;
@@ -177,7 +200,18 @@ impl VectorQuantizer {
             .exp()?;
         if update {
             if let Some(ema) = &self.ema {
-                self.ema_update(ema, &x_sg, &indices, &counts)?;
+                // A non-finite input (a diverging encoder) would poison the running sums for
+                // good; leave the codebook as it is (the loss is non-finite too, so the trainer
+                // stops or skips this batch).
+                if x_sg.sum_all()?.to_scalar::<f32>()?.is_finite() {
+                    self.ema_update(ema, &x_sg, &indices, &counts)?;
+                    if cb.restart_below > 0.0 {
+                        self.restart_dead(ema, &x_sg, updates)?;
+                    }
+                }
+            }
+            if let Some(u) = &self.updates {
+                u.set(&Tensor::new(&[(updates + 1) as f32], x.device())?)?;
             }
         }
         Ok(VqOutput {
@@ -187,6 +221,74 @@ impl VectorQuantizer {
             counts,
             perplexity,
         })
+    }
+
+    /// The random stream of this codebook's choices at update `updates`.
+    fn rng(&self, updates: u64) -> rand_chacha::ChaCha8Rng {
+        crate::init::stream(
+            self.key ^ updates.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            "codebook",
+        )
+    }
+
+    /// Sets the codewords to random rows of `x` `[T, D]` (distinct rows when `T ≥ N`); EMA sums
+    /// equal to them and cluster sizes 1.
+    fn init_from_data(&self, x: &Tensor, updates: u64) -> Result<()> {
+        use rand::seq::index::sample;
+        use rand::Rng;
+        let t = x.dim(0)?;
+        let n = self.config.num_embeddings();
+        let mut rng = self.rng(updates);
+        let rows: Vec<u32> = if t >= n {
+            sample(&mut rng, t, n)
+                .into_iter()
+                .map(|i| i as u32)
+                .collect()
+        } else {
+            (0..n).map(|_| rng.random_range(0..t as u32)).collect()
+        };
+        let emb = x.index_select(&Tensor::from_vec(rows, n, x.device())?, 0)?;
+        self.embedding.set(&emb)?;
+        if let Some(ema) = &self.ema {
+            ema.ema_w.set(&emb)?;
+            ema.cluster_size.set(&ema.cluster_size.ones_like()?)?;
+        }
+        Ok(())
+    }
+
+    /// Codewords whose EMA cluster size is below `restart_below` move to random rows of `x`
+    /// (with EMA sums equal to them and cluster size 1).
+    fn restart_dead(&self, ema: &EmaState, x: &Tensor, updates: u64) -> Result<()> {
+        use rand::Rng;
+        let thr = self.config.codebook().restart_below as f32;
+        let cs = ema.cluster_size.as_tensor().to_vec1::<f32>()?;
+        let dead: Vec<usize> = cs
+            .iter()
+            .enumerate()
+            .filter(|(_, &c)| c < thr)
+            .map(|(i, _)| i)
+            .collect();
+        if dead.is_empty() {
+            return Ok(());
+        }
+        let (t, d) = x.dims2()?;
+        let xs = x.flatten_all()?.to_vec1::<f32>()?;
+        let mut emb = self.embedding.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+        let mut w = ema.ema_w.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+        let mut cs = cs;
+        let mut rng = self.rng(updates ^ 0x5EED);
+        for i in dead {
+            let r = rng.random_range(0..t);
+            emb[i * d..(i + 1) * d].copy_from_slice(&xs[r * d..(r + 1) * d]);
+            w[i * d..(i + 1) * d].copy_from_slice(&xs[r * d..(r + 1) * d]);
+            cs[i] = 1.0;
+        }
+        let n = cs.len();
+        let dev = x.device();
+        self.embedding.set(&Tensor::from_vec(emb, (n, d), dev)?)?;
+        ema.ema_w.set(&Tensor::from_vec(w, (n, d), dev)?)?;
+        ema.cluster_size.set(&Tensor::from_vec(cs, n, dev)?)?;
+        Ok(())
     }
 
     /// `N ← γN + (1−γ)n`, Laplace smoothing, `m ← γm + (1−γ)Σx`, `e = m / N`.
@@ -337,6 +439,143 @@ mod tests {
                 "{same}/257 agree with brute force (n={n}, d={d})"
             );
             assert!(out.loss.to_scalar::<f32>().unwrap() >= 0.0);
+        }
+    }
+
+    fn vq_with(cb: CodebookConfig, n: usize, d: usize) -> VectorQuantizer {
+        let cfg = VqConfig {
+            num_embeddings: n,
+            embedding_dim: d,
+            codebook: cb,
+        }
+        .validate()
+        .unwrap();
+        let vm = crate::SeededVarMap::new(3);
+        VectorQuantizer::new(&cfg, vm.var_builder(DType::F32, &Device::Cpu).pp("q")).unwrap()
+    }
+
+    /// Small inputs against N(0, 1) codewords of dimension 32: the authors' initialisation sends
+    /// every vector to the same codeword (perplexity 1); data initialisation uses many.
+    #[test]
+    fn data_init_avoids_the_single_codeword_collapse() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        let x: Vec<f32> = (0..256 * 32)
+            .map(|_| rng.random_range(-0.05..0.05))
+            .collect();
+        let x = Tensor::from_vec(x, (256, 32), &Device::Cpu).unwrap();
+        let normal = vq_with(CodebookConfig::default(), 64, 32);
+        let p = normal
+            .forward(&x, true)
+            .unwrap()
+            .perplexity
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(p < 1.01, "authors' init: perplexity {p}");
+        let data = vq_with(
+            CodebookConfig {
+                init: CodebookInit::Data,
+                ..Default::default()
+            },
+            64,
+            32,
+        );
+        let out = data.forward(&x, true).unwrap();
+        let p = out.perplexity.to_scalar::<f32>().unwrap();
+        assert!(p > 20.0, "data init: perplexity {p}");
+        // Same seed, same choice; the counter advanced and is a checkpointed variable.
+        let again = vq_with(
+            CodebookConfig {
+                init: CodebookInit::Data,
+                ..Default::default()
+            },
+            64,
+            32,
+        );
+        again.forward(&x, true).unwrap();
+        assert_eq!(
+            data.codebook().to_vec2::<f32>().unwrap(),
+            again.codebook().to_vec2::<f32>().unwrap()
+        );
+        assert_eq!(
+            data.updates
+                .as_ref()
+                .unwrap()
+                .as_tensor()
+                .to_vec1::<f32>()
+                .unwrap(),
+            vec![1.0]
+        );
+    }
+
+    /// A codeword whose EMA cluster size is below the threshold moves onto a batch vector.
+    #[test]
+    fn dead_codes_restart_on_batch_vectors() {
+        let cb = CodebookConfig {
+            restart_below: 0.5,
+            ..Default::default()
+        };
+        let cfg = VqConfig {
+            num_embeddings: 3,
+            embedding_dim: 2,
+            codebook: cb,
+        }
+        .validate()
+        .unwrap();
+        let dev = Device::Cpu;
+        let mut ts = HashMap::new();
+        let e = Tensor::from_slice(&[0f32, 0., 1., 1., 50., 50.], (3, 2), &dev).unwrap();
+        ts.insert("embedding".to_string(), e.clone());
+        ts.insert("ema_w".to_string(), e);
+        ts.insert(
+            "ema_cluster_size".to_string(),
+            Tensor::from_slice(&[1f32, 1., 1e-3], 3, &dev).unwrap(),
+        );
+        ts.insert(
+            "updates".to_string(),
+            Tensor::zeros(1, DType::F32, &dev).unwrap(),
+        );
+        let vq =
+            VectorQuantizer::new(&cfg, VarBuilder::from_tensors(ts, DType::F32, &dev)).unwrap();
+        let x = Tensor::from_slice(&[0.1f32, 0.0, 0.9, 1.1, 0.2, 0.1], (3, 2), &dev).unwrap();
+        vq.forward(&x, true).unwrap();
+        let cb = vq.codebook().to_vec2::<f32>().unwrap();
+        let rows = x.to_vec2::<f32>().unwrap();
+        assert!(
+            rows.contains(&cb[2]),
+            "code 2 restarted on a batch vector: {cb:?}"
+        );
+        assert_eq!(
+            vq.ema_cluster_size().unwrap().to_vec1::<f32>().unwrap()[2],
+            1.0
+        );
+        let e = VqConfig {
+            codebook: CodebookConfig {
+                restart_below: 1.0,
+                ema: false,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        assert!(e
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("restart_below"));
+    }
+
+    /// A NaN or infinite input leaves the EMA codebook untouched.
+    #[test]
+    fn non_finite_input_does_not_update_the_codebook() {
+        let vq = vq_from(&[0., 0., 1., 1., 5., 5.], 3, 2, true);
+        for bad in [f32::NAN, f32::INFINITY] {
+            let x = Tensor::from_slice(&[0.2f32, bad, 1.2, 1.0], (2, 2), &Device::Cpu).unwrap();
+            let out = vq.forward(&x, true).unwrap();
+            assert!(!out.loss.to_scalar::<f32>().unwrap().is_finite());
+            assert_eq!(
+                vq.codebook().to_vec2::<f32>().unwrap(),
+                vec![vec![0., 0.], vec![1., 1.], vec![5., 5.]]
+            );
         }
     }
 

@@ -121,6 +121,18 @@ impl JsonlWriter {
     }
 }
 
+/// Training and validation records, each in log order.
+pub fn split(records: Vec<Record>) -> (Vec<TrainRecord>, Vec<ValRecord>) {
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    for r in records {
+        match r {
+            Record::Train(t) => train.push(t),
+            Record::Val(v) => val.push(v),
+        }
+    }
+    (train, val)
+}
+
 /// Reads every record of a `metrics.jsonl`.
 pub fn read_metrics(path: &Path) -> Result<Vec<Record>> {
     let f = File::open(path).map_err(|e| TrainError::io(path, e))?;

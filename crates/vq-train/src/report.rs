@@ -159,33 +159,14 @@ pub fn line_chart(
 /// Writes `plots/*.png` from a run's `metrics.jsonl` and `reconstructions.png`.
 pub fn write_run_report(session: &Session, run: &Path) -> Result<()> {
     let records = read_metrics(&run.join("metrics.jsonl"))?;
-    write_metric_plots(&records, &session.pool_labels(), &run.join("plots"))?;
+    write_metric_plots(records, &session.pool_labels(), &run.join("plots"))?;
     reconstruction_grid(session, &run.join("reconstructions.png"), 16)
 }
 
 /// Loss curves, selection frequency (Fig. 3), gradient gap (Figs. 2 and 4), per-codebook VQ
 /// loss and perplexity, from the records of one run.
-pub fn write_metric_plots(records: &[Record], labels: &[String], dir: &Path) -> Result<()> {
-    let train: Vec<_> = records
-        .iter()
-        .filter_map(|r| {
-            if let Record::Train(t) = r {
-                Some(t)
-            } else {
-                None
-            }
-        })
-        .collect();
-    let val: Vec<_> = records
-        .iter()
-        .filter_map(|r| {
-            if let Record::Val(v) = r {
-                Some(v)
-            } else {
-                None
-            }
-        })
-        .collect();
+pub fn write_metric_plots(records: Vec<Record>, labels: &[String], dir: &Path) -> Result<()> {
+    let (train, val) = crate::metrics::split(records);
     let pts = |f: &dyn Fn(&crate::metrics::TrainRecord) -> Option<f64>| -> Vec<(f64, f64)> {
         train
             .iter()
@@ -368,5 +349,5 @@ pub fn plot_run(run: &Path) -> Result<()> {
         .map(|[n, d]| format!("[{n},{d}]"))
         .collect();
     let records = read_metrics(&run.join("metrics.jsonl"))?;
-    write_metric_plots(&records, &labels, &run.join("plots"))
+    write_metric_plots(records, &labels, &run.join("plots"))
 }

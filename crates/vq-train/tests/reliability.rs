@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use vq_train::metrics::{read_metrics, Record};
+use vq_train::metrics::{read_metrics, split};
 use vq_train::TrainConfig;
 
 fn bin() -> PathBuf {
@@ -151,17 +151,9 @@ fn nan_stops_with_step_and_tensor_and_keeps_the_checkpoint() {
     c.train.fault_nan_grad_at_step = Some(12);
     c.train.on_nonfinite = vq_train::NonFinitePolicy::Skip;
     vq_train::train(c, &run, false, false).unwrap();
-    let last = read_metrics(&run.join("metrics.jsonl"))
-        .unwrap()
-        .into_iter()
-        .filter_map(|r| {
-            if let Record::Train(t) = r {
-                Some(t)
-            } else {
-                None
-            }
-        })
-        .next_back()
+    let last = split(read_metrics(&run.join("metrics.jsonl")).unwrap())
+        .0
+        .pop()
         .unwrap();
     assert_eq!(last.skipped_steps, 2);
     assert!(last.loss.is_finite());

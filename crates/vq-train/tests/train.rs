@@ -3,7 +3,7 @@
 
 mod common;
 
-use vq_train::metrics::{read_metrics, Record};
+use vq_train::metrics::{read_metrics, split};
 
 #[test]
 fn reconstruction_loss_falls_on_fashion_mnist() {
@@ -12,17 +12,7 @@ fn reconstruction_loss_falls_on_fashion_mnist() {
     let mut cfg = common::tiny_config(60);
     cfg.train.report = true;
     let summary = vq_train::train(cfg, &run, false, false).unwrap();
-    let train: Vec<_> = read_metrics(&run.join("metrics.jsonl"))
-        .unwrap()
-        .into_iter()
-        .filter_map(|r| {
-            if let Record::Train(t) = r {
-                Some(t)
-            } else {
-                None
-            }
-        })
-        .collect();
+    let (train, _) = split(read_metrics(&run.join("metrics.jsonl")).unwrap());
     let first = train.first().unwrap().recon_loss;
     let last = train.last().unwrap().recon_loss;
     // Measured: ~0.14 over steps 1–10 → ~0.03 over steps 51–60; require a factor of 2.
