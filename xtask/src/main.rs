@@ -65,6 +65,10 @@ enum Cmd {
         report_dir: PathBuf,
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Codebook initialisation: normal (the authors', default) or data (first batch; the
+        /// report is then named <dataset>-data-init).
+        #[arg(long, default_value = "normal")]
+        init: String,
     },
     /// Runs the cargo-fuzz targets (IDX, CIFAR-10, config parsers) for a bounded time each.
     Fuzz {
@@ -120,7 +124,13 @@ fn main() -> Result<()> {
             runs_dir,
             report_dir,
             device,
+            init,
         } => {
+            let init = match init.as_str() {
+                "normal" => vq_core::CodebookInit::Normal,
+                "data" => vq_core::CodebookInit::Data,
+                other => anyhow::bail!("--init {other}: expected normal or data"),
+            };
             let opts = reproduce::Options {
                 part,
                 dataset,
@@ -135,6 +145,7 @@ fn main() -> Result<()> {
                 runs_dir,
                 report_dir,
                 device,
+                init,
             };
             let path = reproduce::reproduce(&opts)?;
             println!("{}", path.display());

@@ -16,6 +16,7 @@ fn toy_reproduction_writes_report_and_figures() {
         runs_dir: dir.path().join("runs"),
         report_dir: dir.path().join("results"),
         device: "cpu".into(),
+        init: vq_core::CodebookInit::Normal,
     };
     let report = reproduce(&opts).unwrap();
     let md = std::fs::read_to_string(&report).unwrap();
