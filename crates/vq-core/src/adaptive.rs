@@ -262,6 +262,9 @@ impl Quantizer for AdaptiveQuantizer {
         let flat = to_flat(z_e, self.channels())?;
         let (t, _) = flat.dims2()?;
         let batch = dims[0];
+        if t == 0 {
+            return Err(VqError::input("z_e", format!("has no vectors: {dims:?}")));
+        }
         let mut outs = Vec::with_capacity(self.books.len());
         let mut vqs = Vec::with_capacity(self.books.len());
         for book in &self.books {
@@ -324,6 +327,12 @@ impl Quantizer for AdaptiveQuantizer {
 
     fn decode(&self, codes: &Codes) -> Result<Tensor> {
         let shape = codes.index.dims().to_vec();
+        if shape.is_empty() || shape[0] == 0 {
+            return Err(VqError::input(
+                "codes",
+                format!("expected [B, ...] with B ≥ 1, got {shape:?}"),
+            ));
+        }
         if codes.codebook.dims() != shape.as_slice() {
             return Err(VqError::input(
                 "codes",
@@ -408,6 +417,12 @@ impl Quantizer for VectorQuantizer {
 
     fn decode(&self, codes: &Codes) -> Result<Tensor> {
         let shape = codes.index.dims().to_vec();
+        if shape.is_empty() || shape[0] == 0 {
+            return Err(VqError::input(
+                "codes",
+                format!("expected [B, ...] with B ≥ 1, got {shape:?}"),
+            ));
+        }
         let z = VectorQuantizer::decode(self, &codes.index.flatten_all()?)?;
         let mut like = vec![shape[0], self.channels()];
         like.extend(&shape[1..]);

@@ -74,6 +74,9 @@ pub fn nearest(x: &Tensor, codebook: &Tensor, method: SearchMethod) -> Result<Te
     if n == 0 {
         return Err(VqError::input("codebook", "has no rows"));
     }
+    if d == 0 {
+        return Err(VqError::input("codebook", "has dimension D = 0"));
+    }
     if x.dtype() != DType::F32 || codebook.dtype() != DType::F32 {
         return Err(VqError::input("x", "nearest-neighbour search expects f32"));
     }
@@ -143,14 +146,24 @@ fn nearest_blocked(x: &Tensor, codebook: &Tensor) -> Result<Tensor> {
     let n = codebook.dim(0)?;
     let e_norm = codebook.sqr()?.sum(1)?.unsqueeze(0)?; // [1, N]
     let et = codebook.t()?.contiguous()?; // [D, N]
-    let rows = (MAX_BLOCK_BYTES / (4 * n)).clamp(1, t);
+                                          // Three `rows × N` f32 tensors are alive at once (product, scaled, shifted).
+    let rows = (MAX_BLOCK_BYTES / (12 * n)).clamp(1, t);
+    let index = Tensor::arange(0u32, n as u32, x.device())?.unsqueeze(0)?; // [1, N]
     let mut parts = Vec::with_capacity(t.div_ceil(rows));
     let mut start = 0;
     while start < t {
         let len = rows.min(t - start);
         let xb = x.narrow(0, start, len)?;
         let dist = xb.matmul(&et)?.affine(-2.0, 0.0)?.broadcast_add(&e_norm)?;
-        parts.push(dist.argmin(1)?);
+        // The lowest index among the minima (argmin kernels do not promise it on every device).
+        let min = dist.min_keepdim(1)?;
+        let at_min = dist.broadcast_eq(&min)?;
+        let beyond = Tensor::full(n as u32, (len, n), x.device())?;
+        parts.push(
+            at_min
+                .where_cond(&index.broadcast_as((len, n))?, &beyond)?
+                .min(1)?,
+        );
         start += len;
     }
     Ok(Tensor::cat(&parts, 0)?)
@@ -191,7 +204,7 @@ pub fn nearest_sorted_1d(x: &[f32], codebook: &[f32]) -> Vec<u32> {
     let mut order: Vec<(f32, u32)> = codebook
         .iter()
         .enumerate()
-        .map(|(i, &v)| (v, i as u32))
+        .map(|(i, &v)| (v + 0.0, i as u32)) // −0.0 and +0.0: one value, one run
         .collect();
     order.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
     let vals: Vec<f32> = order.iter().map(|p| p.0).collect();
@@ -206,6 +219,7 @@ pub fn nearest_sorted_1d(x: &[f32], codebook: &[f32]) -> Vec<u32> {
     x.par_iter()
         .with_min_len(1024)
         .map(|&v| {
+            let v = v + 0.0;
             let p = vals.partition_point(|&e| e < v);
             let right = (p < n).then(|| {
                 let z = vals[p] - v;
@@ -381,7 +395,7 @@ pub fn nearest_kdtree(x: &[f32], codebook: &[f32], d: usize) -> Vec<u32> {
 
 /// Rows per GEMM block: the `rows × N` block of inner products stays within ~2 MiB.
 fn gemm_rows(n: usize) -> usize {
-    ((2 << 20) / (4 * n)).clamp(16, 512)
+    ((2 << 20) / (4 * n)).clamp(1, 512)
 }
 
 /// GEMM search (CPU): `x` `[T, D]`, `codebook` `[N, D]`, row-major; lowest index on ties.
@@ -746,6 +760,17 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// −0.0 and +0.0 are one point: the lowest index wins, as in the brute force.
+    #[test]
+    fn signed_zeros_tie_to_the_lowest_index() {
+        let e = [0.0f32, -0.0, 1.0];
+        let x = [0.0f32, -0.0, 0.4];
+        assert_eq!(nearest_sorted_1d(&x, &e), nearest_brute_force(&x, &e, 1));
+        assert_eq!(nearest_sorted_1d(&x, &e), vec![0, 0, 0]);
+        let e = [-0.0f32, 0.0];
+        assert_eq!(nearest_sorted_1d(&[0.0], &e), vec![0]);
     }
 
     #[test]

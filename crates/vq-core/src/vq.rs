@@ -90,7 +90,7 @@ impl VectorQuantizer {
         };
         let updates = (cb.init == CodebookInit::Data || cb.restart_below > 0.0)
             .then(|| {
-                vb.get_with_hints(1, "updates", Init::Const(0.0))
+                vb.get_with_hints_dtype(1, "updates", Init::Const(0.0), candle_core::DType::U32)
                     .map_err(VqError::from)
                     .and_then(as_var)
             })
@@ -142,14 +142,29 @@ impl VectorQuantizer {
         )
     }
 
-    /// Codewords of `indices` (`[T]` u32 → `[T, D]`).
+    /// Codewords of `indices` (`[T]` u32 → `[T, D]`); an index ≥ N is an error.
     pub fn decode(&self, indices: &Tensor) -> Result<Tensor> {
+        let n = self.config.num_embeddings();
+        if indices.elem_count() > 0
+            && indices
+                .flatten_all()?
+                .max(0)?
+                .to_dtype(candle_core::DType::U32)?
+                .to_scalar::<u32>()? as usize
+                >= n
+        {
+            return Err(VqError::input(
+                "indices",
+                format!("an index is ≥ the codebook size N = {n}"),
+            ));
+        }
         Ok(self.codebook().index_select(indices, 0)?)
     }
 
     fn check_input(&self, x: &Tensor) -> Result<()> {
         let d = self.config.embedding_dim();
         match x.dims() {
+            [0, _] => Err(VqError::input("x", "has no vectors (T = 0)")),
             [_, dd] if *dd == d => Ok(()),
             dims => Err(VqError::input(
                 "x",
@@ -171,10 +186,12 @@ impl VectorQuantizer {
         let cb = self.config.codebook();
         let x_sg = x.detach();
         let updates = match &self.updates {
-            Some(u) => u.as_tensor().to_vec1::<f32>()?[0] as u64,
+            Some(u) => u.as_tensor().to_vec1::<u32>()?[0] as u64,
             None => 0,
         };
-        if update && cb.init == CodebookInit::Data && updates == 0 {
+        // A non-finite batch (a diverging encoder) must not reach the codebook statistics.
+        let finite = !update || x_sg.sum_all()?.to_scalar::<f32>()?.is_finite();
+        if update && finite && cb.init == CodebookInit::Data && updates == 0 {
             self.init_from_data(&x_sg, updates)?;
         }
         let codebook = self.codebook();
@@ -200,10 +217,9 @@ impl VectorQuantizer {
             .exp()?;
         if update {
             if let Some(ema) = &self.ema {
-                // A non-finite input (a diverging encoder) would poison the running sums for
-                // good; leave the codebook as it is (the loss is non-finite too, so the trainer
-                // stops or skips this batch).
-                if x_sg.sum_all()?.to_scalar::<f32>()?.is_finite() {
+                // A non-finite input would poison the running sums for good; leave the codebook
+                // as it is (the loss is non-finite too, so the trainer stops or skips the batch).
+                if finite {
                     self.ema_update(ema, &x_sg, &indices, &counts)?;
                     if cb.restart_below > 0.0 {
                         self.restart_dead(ema, &x_sg, updates)?;
@@ -211,7 +227,7 @@ impl VectorQuantizer {
                 }
             }
             if let Some(u) = &self.updates {
-                u.set(&Tensor::new(&[(updates + 1) as f32], x.device())?)?;
+                u.set(&Tensor::new(&[(updates + 1) as u32], x.device())?)?;
             }
         }
         Ok(VqOutput {
@@ -502,9 +518,9 @@ mod tests {
                 .as_ref()
                 .unwrap()
                 .as_tensor()
-                .to_vec1::<f32>()
+                .to_vec1::<u32>()
                 .unwrap(),
-            vec![1.0]
+            vec![1]
         );
     }
 
@@ -533,7 +549,7 @@ mod tests {
         );
         ts.insert(
             "updates".to_string(),
-            Tensor::zeros(1, DType::F32, &dev).unwrap(),
+            Tensor::zeros(1, DType::U32, &dev).unwrap(),
         );
         let vq =
             VectorQuantizer::new(&cfg, VarBuilder::from_tensors(ts, DType::F32, &dev)).unwrap();
@@ -562,6 +578,21 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("restart_below"));
+    }
+
+    #[test]
+    fn bad_indices_and_empty_input_are_errors() {
+        let vq = vq_from(&[0., 0., 1., 1., 5., 5.], 3, 2, true);
+        let e = vq
+            .decode(&Tensor::new(&[0u32, 3], &Device::Cpu).unwrap())
+            .unwrap_err();
+        assert!(e.to_string().contains("N = 3"), "{e}");
+        let empty = Tensor::zeros((0, 2), DType::F32, &Device::Cpu).unwrap();
+        assert!(vq
+            .forward(&empty, true)
+            .unwrap_err()
+            .to_string()
+            .contains("T = 0"));
     }
 
     /// A NaN or infinite input leaves the EMA codebook untouched.

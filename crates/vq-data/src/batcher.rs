@@ -221,6 +221,19 @@ impl Batcher {
             .par_iter()
             .map(|&i| self.dataset.get(i))
             .collect::<Result<Vec<_>>>()?;
+        if let Some((i, s)) = indices
+            .iter()
+            .zip(&samples)
+            .find(|(_, s)| s.image.len() != per)
+        {
+            return Err(DataError::config(
+                "dataset",
+                format!(
+                    "example {i} has {} bytes, expected {per} for shape [{c}, {h}, {w}]",
+                    s.image.len()
+                ),
+            ));
+        }
         let mut data = vec![0f32; indices.len() * per];
         data.par_chunks_mut(per)
             .zip(samples.par_iter())
@@ -300,7 +313,22 @@ pub struct BatchStream {
 impl Iterator for BatchStream {
     type Item = Result<Batch>;
     fn next(&mut self) -> Option<Self::Item> {
-        self.rx.recv().ok()
+        match self.rx.recv() {
+            Ok(item) => Some(item),
+            // The producer ended: normally (end of a one-epoch stream), or by a panic, which is
+            // reported instead of looking like the end of the data.
+            Err(_) => match self.handle.take().map(|h| h.join()) {
+                Some(Err(panic)) => {
+                    let msg = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "panic".into());
+                    Some(Err(DataError::Loader(msg)))
+                }
+                _ => None,
+            },
+        }
     }
 }
 
@@ -378,6 +406,36 @@ mod tests {
             .flat_map(|b| b.unwrap().indices)
             .collect();
         assert_eq!(all, (0..10).collect::<Vec<_>>());
+    }
+
+    struct Panicky;
+    impl Dataset for Panicky {
+        fn len(&self) -> usize {
+            4
+        }
+        fn shape(&self) -> [usize; 3] {
+            [1, 1, 1]
+        }
+        fn get(&self, _: usize) -> Result<crate::dataset::Sample> {
+            panic!("decoder exploded")
+        }
+    }
+
+    /// A panic in the loader thread is reported, not mistaken for the end of the data.
+    #[test]
+    fn loader_panic_is_an_error() {
+        let b = Batcher::new(
+            Arc::new(Panicky),
+            BatcherConfig {
+                batch_size: 2,
+                ..Default::default()
+            },
+            Normalization::unit(1),
+        )
+        .unwrap();
+        let first = b.stream(Cursor::default(), false).next().unwrap();
+        let e = first.err().unwrap().to_string();
+        assert!(e.contains("decoder exploded"), "{e}");
     }
 
     #[test]

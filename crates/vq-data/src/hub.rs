@@ -94,39 +94,65 @@ impl HubSource {
         }
     }
 
+    /// The Hub client: this cache, the explicit endpoint or `HF_ENDPOINT`.
+    fn api(&self, file: &str) -> Result<hf_hub::api::sync::Api> {
+        let mut builder =
+            ApiBuilder::from_cache(Cache::new(self.cache_path())).with_progress(false);
+        if let Some(e) = self
+            .endpoint
+            .clone()
+            .or_else(|| std::env::var("HF_ENDPOINT").ok())
+        {
+            builder = builder.with_endpoint(e);
+        }
+        builder
+            .build()
+            .map_err(|e| self.hub_error(file, e.to_string()))
+    }
+
+    /// The cached snapshot folder of this revision: `refs/<revision>` (trimmed) names it, or the
+    /// revision is itself a commit hash.
+    fn snapshot_dir(&self) -> Option<PathBuf> {
+        let root = self.cache_path().join(self.repo().folder_name());
+        let hash = match std::fs::read_to_string(root.join("refs").join(&self.revision)) {
+            Ok(h) => h.trim().to_string(),
+            Err(_)
+                if self.revision.len() == 40
+                    && self.revision.chars().all(|c| c.is_ascii_hexdigit()) =>
+            {
+                self.revision.clone()
+            }
+            Err(_) => return None,
+        };
+        let dir = root.join("snapshots").join(hash);
+        dir.is_dir().then_some(dir)
+    }
+
     /// Local path of `file`: from the cache when present, downloaded into it otherwise.
     pub fn fetch(&self, file: &str) -> Result<PathBuf> {
-        let cache = Cache::new(self.cache_path());
-        if let Some(p) = cache.repo(self.repo()).get(file) {
+        if let Some(p) = self
+            .snapshot_dir()
+            .map(|d| d.join(file))
+            .filter(|p| p.is_file())
+        {
             return Ok(p);
         }
-        let mut builder = ApiBuilder::from_cache(cache).with_progress(false);
-        match &self.endpoint {
-            Some(e) => builder = builder.with_endpoint(e.clone()),
-            None => {
-                if let Ok(e) = std::env::var("HF_ENDPOINT") {
-                    builder = builder.with_endpoint(e);
-                }
-            }
-        }
-        let api = builder
-            .build()
-            .map_err(|e| self.hub_error(file, e.to_string()))?;
-        api.repo(self.repo()).download(file).map_err(|e| {
-            self.hub_error(
-                file,
-                format!("not in the cache, and the download failed: {e}"),
-            )
-        })
+        self.api(file)?
+            .repo(self.repo())
+            .download(file)
+            .map_err(|e| {
+                self.hub_error(
+                    file,
+                    format!("not in the cache, and the download failed: {e}"),
+                )
+            })
     }
 
     /// Parquet files of the cached snapshot of this revision (relative paths), if any.
     fn cached_parquet_files(&self) -> Vec<String> {
-        let root = self.cache_path().join(self.repo().folder_name());
-        let Ok(hash) = std::fs::read_to_string(root.join("refs").join(&self.revision)) else {
+        let Some(snap) = self.snapshot_dir() else {
             return Vec::new();
         };
-        let snap = root.join("snapshots").join(hash.trim());
         let mut out = Vec::new();
         let mut stack = vec![snap.clone()];
         while let Some(d) = stack.pop() {
@@ -150,14 +176,7 @@ impl HubSource {
 
     /// Parquet files of the repo listed by the Hub API (online only).
     fn listed_parquet_files(&self) -> Result<Vec<String>> {
-        let mut builder =
-            ApiBuilder::from_cache(Cache::new(self.cache_path())).with_progress(false);
-        if let Some(e) = &self.endpoint {
-            builder = builder.with_endpoint(e.clone());
-        }
-        let api = builder
-            .build()
-            .map_err(|e| self.hub_error("*.parquet", e.to_string()))?;
+        let api = self.api("*.parquet")?;
         let info = api.repo(self.repo()).info().map_err(|e| {
             self.hub_error(
                 "*.parquet",
@@ -169,7 +188,12 @@ impl HubSource {
             .into_iter()
             .map(|s| s.rfilename)
             .filter(|f| f.ends_with(".parquet"))
-            .collect())
+            .collect::<Vec<_>>())
+        .map(|mut v| {
+            // Sorted like the cached list, so both give the same example order.
+            v.sort();
+            v
+        })
     }
 
     /// Files of a split: the configured ones, else matched by keyword among cached or listed
@@ -183,24 +207,26 @@ impl HubSource {
         if !given.is_empty() {
             return Ok(given.clone());
         }
-        let mut all = self.cached_parquet_files();
-        if all.is_empty() {
-            all = self.listed_parquet_files()?;
-        }
         let keys: &[&str] = if train {
             &["train"]
         } else {
             &["test", "valid", "val"]
         };
-        let picked: Vec<String> = all
-            .into_iter()
-            .filter(|f| {
-                let name = f.rsplit('/').next().unwrap_or(f).to_ascii_lowercase();
-                keys.iter().any(|k| {
-                    name.starts_with(k) || f.to_ascii_lowercase().contains(&format!("/{k}"))
+        let pick = |all: Vec<String>| -> Vec<String> {
+            all.into_iter()
+                .filter(|f| {
+                    let name = f.rsplit('/').next().unwrap_or(f).to_ascii_lowercase();
+                    keys.iter().any(|k| {
+                        name.starts_with(k) || f.to_ascii_lowercase().contains(&format!("/{k}"))
+                    })
                 })
-            })
-            .collect();
+                .collect()
+        };
+        // The cached snapshot first; when it lacks this split, the repository's file list.
+        let mut picked = pick(self.cached_parquet_files());
+        if picked.is_empty() {
+            picked = pick(self.listed_parquet_files()?);
+        }
         if picked.is_empty() {
             return Err(self.hub_error(
                 if train {

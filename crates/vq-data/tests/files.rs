@@ -293,7 +293,11 @@ fn hub_cache_offline_and_orientation() {
     let cache = tempfile::tempdir().unwrap();
     let repo_dir = cache.path().join("datasets--tester--cifar_like");
     let hash = "0123456789abcdef0123456789abcdef01234567";
-    write(&repo_dir.join("refs").join("main"), hash.as_bytes());
+    // A ref file with a trailing newline, as `git`-style tools write it.
+    write(
+        &repo_dir.join("refs").join("main"),
+        format!("{hash}\n").as_bytes(),
+    );
     let snap = repo_dir.join("snapshots").join(hash).join("plain_text");
     std::fs::create_dir_all(&snap).unwrap();
     let img = png(32, 32, |x, y| [(8 * y) as u8, (8 * x) as u8, 7]);
@@ -314,6 +318,12 @@ fn hub_cache_offline_and_orientation() {
     let d = load(&cfg).unwrap();
     assert_eq!((d.train.len(), d.val.len()), (2, 1));
     assert_eq!(d.train.get(1).unwrap().label, 5);
+    // The revision may also be the commit hash itself.
+    let by_hash = DataConfig {
+        hub_revision: hash.into(),
+        ..cfg.clone()
+    };
+    assert_eq!(load(&by_hash).unwrap().train.len(), 2);
     let s = d.val.get(0).unwrap();
     for (y, x) in [(0usize, 3usize), (2, 30), (31, 1)] {
         assert_eq!(

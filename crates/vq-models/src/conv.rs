@@ -434,6 +434,9 @@ impl CustomOp3 for ConvTranspose2dOp {
 
 fn bias_or_zeros(bias: Option<&Tensor>, n: usize, like: &Tensor) -> Result<Tensor> {
     match bias {
+        Some(b) if b.dims() != [n] => {
+            candle_core::bail!("bias of shape {:?} for {n} output channels", b.dims())
+        }
         Some(b) => b.contiguous(),
         None => Tensor::zeros(n, like.dtype(), like.device()),
     }
@@ -454,6 +457,12 @@ pub fn conv2d_gemm(
             "conv2d_gemm: input {:?} and kernel {:?} do not fit",
             x.dims(),
             w.dims()
+        );
+    }
+    if b == 0 || stride == 0 || k == 0 || k > h + 2 * padding || k > wd + 2 * padding {
+        candle_core::bail!(
+            "conv2d_gemm: kernel {k}, stride {stride}, padding {padding} do not fit input {:?}",
+            x.dims()
         );
     }
     let g = Geometry {
@@ -491,6 +500,15 @@ pub fn conv_transpose2d_gemm(
             x.dims(),
             w.dims()
         );
+    }
+    if b == 0
+        || h == 0
+        || wd == 0
+        || stride == 0
+        || k == 0
+        || (h.min(wd) - 1) * stride + k < 2 * padding + 1
+    {
+        candle_core::bail!("conv_transpose2d_gemm: kernel {k}, stride {stride}, padding {padding} do not fit input {:?}", x.dims());
     }
     let (ho, wo) = (
         (h - 1) * stride + k - 2 * padding,
@@ -594,6 +612,31 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Geometries that do not fit are errors, not panics or huge allocations.
+    #[test]
+    fn bad_geometry_is_an_error() {
+        let d = Device::Cpu;
+        let x = Tensor::zeros((1, 2, 3, 3), candle_core::DType::F32, &d).unwrap();
+        let w = Tensor::zeros((4, 2, 7, 7), candle_core::DType::F32, &d).unwrap();
+        assert!(conv2d_gemm(&x, &w, None, 1, 1).is_err());
+        let w3 = Tensor::zeros((4, 2, 3, 3), candle_core::DType::F32, &d).unwrap();
+        assert!(conv2d_gemm(&x, &w3, None, 0, 1).is_err());
+        let b = Tensor::zeros(5, candle_core::DType::F32, &d).unwrap();
+        assert!(conv2d_gemm(&x, &w3, Some(&b), 1, 1)
+            .unwrap_err()
+            .to_string()
+            .contains("bias"));
+        let wt = Tensor::zeros((2, 4, 1, 1), candle_core::DType::F32, &d).unwrap();
+        assert!(conv_transpose2d_gemm(
+            &Tensor::zeros((1, 2, 1, 1), candle_core::DType::F32, &d).unwrap(),
+            &wt,
+            None,
+            1,
+            1
+        )
+        .is_err());
     }
 
     /// An untracked input gets no gradient computed (the first layer's image).

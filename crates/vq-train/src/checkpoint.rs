@@ -93,12 +93,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
             .map(|e| format!("{}.", e.to_string_lossy()))
             .unwrap_or_default()
     ));
-    {
+    let written = (|| -> Result<()> {
         let mut f = io(&tmp, File::create(&tmp))?;
         io(&tmp, f.write_all(bytes))?;
         io(&tmp, f.sync_all())?;
+        io(path, std::fs::rename(&tmp, path))
+    })();
+    if written.is_err() {
+        // Nothing half-written stays behind; the previous file (if any) is untouched.
+        let _ = std::fs::remove_file(&tmp);
     }
-    io(path, std::fs::rename(&tmp, path))?;
+    written?;
     if let Some(parent) = path.parent() {
         sync_dir(parent);
     }
@@ -151,25 +156,32 @@ pub fn save(
         io(&tmp, std::fs::remove_dir_all(&tmp))?;
     }
     io(&tmp, std::fs::create_dir_all(&tmp))?;
-    write_synced(
-        &tmp.join("model.safetensors"),
-        &safetensors_bytes(weights, &tmp)?,
-    )?;
-    // Testing aid: die in the middle of writing this checkpoint (crash-safety tests).
-    if std::env::var("VQ_TRAIN_FAULT_ABORT_IN_CHECKPOINT")
-        .is_ok_and(|v| v == state.step.to_string())
-    {
-        std::process::abort();
+    let written = (|| -> Result<()> {
+        write_synced(
+            &tmp.join("model.safetensors"),
+            &safetensors_bytes(weights, &tmp)?,
+        )?;
+        // Testing aid: die in the middle of writing this checkpoint (crash-safety tests).
+        if std::env::var("VQ_TRAIN_FAULT_ABORT_IN_CHECKPOINT")
+            .is_ok_and(|v| v == state.step.to_string())
+        {
+            std::process::abort();
+        }
+        write_synced(
+            &tmp.join("optimizer.safetensors"),
+            &safetensors_bytes(optimizer, &tmp)?,
+        )?;
+        write_synced(&tmp.join("config.toml"), config_toml.as_bytes())?;
+        let json = serde_json::to_vec_pretty(state).expect("state serialises");
+        write_synced(&tmp.join("state.json"), &json)?;
+        sync_dir(&tmp);
+        Ok(())
+    })();
+    if let Err(e) = written {
+        // A failed write (full disk, I/O error) leaves no half checkpoint behind.
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
     }
-
-    write_synced(
-        &tmp.join("optimizer.safetensors"),
-        &safetensors_bytes(optimizer, &tmp)?,
-    )?;
-    write_synced(&tmp.join("config.toml"), config_toml.as_bytes())?;
-    let json = serde_json::to_vec_pretty(state).expect("state serialises");
-    write_synced(&tmp.join("state.json"), &json)?;
-    sync_dir(&tmp);
     let dest = root.join(&name);
     if dest.exists() {
         io(&dest, std::fs::remove_dir_all(&dest))?;
@@ -181,7 +193,8 @@ pub fn save(
     // Keep the new checkpoint and the one before it.
     for entry in io(&root, std::fs::read_dir(&root))?.flatten() {
         let n = entry.file_name().to_string_lossy().into_owned();
-        if n.starts_with("step-") && n != name && Some(&n) != previous.as_ref() {
+        let stale_tmp = n.starts_with(".step-") && n.ends_with(".tmp");
+        if stale_tmp || (n.starts_with("step-") && n != name && Some(&n) != previous.as_ref()) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
@@ -195,6 +208,12 @@ fn latest_name(run: &Path) -> Result<Option<String>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(TrainError::io(p, e)),
     }
+}
+
+/// The folder of the newest complete checkpoint of a run, `None` when it has none yet (any other
+/// problem reading `LATEST` is an error).
+pub fn latest_if_any(run: &Path) -> Result<Option<PathBuf>> {
+    Ok(latest_name(run)?.map(|n| checkpoints_dir(run).join(n)))
 }
 
 /// The folder of the newest complete checkpoint of a run.

@@ -180,7 +180,7 @@ pub fn train(
     let mut interval = Interval::new(m);
     let (mut metrics_keep, mut timings_keep) = (0u64, 0u64);
     let resumed_from = if resume {
-        checkpoint::latest(run_dir).ok()
+        checkpoint::latest_if_any(run_dir)?
     } else {
         None
     };
@@ -282,31 +282,10 @@ pub fn train(
             }
             grads = Some(g);
         }
-        match (bad, tp.on_nonfinite) {
-            (Some(tensor), NonFinitePolicy::Stop) => {
-                if let Some(pb) = &bar {
-                    pb.abandon();
-                }
-                return Err(TrainError::NonFinite { step, tensor });
-            }
-            (Some(tensor), NonFinitePolicy::Skip) => {
-                tracing::warn!(step, "skipping a batch: non-finite {tensor}");
-                skipped += 1;
-            }
-            (None, _) => {
-                adam.step(grads.as_ref().expect("computed"))?;
-                interval.steps += 1;
-                interval.loss += loss_v as f64;
-                interval.recon += out.recon_loss.to_scalar::<f32>()? as f64;
-                interval.vq += out.quant.loss.to_scalar::<f32>()? as f64;
-                add(&mut interval.codebook_loss, &out.quant.codebook_losses)?;
-                add(&mut interval.perplexity, &out.quant.perplexity)?;
-                add(&mut interval.counts, &out.quant.selection_counts)?;
-            }
-        }
-        steps_in_timing += 1;
         let done = step + 1;
         let last = done == tp.steps;
+        // Measured before the parameter update, so z_e, the decoder and the codebooks are the
+        // ones this batch was encoded with.
         let gap = if tp.gap_every > 0 && (done % tp.gap_every == 0 || last) {
             let mut rng = vq_core::init::stream(tp.seed ^ done as u64, "gap");
             let dec = session.model.decoder();
@@ -333,6 +312,29 @@ pub fn train(
         } else {
             None
         };
+        match (bad, tp.on_nonfinite) {
+            (Some(tensor), NonFinitePolicy::Stop) => {
+                if let Some(pb) = &bar {
+                    pb.abandon();
+                }
+                return Err(TrainError::NonFinite { step, tensor });
+            }
+            (Some(tensor), NonFinitePolicy::Skip) => {
+                tracing::warn!(step, "skipping a batch: non-finite {tensor}");
+                skipped += 1;
+            }
+            (None, _) => {
+                adam.step(grads.as_ref().expect("computed"))?;
+                interval.steps += 1;
+                interval.loss += loss_v as f64;
+                interval.recon += out.recon_loss.to_scalar::<f32>()? as f64;
+                interval.vq += out.quant.loss.to_scalar::<f32>()? as f64;
+                add(&mut interval.codebook_loss, &out.quant.codebook_losses)?;
+                add(&mut interval.perplexity, &out.quant.perplexity)?;
+                add(&mut interval.counts, &out.quant.selection_counts)?;
+            }
+        }
+        steps_in_timing += 1;
         if done % tp.log_every == 0 || last || gap.is_some() {
             if interval.steps > 0 || gap.is_some() {
                 let n = interval.steps.max(1) as f64;
