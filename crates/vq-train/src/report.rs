@@ -141,6 +141,13 @@ pub fn line_chart(
                 .legend(move |(x, y)| {
                     PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(3))
                 });
+            // Sparse series (e.g. a validation pass at the end only) get markers, since a line
+            // through one point draws nothing.
+            if s.points.len() <= 5 {
+                chart
+                    .draw_series(s.points.iter().map(|&p| Circle::new(p, 5, color.filled())))
+                    .map_err(|e| plot_err(path, e))?;
+            }
         }
         if series.len() > 1 || series.first().is_some_and(|s| !s.name.is_empty()) {
             chart
