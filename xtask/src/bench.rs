@@ -85,9 +85,15 @@ fn quantizer_of(model: &str) -> Result<QuantizerSpec> {
 }
 
 /// Times `steps` training steps (after `warmup`) of one case in this process.
-pub fn run_case(model: &str, shape: &str, steps: usize, warmup: usize) -> Result<CaseResult> {
+pub fn run_case(
+    model: &str,
+    shape: &str,
+    steps: usize,
+    warmup: usize,
+    device: &str,
+) -> Result<CaseResult> {
     let (b, c, s) = shape_of(shape)?;
-    let dev = Device::Cpu;
+    let dev: Device = vq_train::device::parse_device(device)?;
     let threads = rayon_threads();
     if model == "quantizer" {
         // The adaptive pool alone, forward + backward, T = 64·s'² vectors of C = 128.
@@ -260,7 +266,13 @@ fn run_torch(
     })
 }
 
-fn run_child(model: &str, shape: &str, steps: usize, warmup: usize) -> Result<CaseResult> {
+fn run_child(
+    model: &str,
+    shape: &str,
+    steps: usize,
+    warmup: usize,
+    device: &str,
+) -> Result<CaseResult> {
     let exe = std::env::current_exe()?;
     let out = Command::new(exe)
         .args([
@@ -273,6 +285,8 @@ fn run_child(model: &str, shape: &str, steps: usize, warmup: usize) -> Result<Ca
             &steps.to_string(),
             "--warmup",
             &warmup.to_string(),
+            "--device",
+            device,
         ])
         .output()?;
     if !out.status.success() {
@@ -290,16 +304,34 @@ fn run_child(model: &str, shape: &str, steps: usize, warmup: usize) -> Result<Ca
     Ok(serde_json::from_str(line)?)
 }
 
+/// What `cargo xtask bench` runs.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    pub steps: usize,
+    pub warmup: usize,
+    /// Paired rounds per case (the median round is reported).
+    pub rounds: usize,
+    pub compare_torch: bool,
+    /// Only this model (fixed512x128, fixed16384x4, adaptive, quantizer).
+    pub only: Option<String>,
+    /// Only this input shape (mnist, cifar).
+    pub shape: Option<String>,
+    /// Device of our cases.
+    pub device: String,
+    /// Also write the results as JSON here.
+    pub out: Option<PathBuf>,
+}
+
 /// Runs every case (in alternation with the PyTorch reference when asked) and prints a table.
-pub fn bench(
-    steps: usize,
-    warmup: usize,
-    rounds: usize,
-    compare_torch: bool,
-    only: Option<&str>,
-    shape_only: Option<&str>,
-    out: Option<&Path>,
-) -> Result<()> {
+pub fn bench(o: &BenchOptions) -> Result<()> {
+    let (steps, warmup, rounds, compare_torch) =
+        (o.steps, o.warmup, o.rounds.max(1), o.compare_torch);
+    let (only, shape_only, device, out) = (
+        o.only.as_deref(),
+        o.shape.as_deref(),
+        o.device.as_str(),
+        o.out.as_deref(),
+    );
     let threads = rayon_threads();
     let mut rows: Vec<(CaseResult, Option<CaseResult>)> = Vec::new();
     for &(model, shape) in CASES {
@@ -309,7 +341,7 @@ pub fn bench(
         // Paired rounds: ours, then the reference, `rounds` times; medians of the medians.
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
-            ours.push(run_child(model, shape, steps, warmup)?);
+            ours.push(run_child(model, shape, steps, warmup, device)?);
             if compare_torch {
                 theirs.push(run_torch(model, shape, steps, warmup, threads)?);
             }

@@ -34,6 +34,9 @@ enum Cmd {
         /// Only this input shape (mnist: 64×1×28×28, cifar: 64×3×32×32).
         #[arg(long)]
         shape: Option<String>,
+        /// Device of our cases: cpu, cuda[:N] (build with --features cuda), metal.
+        #[arg(long, default_value = "cpu")]
+        device: String,
         /// Also write the results as JSON here.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -90,6 +93,8 @@ enum Cmd {
         steps: usize,
         #[arg(long)]
         warmup: usize,
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
 }
 
@@ -103,16 +108,18 @@ fn main() -> Result<()> {
             compare_torch,
             only,
             shape,
+            device,
             out,
-        } => bench::bench(
+        } => bench::bench(&bench::BenchOptions {
             steps,
             warmup,
-            rounds.max(1),
+            rounds,
             compare_torch,
-            only.as_deref(),
-            shape.as_deref(),
-            out.as_deref(),
-        ),
+            only,
+            shape,
+            device,
+            out,
+        }),
         Cmd::Reproduce {
             part,
             dataset,
@@ -166,8 +173,9 @@ fn main() -> Result<()> {
             shape,
             steps,
             warmup,
+            device,
         } => {
-            let r = bench::run_case(&model, &shape, steps, warmup)?;
+            let r = bench::run_case(&model, &shape, steps, warmup, &device)?;
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }
