@@ -347,3 +347,53 @@ fn unwritable_output_keeps_the_earlier_checkpoint() {
     ]);
     assert!(!ok && err.contains(&bad.display().to_string()), "{err}");
 }
+
+/// Clears the immutable attribute again, whatever the test's outcome.
+struct Immutable(PathBuf);
+
+impl Immutable {
+    /// `chattr +i` (read-only even for root); `None` where the file system or user cannot.
+    fn set(p: &Path) -> Option<Self> {
+        let ok = Command::new("chattr")
+            .arg("+i")
+            .arg(p)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Immutable(p.to_path_buf()))
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
+
+/// A read-only checkpoint folder: the next checkpoint fails with the folder named and the
+/// earlier checkpoint stays the newest and loads.
+#[test]
+fn read_only_checkpoint_folder_keeps_the_earlier_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("ro");
+    vq_train::train(common::tiny_config(20), &run, false, false).unwrap();
+    let ck = run.join("checkpoints");
+    let Some(_guard) = Immutable::set(&ck) else {
+        println!("NOTICE: chattr +i is not available here; skipping the read-only folder check");
+        return;
+    };
+    let mut more = common::tiny_config(20);
+    more.train.steps = 40;
+    let e = vq_train::train(more, &run, true, false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(&ck.display().to_string()) && e.contains("not permitted"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ck.join("LATEST")).unwrap(),
+        "step-00000020"
+    );
+    vq_train::checkpoint::load(&ck.join("step-00000020"), &candle_core::Device::Cpu).unwrap();
+}
