@@ -318,6 +318,9 @@ struct Row {
     mse: (f64, f64),
     sum: (f64, f64),
     runs: usize,
+    /// Runs whose codewords in use ended below 1.5 (perplexity of the first codebook over
+    /// the last log interval); only meaningful for a single codebook.
+    collapsed: usize,
 }
 
 fn rows(f: &[Finished]) -> Vec<Row> {
@@ -337,6 +340,15 @@ fn rows(f: &[Finished]) -> Vec<Row> {
                 mse: mean_std(&rs.iter().map(|r| r.val.mse).collect::<Vec<_>>()),
                 sum: mean_std(&rs.iter().map(|r| r.val.recon_sum).collect::<Vec<_>>()),
                 runs: rs.len(),
+                collapsed: rs
+                    .iter()
+                    .filter(|r| {
+                        r.train
+                            .last()
+                            .and_then(|t| t.perplexity.first())
+                            .is_some_and(|&p| p < 1.5)
+                    })
+                    .count(),
                 group: g,
             }
         })
@@ -369,12 +381,20 @@ fn fmt_ms((m, s): (f64, f64)) -> String {
 }
 
 fn table(out: &mut String, rows: &[Row], first: &str) {
-    let _ = writeln!(out, "| {first} | runs | validation MSE (mean ± std) | sum of batch MSEs over the validation set (mean ± std) |");
-    let _ = writeln!(out, "| --- | --- | --- | --- |");
+    let _ = writeln!(
+        out,
+        "| {first} | runs | validation MSE (mean ± std) | sum of batch MSEs over the validation set (mean ± std) | runs ending with one codeword in use |"
+    );
+    let _ = writeln!(out, "| --- | --- | --- | --- | --- |");
     for r in rows {
+        let collapsed = if r.group.starts_with('[') {
+            r.collapsed.to_string()
+        } else {
+            "–".into()
+        };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.3} ± {:.3} |",
+            "| {} | {} | {} | {:.3} ± {:.3} | {collapsed} |",
             r.group,
             r.runs,
             fmt_ms(r.mse),
@@ -520,6 +540,22 @@ pub fn reproduce(opts: &Options) -> Result<PathBuf> {
                 "The optimum is at an end of the range, not in its interior.".to_string()
             }
         );
+        let collapsed: Vec<String> = r
+            .iter()
+            .filter(|x| x.collapsed > 0)
+            .map(|x| format!("{} ({} of {})", x.group, x.collapsed, x.runs))
+            .collect();
+        if !collapsed.is_empty() {
+            let _ = writeln!(
+                md,
+                "Runs that ended with a single codeword in use: {}. With codewords drawn from \
+                 N(0, 1) (the authors' initialisation) and projected latents much shorter than √D, \
+                 every vector first picks the same codeword and the unused ones drift away \
+                 (docs/design.md); this, more than the balance of N and D itself, can decide \
+                 the large-D rows at this budget.\n",
+                collapsed.join(", ")
+            );
+        }
         let groups: Vec<String> = r.iter().map(|x| x.group.clone()).collect();
         let gap: Vec<Series> = groups
             .iter()
@@ -570,6 +606,7 @@ pub fn reproduce(opts: &Options) -> Result<PathBuf> {
                 mse: b.mse,
                 sum: b.sum,
                 runs: b.runs,
+                collapsed: b.collapsed,
             });
         }
         both.push(Row {
@@ -577,6 +614,7 @@ pub fn reproduce(opts: &Options) -> Result<PathBuf> {
             mse: a.mse,
             sum: a.sum,
             runs: a.runs,
+            collapsed: a.collapsed,
         });
         table(&mut md, &both, "quantizer");
         let pool: Vec<String> = vq_core::structures(65536)?
