@@ -255,10 +255,6 @@ fn tracked(t: &Tensor) -> bool {
     t.track_op()
 }
 
-fn cpu_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    contiguous(s, l, what)
-}
-
 /// `conv2d(x, w) + bias` as one op: `W · im2col(x)` forward; backward by two GEMMs and a
 /// `col2im`, with the columns kept from the forward pass (no `im2col` tensor in the graph).
 struct Conv2dOp {
@@ -282,9 +278,9 @@ impl CustomOp3 for Conv2dOp {
     ) -> Result<(CpuStorage, Shape)> {
         let g = &self.g;
         let (x, w, bias) = (
-            cpu_slice(xs, xl, "conv2d x")?,
-            cpu_slice(ws, wl, "conv2d w")?,
-            cpu_slice(bs, bl, "conv2d bias")?,
+            contiguous(xs, xl, "conv2d x")?,
+            contiguous(ws, wl, "conv2d w")?,
+            contiguous(bs, bl, "conv2d bias")?,
         );
         let (rows, n) = g.cols_shape();
         let cols = im2col(g, x);
@@ -363,9 +359,9 @@ impl CustomOp3 for ConvTranspose2dOp {
     ) -> Result<(CpuStorage, Shape)> {
         let g = &self.g;
         let (x, w, bias) = (
-            cpu_slice(xs, xl, "conv_transpose2d x")?,
-            cpu_slice(ws, wl, "conv_transpose2d w")?,
-            cpu_slice(bs, bl, "conv_transpose2d bias")?,
+            contiguous(xs, xl, "conv_transpose2d x")?,
+            contiguous(ws, wl, "conv_transpose2d w")?,
+            contiguous(bs, bl, "conv_transpose2d bias")?,
         );
         let (rows, n) = g.cols_shape(); // [Co·k·k, B·H·W]
         let ci = self.in_channels;
