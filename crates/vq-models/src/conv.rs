@@ -138,6 +138,15 @@ fn threads() -> usize {
     rayon::current_num_threads().max(1)
 }
 
+/// GEMM threads for each of two equal-sized products run side by side (`both`), or for one.
+fn split_threads(both: bool) -> usize {
+    if both {
+        (threads() / 2).max(1)
+    } else {
+        threads()
+    }
+}
+
 /// `a · b` for `a` `[m, k]` (or `[k, m]` when `a_transposed`) and `b` `[k, n]` (or `[n, k]`
 /// when `b_transposed`), all row-major; returns the row-major `[m, n]` product.
 #[allow(clippy::too_many_arguments)]
@@ -149,6 +158,7 @@ fn matmul(
     a_transposed: bool,
     b: &[f32],
     b_transposed: bool,
+    threads: usize,
 ) -> Vec<f32> {
     let mut c: Vec<f32> = Vec::with_capacity(m * n);
     // SAFETY: `c` has room for m·n values and gemm (read_dst = false) writes every one of them
@@ -163,6 +173,7 @@ fn matmul(
             b,
             b_transposed,
             c.spare_capacity_mut().as_mut_ptr().cast::<f32>(),
+            threads,
         );
         c.set_len(m * n);
     }
@@ -181,6 +192,7 @@ unsafe fn sgemm_raw(
     b: &[f32],
     b_transposed: bool,
     c: *mut f32,
+    threads: usize,
 ) {
     assert!(a.len() >= m * k && b.len() >= k * n);
     let (a_rs, a_cs) = if a_transposed {
@@ -214,7 +226,11 @@ unsafe fn sgemm_raw(
             false,
             false,
             false,
-            gemm::Parallelism::Rayon(threads()),
+            if threads > 1 {
+                gemm::Parallelism::Rayon(threads)
+            } else {
+                gemm::Parallelism::None
+            },
         );
     }
 }
@@ -284,7 +300,16 @@ impl CustomOp3 for Conv2dOp {
         );
         let (rows, n) = g.cols_shape();
         let cols = im2col(g, x);
-        let y2 = matmul(self.out_channels, n, rows, w, false, &cols, false);
+        let y2 = matmul(
+            self.out_channels,
+            n,
+            rows,
+            w,
+            false,
+            &cols,
+            false,
+            threads(),
+        );
         let y = ob_to_bo(
             &y2,
             self.out_channels,
@@ -318,19 +343,23 @@ impl CustomOp3 for Conv2dOp {
         let db = tracked(bias)
             .then(|| Tensor::from_vec(row_sums(&dy2, n), o, dev))
             .transpose()?;
-        let dw = if tracked(w) {
-            let dw = matmul(o, rows, n, &dy2, false, &cols, true);
-            Some(Tensor::from_vec(dw, w.shape(), dev)?)
-        } else {
-            None
-        };
-        let dx = if tracked(x) {
-            let wv = host(w)?;
-            let dcols = matmul(rows, n, o, &wv, true, &dy2, false);
-            Some(Tensor::from_vec(col2im(g, &dcols), x.shape(), dev)?)
-        } else {
-            None
-        };
+        // The kernel and input gradients cost the same GEMM work: run them side by side with
+        // one thread each rather than one after the other with every thread.
+        let wv = tracked(x).then(|| host(w)).transpose()?;
+        let each = split_threads(tracked(w) && wv.is_some());
+        let (dw, dx) = rayon::join(
+            || tracked(w).then(|| matmul(o, rows, n, &dy2, false, &cols, true, each)),
+            || {
+                wv.as_ref()
+                    .map(|wv| col2im(g, &matmul(rows, n, o, wv, true, &dy2, false, each)))
+            },
+        );
+        let dw = dw
+            .map(|v| Tensor::from_vec(v, w.shape(), dev))
+            .transpose()?;
+        let dx = dx
+            .map(|v| Tensor::from_vec(v, x.shape(), dev))
+            .transpose()?;
         Ok((dx, dw, db))
     }
 }
@@ -366,7 +395,7 @@ impl CustomOp3 for ConvTranspose2dOp {
         let (rows, n) = g.cols_shape(); // [Co·k·k, B·H·W]
         let ci = self.in_channels;
         let x2 = bo_to_ob(x, g.batch, ci, n / g.batch);
-        let cols = matmul(rows, n, ci, w, true, &x2, false);
+        let cols = matmul(rows, n, ci, w, true, &x2, false, threads());
         let mut y = col2im(g, &cols);
         let hw = g.height * g.width;
         y.par_chunks_mut(hw).enumerate().for_each(|(i, plane)| {
@@ -407,23 +436,21 @@ impl CustomOp3 for ConvTranspose2dOp {
             Some(v) => v,
             None => bo_to_ob(&host(x)?, g.batch, ci, n / g.batch),
         };
-        let dw = if tracked(w) {
-            let dw = matmul(ci, rows, n, &x2, false, &dcols, true);
-            Some(Tensor::from_vec(dw, w.shape(), dev)?)
-        } else {
-            None
-        };
-        let dx = if tracked(x) {
-            let wv = host(w)?;
-            let dx2 = matmul(ci, n, rows, &wv, false, &dcols, false);
-            Some(Tensor::from_vec(
-                ob_to_bo(&dx2, ci, g.batch, n / g.batch, None),
-                x.shape(),
-                dev,
-            )?)
-        } else {
-            None
-        };
+        let wv = tracked(x).then(|| host(w)).transpose()?;
+        let each = split_threads(tracked(w) && wv.is_some());
+        let (dw, dx2) = rayon::join(
+            || tracked(w).then(|| matmul(ci, rows, n, &x2, false, &dcols, true, each)),
+            || {
+                wv.as_ref()
+                    .map(|wv| matmul(ci, n, rows, wv, false, &dcols, false, each))
+            },
+        );
+        let dw = dw
+            .map(|v| Tensor::from_vec(v, w.shape(), dev))
+            .transpose()?;
+        let dx = dx2
+            .map(|v| Tensor::from_vec(ob_to_bo(&v, ci, g.batch, n / g.batch, None), x.shape(), dev))
+            .transpose()?;
         Ok((dx, dw, db))
     }
 }
