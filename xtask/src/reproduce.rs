@@ -413,6 +413,8 @@ fn table(out: &mut String, rows: &[Row], first: &str) {
             r.sum.1
         );
     }
+    // A blank line ends the table: GitHub Markdown would read the next line as a row.
+    let _ = writeln!(out);
 }
 
 fn machine() -> String {
@@ -537,7 +539,7 @@ pub fn reproduce(opts: &Options) -> Result<PathBuf> {
         let interior = best > 0 && best + 1 < r.len();
         let _ = writeln!(
             md,
-            "\nBest fixed structure: **{}** (validation MSE {}). {}\n",
+            "Best fixed structure: **{}** (validation MSE {}). {}\n",
             r[best].group,
             fmt_ms(r[best].mse),
             if r.len() < 3 {
@@ -686,6 +688,11 @@ pub fn reproduce(opts: &Options) -> Result<PathBuf> {
             peak(pool.len() - 1).0,
             peak(pool.len() - 1).1 * 100.0
         );
+        let _ = writeln!(
+            md,
+            "![Fig. 3 selection frequency]({})\n",
+            fig_rel("fig3_selection.png")
+        );
         let top = late
             .iter()
             .enumerate()
@@ -697,7 +704,7 @@ pub fn reproduce(opts: &Options) -> Result<PathBuf> {
             let spread = b.mse.1 + a.mse.1;
             let _ = writeln!(
                 md,
-                "\nAdaptive − best fixed validation MSE: {:+.5} ({}). Seed spread (sum of the two stds): {:.5}. {}\n",
+                "Adaptive − best fixed validation MSE: {:+.5} ({}). Seed spread (sum of the two stds): {:.5}. {}\n",
                 -margin,
                 if margin > 0.0 { "adaptive is better" } else { "adaptive is worse" },
                 spread,
@@ -752,21 +759,15 @@ pub fn reproduce(opts: &Options) -> Result<PathBuf> {
         } else {
             let _ = writeln!(
                 md,
-                "\nLate in training the most selected codebook is **{}** ({:.0}%).\n",
+                "Late in training the most selected codebook is **{}** ({:.0}%).\n",
                 pool[top],
                 late[top] * 100.0
             );
         }
-        let _ = writeln!(
-            md,
-            "![Fig. 3 selection frequency]({})\n",
-            fig_rel("fig3_selection.png")
-        );
     }
     if !ablation.is_empty() {
         let _ = writeln!(md, "## Table 3: ablations (adaptive quantizer)\n");
         table(&mut md, &rows(&ablation), "setting");
-        let _ = writeln!(md);
     }
     let path = opts.report_dir.join(format!("{label}.md"));
     std::fs::write(&path, md).with_context(|| path.display().to_string())?;
@@ -793,4 +794,102 @@ pub fn parse_structures(s: &str) -> Result<Vec<[usize; 2]>> {
             Ok([n, d])
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(budget: Budget) -> Options {
+        Options {
+            part: Part::All,
+            dataset: "embedded".into(),
+            data_path: None,
+            budget,
+            steps: None,
+            seeds: None,
+            structures: None,
+            runs_dir: PathBuf::from("runs"),
+            report_dir: PathBuf::from("results"),
+            device: "cpu".into(),
+            init: vq_core::CodebookInit::Normal,
+        }
+    }
+
+    /// Table 3 holds the paper's ablations, one valid config per setting and seed, each
+    /// differing from the adaptive baseline in exactly the ablated field.
+    #[test]
+    fn table3_settings_are_the_papers_ablations() {
+        let o = opts(Budget::Quick);
+        let specs = o.table3_specs().unwrap();
+        let base = o.base(0).unwrap();
+        let groups: Vec<&str> = specs
+            .iter()
+            .filter(|s| s.name.ends_with("-s0"))
+            .map(|s| s.group.as_str())
+            .collect();
+        assert_eq!(
+            groups,
+            [
+                "W = 65536",
+                "W = 32768",
+                "W = 16384",
+                "W = 8192",
+                "W = 4096",
+                "without EMA",
+                "α = 0.5",
+                "α = 0.75",
+                "α = 1",
+                "α = 5",
+                "α = 10",
+                "β = 0.01",
+                "β = 0.2",
+                "β = 5",
+                "CNN encoder",
+                "CNN+Inception encoder"
+            ]
+        );
+        assert_eq!(specs.len(), 16 * 3, "3 seeds per setting");
+        for s in &specs {
+            s.config
+                .validate()
+                .unwrap_or_else(|e| panic!("{}: {e}", s.name));
+            assert_eq!(s.config.train.steps, 600);
+            assert!(matches!(s.config.model.quantizer, QuantizerSpec::Adaptive));
+            let (m, b) = (&s.config.model, &base.model);
+            let changed = [
+                m.capacity != b.capacity,
+                m.codebook.ema != b.codebook.ema,
+                m.codebook.commitment != b.codebook.commitment,
+                m.codebook.beta != b.codebook.beta,
+                m.encoder != b.encoder,
+            ];
+            let expected = usize::from(s.group != "W = 65536");
+            assert_eq!(
+                changed.iter().filter(|c| **c).count(),
+                expected,
+                "{}: {changed:?}",
+                s.name
+            );
+        }
+        let w4096 = specs.iter().find(|s| s.name == "w-4096-s2").unwrap();
+        assert_eq!(
+            (w4096.config.model.capacity, w4096.config.train.seed),
+            (4096, 2)
+        );
+    }
+
+    /// Table 1 is every structure of W = 65536 (N > D), three seeds each at the quick budget.
+    #[test]
+    fn table1_is_every_structure_of_w() {
+        let specs = opts(Budget::Quick).table1_specs().unwrap();
+        assert_eq!(specs.len(), 8 * 3);
+        assert_eq!(specs[0].name, "fixed-512x128-s0");
+        assert_eq!(specs[23].name, "fixed-65536x1-s2");
+        assert_eq!(
+            parse_structures("512x128, 65536x1").unwrap(),
+            vec![[512, 128], [65536, 1]]
+        );
+        assert!(parse_structures("512").is_err() && parse_structures("0x4").is_err());
+    }
 }

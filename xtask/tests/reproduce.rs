@@ -21,15 +21,26 @@ fn toy_reproduction_writes_report_and_figures() {
     let report = reproduce(&opts).unwrap();
     let md = std::fs::read_to_string(&report).unwrap();
     // One row per setting: two fixed structures in Table 1; best fixed + adaptive in Table 2.
+    // Each table ends with a blank line (GitHub Markdown reads a following text line as a row).
     let rows_of = |section: &str| -> Vec<String> {
         let start = md.find(section).unwrap();
-        md[start..]
+        let rows: Vec<String> = md[start..]
             .lines()
             .skip_while(|l| !l.starts_with("| ---"))
             .skip(1)
             .take_while(|l| l.starts_with('|'))
             .map(String::from)
-            .collect()
+            .collect();
+        let after = md[start..]
+            .lines()
+            .skip_while(|l| !l.starts_with("| ---"))
+            .nth(rows.len() + 1);
+        assert_eq!(
+            after,
+            Some(""),
+            "{section} table must end with a blank line:\n{md}"
+        );
+        rows
     };
     let t1 = rows_of("## Table 1");
     assert_eq!(t1.len(), 2, "{md}");
