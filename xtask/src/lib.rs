@@ -2,4 +2,5 @@
 
 pub mod bench;
 pub mod fuzz;
+pub mod layers;
 pub mod reproduce;

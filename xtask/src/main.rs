@@ -82,6 +82,22 @@ enum Cmd {
         #[arg(long)]
         only: Option<String>,
     },
+    /// Forward + backward time of each convolution of the base model, beside PyTorch's
+    /// (`--compare-torch`), weighted by occurrences per training step.
+    BenchLayers {
+        /// mnist (64×1×28×28) or cifar (64×3×32×32).
+        #[arg(long, default_value = "mnist")]
+        shape: String,
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        #[arg(long, default_value_t = 3)]
+        warmup: usize,
+        /// Paired rounds (median reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long)]
+        compare_torch: bool,
+    },
     /// One benchmark case in this process (used by `bench`).
     #[command(hide = true)]
     BenchCase {
@@ -158,6 +174,19 @@ fn main() -> Result<()> {
             println!("{}", path.display());
             Ok(())
         }
+        Cmd::BenchLayers {
+            shape,
+            steps,
+            warmup,
+            rounds,
+            compare_torch,
+        } => xtask::layers::bench_layers(&xtask::layers::LayerOptions {
+            shape,
+            steps,
+            warmup,
+            rounds,
+            compare_torch,
+        }),
         Cmd::Fuzz { seconds, only } => {
             let results = fuzz::fuzz(seconds, only.as_deref())?;
             for r in &results {

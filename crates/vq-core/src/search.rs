@@ -1,6 +1,6 @@
 //! Exact nearest-codeword search under squared L2, in bounded memory.
 //!
-//! Three implementations give the same answer (ties go to the lowest index):
+//! Five implementations give the same answer (ties go to the lowest index):
 //! - [`SearchMethod::Fused`] (CPU): a register-tiled kernel that computes `‖e‖² − 2⟨x, e⟩` for a
 //!   4-row × 16-codeword tile and folds it straight into a running per-lane minimum, so no
 //!   distance is ever written to memory. Rows are split over the rayon pool; codewords are

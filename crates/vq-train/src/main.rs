@@ -26,7 +26,6 @@ enum Command {
     Train {
         /// TOML config (see configs/); without one, the defaults: adaptive quantizer on the
         /// embedded Fashion-MNIST subset, 500 steps.
-
         #[arg(long)]
         config: Option<PathBuf>,
         /// Override a config value, e.g. `--set train.steps=500 --set model.quantizer=fixed:512,128`.
