@@ -235,22 +235,10 @@ fn run_torch(
         "--warmup",
         &warmup.to_string(),
     ]);
-    let out = cmd
-        .output()
-        .with_context(|| format!("running {}", script.display()))?;
-    if !out.status.success() {
-        bail!(
-            "torch reference failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .context("no JSON line from the torch reference")?;
-    let v: serde_json::Value = serde_json::from_str(line)?;
+    let v: serde_json::Value = json_output(
+        &mut cmd,
+        &format!("the torch reference {}", script.display()),
+    )?;
     let f = |k: &str| v.get(k).and_then(|x| x.as_f64()).unwrap_or(f64::NAN);
     Ok(CaseResult {
         kind: "torch".into(),
@@ -274,34 +262,39 @@ fn run_child(
     device: &str,
 ) -> Result<CaseResult> {
     let exe = std::env::current_exe()?;
-    let out = Command::new(exe)
-        .args([
-            "bench-case",
-            "--model",
-            model,
-            "--shape",
-            shape,
-            "--steps",
-            &steps.to_string(),
-            "--warmup",
-            &warmup.to_string(),
-            "--device",
-            device,
-        ])
-        .output()?;
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        "bench-case",
+        "--model",
+        model,
+        "--shape",
+        shape,
+        "--steps",
+        &steps.to_string(),
+        "--warmup",
+        &warmup.to_string(),
+        "--device",
+        device,
+    ]);
+    json_output(&mut cmd, &format!("bench case {model}/{shape}"))
+}
+
+/// Runs `cmd` (a benchmark child) and parses the last line of its stdout that starts with `{`.
+pub(crate) fn json_output<T: serde::de::DeserializeOwned>(
+    cmd: &mut Command,
+    what: &str,
+) -> Result<T> {
+    let out = cmd.output().with_context(|| format!("running {what}"))?;
     if !out.status.success() {
-        bail!(
-            "bench case {model}/{shape} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("{what} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text
         .lines()
         .rev()
         .find(|l| l.starts_with('{'))
-        .context("no JSON from the bench case")?;
-    Ok(serde_json::from_str(line)?)
+        .with_context(|| format!("no JSON line from {what}"))?;
+    serde_json::from_str(line).with_context(|| format!("the JSON line of {what}"))
 }
 
 /// What `cargo xtask bench` runs.

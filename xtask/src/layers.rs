@@ -180,23 +180,12 @@ pub fn time_torch(
     let cfg = serde_json::json!({
         "batch": batch, "steps": steps, "warmup": warmup, "threads": threads, "layers": layers,
     });
-    let out = Command::new("python3")
-        .args(["-c", include_str!("conv_layers.py"), &cfg.to_string()])
-        .output()
-        .context("running python3 (pip install torch numpy)")?;
-    if !out.status.success() {
-        bail!(
-            "PyTorch layer timing failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .rev()
-        .find(|l| l.starts_with('{'))
-        .context("no JSON line from the PyTorch layer timing")?;
-    Ok(serde_json::from_str(line)?)
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", include_str!("conv_layers.py"), &cfg.to_string()]);
+    crate::bench::json_output(
+        &mut cmd,
+        "the PyTorch layer timing (pip install torch numpy)",
+    )
 }
 
 /// Options of `cargo xtask bench-layers`.
