@@ -4,6 +4,7 @@ use candle_core::{Module, Tensor};
 use candle_nn::{Conv2dConfig, ConvTranspose2dConfig, VarBuilder};
 
 use crate::error::Result;
+use crate::relu::relu;
 
 /// 2-D convolution `[B, C_in, H, W] → [B, C_out, H', W']` with PyTorch's default initialisation
 /// (`kaiming_uniform(a=√5)`: weight and bias `U(−1/√fan_in, 1/√fan_in)`).
@@ -151,10 +152,8 @@ impl Residual {
 
 impl Module for Residual {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let h = self
-            .conv1
-            .forward(&self.conv3.forward(&x.relu()?)?.relu()?)?;
-        x + h
+        let h = relu(&self.conv3.forward(&relu(x)?)?)?;
+        x + self.conv1.forward(&h)?
     }
 }
 
@@ -181,7 +180,7 @@ impl Module for ResidualStack {
         for l in &self.layers {
             h = l.forward(&h)?;
         }
-        h.relu()
+        relu(&h)
     }
 }
 
@@ -225,9 +224,9 @@ fn max_pool3_same(x: &Tensor) -> candle_core::Result<Tensor> {
 impl Module for Inception {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let a = self.b1.forward(x)?;
-        let b = self.b3.forward(&self.b3_reduce.forward(x)?.relu()?)?;
-        let c = self.b5.forward(&self.b5_reduce.forward(x)?.relu()?)?;
+        let b = self.b3.forward(&relu(&self.b3_reduce.forward(x)?)?)?;
+        let c = self.b5.forward(&relu(&self.b5_reduce.forward(x)?)?)?;
         let d = self.pool_proj.forward(&max_pool3_same(x)?)?;
-        Tensor::cat(&[a, b, c, d], 1)?.relu()
+        relu(&Tensor::cat(&[a, b, c, d], 1)?)
     }
 }

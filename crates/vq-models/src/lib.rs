@@ -28,6 +28,7 @@ pub mod error;
 
 pub mod layers;
 pub mod model;
+pub mod relu;
 
 pub use error::{ModelError, Result};
 pub use model::{

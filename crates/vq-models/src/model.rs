@@ -13,6 +13,7 @@ use vq_core::{
 
 use crate::error::{ModelError, Result};
 use crate::layers::{Conv2d, ConvTranspose2d, Inception, ResidualStack};
+use crate::relu::relu;
 
 /// Encoder/decoder family (the paper's encoder ablation).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -244,12 +245,8 @@ impl Encoder {
 impl Module for Encoder {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let _span = tracing::trace_span!("encoder").entered();
-        let h = self.conv3.forward(
-            &self
-                .conv2
-                .forward(&self.conv1.forward(x)?.relu()?)?
-                .relu()?,
-        )?;
+        let h = relu(&self.conv1.forward(x)?)?;
+        let h = self.conv3.forward(&relu(&self.conv2.forward(&h)?)?)?;
         match (&self.residual, &self.inception) {
             (Some(r), _) => r.forward(&h),
             (_, Some(i)) => i.forward(&h),
@@ -297,9 +294,9 @@ impl Module for Decoder {
         let h = match (&self.residual, &self.inception) {
             (Some(r), _) => r.forward(&h)?,
             (_, Some(i)) => i.forward(&h)?,
-            _ => h.relu()?,
+            _ => relu(&h)?,
         };
-        self.deconv2.forward(&self.deconv1.forward(&h)?.relu()?)
+        self.deconv2.forward(&relu(&self.deconv1.forward(&h)?)?)
     }
 }
 
