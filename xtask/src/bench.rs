@@ -45,7 +45,7 @@ mod nan_as_null {
     }
 }
 
-fn median(v: &mut [f64]) -> f64 {
+pub(crate) fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
@@ -64,7 +64,8 @@ pub fn peak_rss_mib() -> f64 {
         .map_or(f64::NAN, |kib| kib / 1024.0)
 }
 
-fn shape_of(shape: &str) -> Result<(usize, usize, usize)> {
+/// `(batch, channels, side)` of a benchmark input shape.
+pub(crate) fn shape_of(shape: &str) -> Result<(usize, usize, usize)> {
     Ok(match shape {
         "mnist" => (64, 1, 28),
         "cifar" => (64, 3, 32),

@@ -10,6 +10,8 @@ use candle_core::{Device, Tensor, Var};
 use serde::Serialize;
 use vq_models::conv::{conv2d_gemm, conv_transpose2d_gemm};
 
+use crate::bench::{median, shape_of};
+
 /// One convolution of the CNN+ResNet autoencoder (h = 128, residual h = 32, two residual layers).
 #[derive(Clone, Debug, Serialize)]
 pub struct LayerCase {
@@ -32,89 +34,36 @@ pub struct LayerCase {
 
 /// The base model's convolutions for `channels`×`side`² inputs.
 pub fn base_model_layers(channels: usize, side: usize) -> Vec<LayerCase> {
-    let l = |name, cin, cout, k, stride, pad, side, transposed, bias, per_step| LayerCase {
-        name,
-        cin,
-        cout,
-        k,
-        stride,
-        pad,
-        side,
-        transposed,
-        bias,
-        input_grad: name != "encoder.c1",
-        per_step,
-    };
     let (s2, s4) = (side / 2, side / 4);
-    vec![
-        l("encoder.c1", channels, 64, 4, 2, 1, side, false, true, 1),
-        l("encoder.c2", 64, 128, 4, 2, 1, s2, false, true, 1),
-        l(
-            "c3x3 128→128 (encoder.c3, decoder.c1)",
-            128,
-            128,
-            3,
-            1,
-            1,
-            s4,
-            false,
-            true,
-            2,
-        ),
-        l(
-            "residual 3x3 128→32 (×4)",
-            128,
-            32,
-            3,
-            1,
-            1,
-            s4,
-            false,
-            false,
-            4,
-        ),
-        l(
-            "residual 1x1 32→128 (×4)",
-            32,
-            128,
-            1,
-            1,
-            0,
-            s4,
-            false,
-            false,
-            4,
-        ),
-        l(
-            "decoder.t1 (transposed)",
-            128,
-            64,
-            4,
-            2,
-            1,
-            s4,
-            true,
-            true,
-            1,
-        ),
-        l(
-            "decoder.t2 (transposed)",
-            64,
-            channels,
-            4,
-            2,
-            1,
-            s2,
-            true,
-            true,
-            1,
-        ),
-    ]
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    // (name, cin, cout, k, stride, pad, input side, transposed, bias, occurrences per step)
+    #[rustfmt::skip]
+    let table = [
+        ("encoder.c1", channels, 64, 4, 2, 1, side, false, true, 1),
+        ("encoder.c2", 64, 128, 4, 2, 1, s2, false, true, 1),
+        ("c3x3 128→128 (encoder.c3, decoder.c1)", 128, 128, 3, 1, 1, s4, false, true, 2),
+        ("residual 3x3 128→32 (×4)", 128, 32, 3, 1, 1, s4, false, false, 4),
+        ("residual 1x1 32→128 (×4)", 32, 128, 1, 1, 0, s4, false, false, 4),
+        ("decoder.t1 (transposed)", 128, 64, 4, 2, 1, s4, true, true, 1),
+        ("decoder.t2 (transposed)", 64, channels, 4, 2, 1, s2, true, true, 1),
+    ];
+    table
+        .into_iter()
+        .map(
+            |(name, cin, cout, k, stride, pad, side, transposed, bias, per_step)| LayerCase {
+                name,
+                cin,
+                cout,
+                k,
+                stride,
+                pad,
+                side,
+                transposed,
+                bias,
+                input_grad: name != "encoder.c1",
+                per_step,
+            },
+        )
+        .collect()
 }
 
 /// Median ms of `y = conv(x, w, b); y.sum().backward()` with our GEMM ops.
@@ -202,12 +151,7 @@ pub struct LayerOptions {
 /// Prints one row per layer (ours, PyTorch, ratio, weighted by occurrences per step) and the
 /// weighted totals.
 pub fn bench_layers(o: &LayerOptions) -> Result<()> {
-    let (c, side) = match o.shape.as_str() {
-        "mnist" => (1, 28),
-        "cifar" => (3, 32),
-        other => bail!("--shape {other}: expected mnist or cifar"),
-    };
-    let batch = 64;
+    let (batch, c, side) = shape_of(&o.shape)?;
     let threads = rayon::current_num_threads();
     let layers = base_model_layers(c, side);
     let mut ours: Vec<Vec<f64>> = vec![Vec::new(); layers.len()];

@@ -24,23 +24,18 @@ fn toy_reproduction_writes_report_and_figures() {
     // Each table ends with a blank line (GitHub Markdown reads a following text line as a row).
     let rows_of = |section: &str| -> Vec<String> {
         let start = md.find(section).unwrap();
-        let rows: Vec<String> = md[start..]
+        let lines: Vec<&str> = md[start..]
             .lines()
             .skip_while(|l| !l.starts_with("| ---"))
             .skip(1)
-            .take_while(|l| l.starts_with('|'))
-            .map(String::from)
             .collect();
-        let after = md[start..]
-            .lines()
-            .skip_while(|l| !l.starts_with("| ---"))
-            .nth(rows.len() + 1);
+        let n = lines.iter().take_while(|l| l.starts_with('|')).count();
         assert_eq!(
-            after,
-            Some(""),
+            lines.get(n),
+            Some(&""),
             "{section} table must end with a blank line:\n{md}"
         );
-        rows
+        lines[..n].iter().map(|l| l.to_string()).collect()
     };
     let t1 = rows_of("## Table 1");
     assert_eq!(t1.len(), 2, "{md}");
