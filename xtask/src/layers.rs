@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, Var};
 use serde::Serialize;
-use vq_models::conv::{conv2d_gemm, conv_transpose2d_gemm};
+use vq_models::conv::{conv2d_cpu, conv_transpose2d_cpu};
 
 use crate::bench::{median, shape_of};
 
@@ -103,9 +103,9 @@ pub fn time_ours(l: &LayerCase, batch: usize, steps: usize, warmup: usize) -> Re
     for i in 0..warmup + steps {
         let t0 = Instant::now();
         let y = if l.transposed {
-            conv_transpose2d_gemm(&x, &w, b.as_ref().map(|b| b.as_tensor()), l.stride, l.pad)?
+            conv_transpose2d_cpu(&x, &w, b.as_ref().map(|b| b.as_tensor()), l.stride, l.pad)?
         } else {
-            conv2d_gemm(&x, &w, b.as_ref().map(|b| b.as_tensor()), l.stride, l.pad)?
+            conv2d_cpu(&x, &w, b.as_ref().map(|b| b.as_tensor()), l.stride, l.pad)?
         };
         let grads = y.sum_all()?.backward()?;
         if grads.get(&w).is_none() {

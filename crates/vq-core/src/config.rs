@@ -294,7 +294,7 @@ impl AdaptiveConfig {
             if self.heads == 0 {
                 return Err(ConfigError::invalid("heads", "must be ≥ 1"));
             }
-            if self.channels % self.heads != 0 {
+            if !self.channels.is_multiple_of(self.heads) {
                 return Err(ConfigError::HeadsDoNotDivide {
                     heads: self.heads,
                     channels: self.channels,

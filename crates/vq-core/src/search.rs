@@ -173,7 +173,7 @@ fn nearest_blocked(x: &Tensor, codebook: &Tensor) -> Result<Tensor> {
 ///
 /// `x` is `[T, D]` and `codebook` `[N, D]`, both row-major.
 pub fn nearest_brute_force(x: &[f32], codebook: &[f32], d: usize) -> Vec<u32> {
-    assert!(d > 0 && x.len() % d == 0 && codebook.len() % d == 0);
+    assert!(d > 0 && x.len().is_multiple_of(d) && codebook.len().is_multiple_of(d));
     x.chunks_exact(d)
         .map(|xr| {
             let mut best = f64::INFINITY;
@@ -380,7 +380,12 @@ impl KdTree {
 /// Exact k-d tree search (CPU, small `D`): `x` `[T, D]`, `codebook` `[N, D]`, row-major;
 /// lowest index on ties. The tree is rebuilt per call (the codebook moves every step).
 pub fn nearest_kdtree(x: &[f32], codebook: &[f32], d: usize) -> Vec<u32> {
-    assert!(d > 0 && x.len() % d == 0 && codebook.len() % d == 0 && !codebook.is_empty());
+    assert!(
+        d > 0
+            && x.len().is_multiple_of(d)
+            && codebook.len().is_multiple_of(d)
+            && !codebook.is_empty()
+    );
     let tree = KdTree::build(codebook, d);
     let mut out = vec![0u32; x.len() / d];
     out.par_chunks_mut(256).enumerate().for_each(|(ci, o)| {
@@ -401,7 +406,7 @@ fn gemm_rows(n: usize) -> usize {
 /// GEMM search (CPU): `x` `[T, D]`, `codebook` `[N, D]`, row-major; lowest index on ties.
 /// Row blocks run in parallel, each with a single-threaded GEMM into its own bounded buffer.
 pub fn nearest_gemm(x: &[f32], codebook: &[f32], d: usize) -> Vec<u32> {
-    assert!(d > 0 && x.len() % d == 0 && codebook.len() % d == 0);
+    assert!(d > 0 && x.len().is_multiple_of(d) && codebook.len().is_multiple_of(d));
     let t = x.len() / d;
     let n = codebook.len() / d;
     assert!(n > 0);
@@ -469,7 +474,7 @@ const PANEL_FLOATS: usize = 16 * 1024;
 /// Fused distance + running argmin kernel for any `D` (CPU). `x`: `[T, D]`, `codebook`:
 /// `[N, D]`, both row-major; returns `[T]` indices, lowest index on ties.
 pub fn nearest_fused(x: &[f32], codebook: &[f32], d: usize) -> Vec<u32> {
-    assert!(d > 0 && x.len() % d == 0 && codebook.len() % d == 0);
+    assert!(d > 0 && x.len().is_multiple_of(d) && codebook.len().is_multiple_of(d));
     let t = x.len() / d;
     let n = codebook.len() / d;
     assert!(n > 0);

@@ -13,7 +13,7 @@ pub fn parse_cifar(bytes: &[u8], path: &Path) -> Result<(Vec<u32>, Vec<u8>)> {
     if bytes.is_empty() {
         return Err(DataError::format(path, "empty CIFAR-10 file"));
     }
-    if bytes.len() % RECORD != 0 {
+    if !bytes.len().is_multiple_of(RECORD) {
         return Err(DataError::format(
             path,
             format!(

@@ -1,15 +1,21 @@
-//! Convolutions as GEMM for CPU training: `conv2d = W · im2col(x)` and
-//! `conv_transpose2d = col2im(Wᵀ · x)`, each one custom op (bias included) whose backward pass
-//! computes the input, kernel and bias gradients with two GEMMs and one `im2col`/`col2im`.
+//! CPU convolutions for training, each one custom op (bias included) that computes the input,
+//! kernel and bias gradients in its backward pass, and only those that are needed.
 //!
-//! candle's CPU `conv2d` input-gradient and `conv_transpose2d` run through direct kernels, and
-//! composing the GEMM from candle ops puts the large column matrix into the autograd graph
-//! (a zero fill and an add per backward node). One op per layer keeps all the work in the `gemm`
-//! crate, and gradients are only computed for inputs that need them. On other devices the layers
-//! use candle's own convolutions.
+//! Two paths: when the CPU has AVX-512F and both channel counts are multiples of 32 (every
+//! layer of the paper's model but the first and the last), the direct kernels of `direct.rs`
+//! over channel-last padded activations; otherwise GEMM, `conv2d = W · im2col(x)` and
+//! `conv_transpose2d = col2im(Wᵀ · x)`, whose backward pass takes two GEMMs and one
+//! `im2col`/`col2im`.
+//!
+//! candle's CPU `conv2d` input-gradient and `conv_transpose2d` run through slow direct kernels,
+//! and composing the GEMM from candle ops puts the large column matrix into the autograd graph
+//! (a zero fill and an add per backward node). On other devices the layers use candle's own
+//! convolutions.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
+
+use crate::direct;
 
 /// Geometry of a square-kernel convolution over `[B, C, H, W]` inputs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -292,7 +298,26 @@ fn tracked(t: &Tensor) -> bool {
 struct Conv2dOp {
     g: Geometry,
     out_channels: usize,
-    cols: std::sync::Mutex<Option<Vec<f32>>>,
+    /// Direct AVX-512 kernels (`direct.rs`) instead of im2col + GEMM.
+    direct: bool,
+    /// What the forward pass leaves for the backward pass.
+    saved: std::sync::Mutex<Option<Saved>>,
+}
+
+/// The forward pass's input as the backward pass needs it.
+enum Saved {
+    /// The column matrix (GEMM path).
+    Cols(Vec<f32>),
+    /// The padded channel-last input (direct path).
+    Padded(direct::Padded),
+}
+
+/// Whether a convolution with this geometry runs on the direct kernels: the CPU has them and
+/// both channel counts are multiples of their 32-channel tiles.
+fn use_direct(g: &Geometry, out_channels: usize) -> bool {
+    g.channels.is_multiple_of(direct::OB)
+        && out_channels.is_multiple_of(direct::OB)
+        && direct::available()
 }
 
 impl CustomOp3 for Conv2dOp {
@@ -314,26 +339,23 @@ impl CustomOp3 for Conv2dOp {
             contiguous(ws, wl, "conv2d w")?,
             contiguous(bs, bl, "conv2d bias")?,
         );
-        let (rows, n) = g.cols_shape();
-        let cols = im2col(g, x);
-        let y2 = matmul(
-            self.out_channels,
-            n,
-            rows,
-            w,
-            false,
-            &cols,
-            false,
-            threads(),
-        );
-        let y = ob_to_bo(
-            &y2,
-            self.out_channels,
-            g.batch,
-            g.out_h() * g.out_w(),
-            Some(bias),
-        );
-        *self.cols.lock().expect("cols lock") = Some(cols);
+        let (o, p) = (self.out_channels, g.out_h() * g.out_w());
+        let (y, saved) = if self.direct {
+            let xp =
+                direct::Padded::from_nchw(x, g.batch, g.channels, g.height, g.width, g.padding);
+            let packed = direct::Packed::forward(w, o, g.channels, g.kernel);
+            let (y, _, _) = direct::conv(&xp, &packed, g.kernel, g.stride);
+            (
+                direct::nhwc_to_nchw(&y, g.batch, p, o, Some(bias)),
+                Saved::Padded(xp),
+            )
+        } else {
+            let (rows, n) = g.cols_shape();
+            let cols = im2col(g, x);
+            let y2 = matmul(o, n, rows, w, false, &cols, false, threads());
+            (ob_to_bo(&y2, o, g.batch, p, Some(bias)), Saved::Cols(cols))
+        };
+        *self.saved.lock().expect("saved lock") = Some(saved);
         Ok((
             CpuStorage::F32(y),
             Shape::from((g.batch, self.out_channels, g.out_h(), g.out_w())),
@@ -349,33 +371,67 @@ impl CustomOp3 for Conv2dOp {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = &self.g;
         let (o, p) = (self.out_channels, g.out_h() * g.out_w());
-        let (rows, n) = g.cols_shape();
         let dyv = host(dy)?;
-        let dy2 = bo_to_ob(&dyv, g.batch, o, p);
-        let cols = match self.cols.lock().expect("cols lock").take() {
-            Some(c) => c,
-            None => im2col(g, &host(x)?),
-        };
+        let saved = self.saved.lock().expect("saved lock").take();
         let dev = x.device();
-        let db = tracked(bias)
-            .then(|| Tensor::from_vec(row_sums(&dy2, n), o, dev))
-            .transpose()?;
-        // The kernel and input gradients cost the same GEMM work: run them side by side with
-        // one thread each rather than one after the other with every thread.
         let wv = tracked(x).then(|| host(w)).transpose()?;
-        let each = split_threads(tracked(w) && wv.is_some());
-        let (dw, dx) = rayon::join(
-            || tracked(w).then(|| kernel_grad(o, rows, n, &dy2, &cols, each)),
-            || {
-                wv.as_ref().map(|wv| {
-                    if g.stride == 1 && g.padding < g.kernel && o < g.channels {
-                        input_grad_as_conv(g, o, wv, &dyv, each)
-                    } else {
-                        col2im(g, &matmul(rows, n, o, wv, true, &dy2, false, each))
-                    }
-                })
-            },
-        );
+        let (dw, dx, db) = if self.direct {
+            let xp = match saved {
+                Some(Saved::Padded(xp)) => xp,
+                _ => direct::Padded::from_nchw(
+                    &host(x)?,
+                    g.batch,
+                    g.channels,
+                    g.height,
+                    g.width,
+                    g.padding,
+                ),
+            };
+            // Padded as the input gradient needs (k − 1 − p for stride 1).
+            let q = direct::input_grad_pad(g.kernel, g.stride, g.padding, g.height, g.out_h()).max(
+                direct::input_grad_pad(g.kernel, g.stride, g.padding, g.width, g.out_w()),
+            );
+            let dyp = direct::Padded::from_nchw(&dyv, g.batch, o, g.out_h(), g.out_w(), q);
+            let db = tracked(bias).then(|| channel_sums(&dyv, g.batch, o, p));
+            let (dw, dx) = rayon::join(
+                || tracked(w).then(|| direct::kernel_grad(&xp, &dyp, g.kernel, g.stride)),
+                || {
+                    wv.as_ref().map(|wv| {
+                        let (c, hw) = (g.channels, g.height * g.width);
+                        let dx = direct::input_grad(
+                            &dyp, wv, c, g.kernel, g.stride, g.padding, g.height, g.width,
+                        );
+                        direct::nhwc_to_nchw(&dx, g.batch, hw, c, None)
+                    })
+                },
+            );
+            (dw, dx, db)
+        } else {
+            let (rows, n) = g.cols_shape();
+            let dy2 = bo_to_ob(&dyv, g.batch, o, p);
+            let cols = match saved {
+                Some(Saved::Cols(c)) => c,
+                _ => im2col(g, &host(x)?),
+            };
+            let db = tracked(bias).then(|| row_sums(&dy2, n));
+            // The kernel and input gradients cost the same GEMM work: run them side by side
+            // with one thread each rather than one after the other with every thread.
+            let each = split_threads(tracked(w) && wv.is_some());
+            let (dw, dx) = rayon::join(
+                || tracked(w).then(|| kernel_grad(o, rows, n, &dy2, &cols, each)),
+                || {
+                    wv.as_ref().map(|wv| {
+                        if g.stride == 1 && g.padding < g.kernel && o < g.channels {
+                            input_grad_as_conv(g, o, wv, &dyv, each)
+                        } else {
+                            col2im(g, &matmul(rows, n, o, wv, true, &dy2, false, each))
+                        }
+                    })
+                },
+            );
+            (dw, dx, db)
+        };
+        let db = db.map(|v| Tensor::from_vec(v, o, dev)).transpose()?;
         let dw = dw
             .map(|v| Tensor::from_vec(v, w.shape(), dev))
             .transpose()?;
@@ -384,6 +440,17 @@ impl CustomOp3 for Conv2dOp {
             .transpose()?;
         Ok((dx, dw, db))
     }
+}
+
+/// Per-channel sums of `[B, O, P]`.
+fn channel_sums(src: &[f32], b: usize, o: usize, p: usize) -> Vec<f32> {
+    let mut out = vec![0f32; o];
+    for img in src.chunks_exact(o * p).take(b) {
+        for (acc, plane) in out.iter_mut().zip(img.chunks_exact(p)) {
+            *acc += plane.iter().sum::<f32>();
+        }
+    }
+    out
 }
 
 /// The input gradient of a stride-1 convolution as a convolution of the output gradient `dy`
@@ -425,7 +492,11 @@ struct ConvTranspose2dOp {
     /// Geometry of the (adjoint) convolution over the output.
     g: Geometry,
     in_channels: usize,
-    x2: std::sync::Mutex<Option<Vec<f32>>>,
+    /// Direct AVX-512 kernels (`direct.rs`) instead of GEMM + col2im.
+    direct: bool,
+    /// The input as the backward pass needs it: `[Ci, B·H·W]` (GEMM path) or padded
+    /// channel-last (direct path).
+    saved: std::sync::Mutex<Option<Saved>>,
 }
 
 impl CustomOp3 for ConvTranspose2dOp {
@@ -449,15 +520,30 @@ impl CustomOp3 for ConvTranspose2dOp {
         );
         let (rows, n) = g.cols_shape(); // [Co·k·k, B·H·W]
         let ci = self.in_channels;
-        let x2 = bo_to_ob(x, g.batch, ci, n / g.batch);
-        let cols = matmul(rows, n, ci, w, true, &x2, false, threads());
-        let mut y = col2im(g, &cols);
+        let (hi, wi) = (g.out_h(), g.out_w());
         let hw = g.height * g.width;
-        y.par_chunks_mut(hw).enumerate().for_each(|(i, plane)| {
-            let b = bias[i % g.channels];
-            plane.iter_mut().for_each(|v| *v += b);
-        });
-        *self.x2.lock().expect("x2 lock") = Some(x2);
+        let y = if self.direct {
+            // The transposed convolution is the input gradient of its adjoint convolution.
+            let pad = direct::input_grad_pad(g.kernel, g.stride, g.padding, g.height, hi).max(
+                direct::input_grad_pad(g.kernel, g.stride, g.padding, g.width, wi),
+            );
+            let xp = direct::Padded::from_nchw(x, g.batch, ci, hi, wi, pad);
+            let y = direct::input_grad(
+                &xp, w, g.channels, g.kernel, g.stride, g.padding, g.height, g.width,
+            );
+            *self.saved.lock().expect("saved lock") = Some(Saved::Padded(xp));
+            direct::nhwc_to_nchw(&y, g.batch, hw, g.channels, Some(bias))
+        } else {
+            let x2 = bo_to_ob(x, g.batch, ci, n / g.batch);
+            let cols = matmul(rows, n, ci, w, true, &x2, false, threads());
+            let mut y = col2im(g, &cols);
+            y.par_chunks_mut(hw).enumerate().for_each(|(i, plane)| {
+                let b = bias[i % g.channels];
+                plane.iter_mut().for_each(|v| *v += b);
+            });
+            *self.saved.lock().expect("saved lock") = Some(Saved::Cols(x2));
+            y
+        };
         Ok((
             CpuStorage::F32(y),
             Shape::from((g.batch, g.channels, g.height, g.width)),
@@ -486,25 +572,57 @@ impl CustomOp3 for ConvTranspose2dOp {
         } else {
             None
         };
-        let dcols = im2col(g, &dyv); // [Co·k·k, B·H·W]
-        let x2 = match self.x2.lock().expect("x2 lock").take() {
-            Some(v) => v,
-            None => bo_to_ob(&host(x)?, g.batch, ci, n / g.batch),
-        };
+        let saved = self.saved.lock().expect("saved lock").take();
         let wv = tracked(x).then(|| host(w)).transpose()?;
-        let each = split_threads(tracked(w) && wv.is_some());
-        let (dw, dx2) = rayon::join(
-            || tracked(w).then(|| kernel_grad(ci, rows, n, &x2, &dcols, each)),
-            || {
-                wv.as_ref()
-                    .map(|wv| matmul(ci, n, rows, wv, false, &dcols, false, each))
-            },
-        );
+        let (hi, wi) = (g.out_h(), g.out_w());
+        let (dw, dx) = if self.direct {
+            let xp = match saved {
+                Some(Saved::Padded(xp)) => xp,
+                _ => {
+                    let pad = direct::input_grad_pad(g.kernel, g.stride, g.padding, g.height, hi)
+                        .max(direct::input_grad_pad(
+                            g.kernel, g.stride, g.padding, g.width, wi,
+                        ));
+                    direct::Padded::from_nchw(&host(x)?, g.batch, ci, hi, wi, pad)
+                }
+            };
+            // The adjoint convolution's input: dY padded by p.
+            let dyp =
+                direct::Padded::from_nchw(&dyv, g.batch, g.channels, g.height, g.width, g.padding);
+            rayon::join(
+                || tracked(w).then(|| direct::kernel_grad(&dyp, &xp, g.kernel, g.stride)),
+                || {
+                    wv.as_ref().map(|wv| {
+                        let packed = direct::Packed::forward(wv, ci, g.channels, g.kernel);
+                        let (dx, _, _) = direct::conv(&dyp, &packed, g.kernel, g.stride);
+                        direct::nhwc_to_nchw(&dx, g.batch, hi * wi, ci, None)
+                    })
+                },
+            )
+        } else {
+            let dcols = im2col(g, &dyv); // [Co·k·k, B·H·W]
+            let x2 = match saved {
+                Some(Saved::Cols(v)) => v,
+                _ => bo_to_ob(&host(x)?, g.batch, ci, n / g.batch),
+            };
+            let each = split_threads(tracked(w) && wv.is_some());
+            let (dw, dx2) = rayon::join(
+                || tracked(w).then(|| kernel_grad(ci, rows, n, &x2, &dcols, each)),
+                || {
+                    wv.as_ref()
+                        .map(|wv| matmul(ci, n, rows, wv, false, &dcols, false, each))
+                },
+            );
+            (
+                dw,
+                dx2.map(|v| ob_to_bo(&v, ci, g.batch, n / g.batch, None)),
+            )
+        };
         let dw = dw
             .map(|v| Tensor::from_vec(v, w.shape(), dev))
             .transpose()?;
-        let dx = dx2
-            .map(|v| Tensor::from_vec(ob_to_bo(&v, ci, g.batch, n / g.batch, None), x.shape(), dev))
+        let dx = dx
+            .map(|v| Tensor::from_vec(v, x.shape(), dev))
             .transpose()?;
         Ok((dx, dw, db))
     }
@@ -520,26 +638,40 @@ fn bias_or_zeros(bias: Option<&Tensor>, n: usize, like: &Tensor) -> Result<Tenso
     }
 }
 
-/// `conv2d(x [B,C,H,W], w [O,C,k,k]) + bias` with stride and zero padding (CPU, f32).
-pub fn conv2d_gemm(
+/// `conv2d(x [B,C,H,W], w [O,C,k,k]) + bias` with stride and zero padding (CPU, f32): on the
+/// direct AVX-512 kernels when the CPU has them and both channel counts are multiples of 32,
+/// otherwise through im2col and GEMM.
+pub fn conv2d_cpu(
     x: &Tensor,
     w: &Tensor,
     bias: Option<&Tensor>,
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
+    conv2d_with(x, w, bias, stride, padding, true)
+}
+
+/// [`conv2d_cpu`], on the direct kernels only when `allow_direct` (tests compare both paths).
+fn conv2d_with(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+    allow_direct: bool,
+) -> Result<Tensor> {
     let (b, c, h, wd) = x.dims4()?;
     let (o, c2, k, k2) = w.dims4()?;
     if c != c2 || k != k2 {
         candle_core::bail!(
-            "conv2d_gemm: input {:?} and kernel {:?} do not fit",
+            "conv2d_cpu: input {:?} and kernel {:?} do not fit",
             x.dims(),
             w.dims()
         );
     }
     if b == 0 || stride == 0 || k == 0 || k > h + 2 * padding || k > wd + 2 * padding {
         candle_core::bail!(
-            "conv2d_gemm: kernel {k}, stride {stride}, padding {padding} do not fit input {:?}",
+            "conv2d_cpu: kernel {k}, stride {stride}, padding {padding} do not fit input {:?}",
             x.dims()
         );
     }
@@ -555,26 +687,41 @@ pub fn conv2d_gemm(
     let op = Conv2dOp {
         g,
         out_channels: o,
-        cols: std::sync::Mutex::new(None),
+        direct: allow_direct && use_direct(&g, o),
+        saved: std::sync::Mutex::new(None),
     };
     x.contiguous()?
         .apply_op3(&w.contiguous()?, &bias_or_zeros(bias, o, x)?, op)
 }
 
 /// `conv_transpose2d(x [B,Ci,H,W], w [Ci,Co,k,k]) + bias` with stride and padding (no output
-/// padding); output `[B, Co, (H−1)s − 2p + k, …]` (CPU, f32).
-pub fn conv_transpose2d_gemm(
+/// padding); output `[B, Co, (H−1)s − 2p + k, …]` (CPU, f32). On the direct AVX-512 kernels
+/// when the CPU has them and both channel counts are multiples of 32, otherwise through GEMM
+/// and col2im.
+pub fn conv_transpose2d_cpu(
     x: &Tensor,
     w: &Tensor,
     bias: Option<&Tensor>,
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
+    conv_transpose2d_with(x, w, bias, stride, padding, true)
+}
+
+/// [`conv_transpose2d_cpu`], on the direct kernels only when `allow_direct`.
+fn conv_transpose2d_with(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+    allow_direct: bool,
+) -> Result<Tensor> {
     let (b, ci, h, wd) = x.dims4()?;
     let (ci2, co, k, k2) = w.dims4()?;
     if ci != ci2 || k != k2 {
         candle_core::bail!(
-            "conv_transpose2d_gemm: input {:?} and kernel {:?} do not fit",
+            "conv_transpose2d_cpu: input {:?} and kernel {:?} do not fit",
             x.dims(),
             w.dims()
         );
@@ -586,7 +733,7 @@ pub fn conv_transpose2d_gemm(
         || k == 0
         || (h.min(wd) - 1) * stride + k < 2 * padding + 1
     {
-        candle_core::bail!("conv_transpose2d_gemm: kernel {k}, stride {stride}, padding {padding} do not fit input {:?}", x.dims());
+        candle_core::bail!("conv_transpose2d_cpu: kernel {k}, stride {stride}, padding {padding} do not fit input {:?}", x.dims());
     }
     let (ho, wo) = (
         (h - 1) * stride + k - 2 * padding,
@@ -605,7 +752,8 @@ pub fn conv_transpose2d_gemm(
     let op = ConvTranspose2dOp {
         g,
         in_channels: ci,
-        x2: std::sync::Mutex::new(None),
+        direct: allow_direct && ci % direct::OB == 0 && use_direct(&g, ci),
+        saved: std::sync::Mutex::new(None),
     };
     x.contiguous()?
         .apply_op3(&w.contiguous()?, &bias_or_zeros(bias, co, x)?, op)
@@ -626,12 +774,78 @@ mod tests {
         }
     }
 
-    /// The GEMM path against candle's own convolutions (+ bias): outputs within 1e-5 and the
-    /// input, kernel and bias gradients within 1e-4, relative to the largest magnitude.
+    /// `fast` against `plain`: values within 1e-5 and the gradients of a random projection with
+    /// respect to each of `vars` within 1e-4, relative to the largest magnitude.
+    fn compare(fast: &Tensor, plain: &Tensor, vars: [(&Var, &str); 3], what: &str) {
+        close(fast, plain, 1e-5, &format!("{what} forward"));
+        let r = Tensor::randn(0f32, 1.0, plain.dims(), plain.device()).unwrap();
+        let gp = (plain * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let gf = (fast * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        for (v, name) in vars {
+            close(
+                gf.get(v.as_tensor()).unwrap(),
+                gp.get(v.as_tensor()).unwrap(),
+                1e-4,
+                &format!("{what} {name}"),
+            );
+        }
+    }
+
+    /// Checks `conv2d_with` (or `conv_transpose2d_with` when `transposed`; direct kernels allowed
+    /// or not) against candle's convolution (+ bias): output within 1e-5 and the input, kernel
+    /// and bias gradients within 1e-4, relative to the largest magnitude.
+    fn check(x: &Var, w: &Var, bias: &Var, s: usize, p: usize, transposed: bool, direct: bool) {
+        let (xt, wt, bt) = (x.as_tensor(), w.as_tensor(), bias.as_tensor());
+        let (plain, fast) = if transposed {
+            (
+                xt.conv_transpose2d(wt, p, 0, s, 1).unwrap(),
+                conv_transpose2d_with(xt, wt, Some(bt), s, p, direct).unwrap(),
+            )
+        } else {
+            (
+                xt.conv2d(wt, p, s, 1, 1).unwrap(),
+                conv2d_with(xt, wt, Some(bt), s, p, direct).unwrap(),
+            )
+        };
+        let plain = plain
+            .broadcast_add(&bt.reshape((1, bt.dims()[0], 1, 1)).unwrap())
+            .unwrap();
+        let what = format!(
+            "{} {:?} * {:?} s{s} p{p} direct {direct}",
+            if transposed {
+                "conv_transpose2d"
+            } else {
+                "conv2d"
+            },
+            x.dims(),
+            w.dims()
+        );
+        compare(&fast, &plain, [(x, "dx"), (w, "dw"), (bias, "db")], &what);
+    }
+
+    fn var(shape: &[usize]) -> Var {
+        Var::from_tensor(&Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap()).unwrap()
+    }
+
+    /// Both CPU paths against candle's own convolutions and transposed convolutions (+ bias):
+    /// outputs within 1e-5 and the input, kernel and bias gradients within 1e-4, relative to
+    /// the largest magnitude. Channel counts that are multiples of 32 take the direct kernels
+    /// when allowed (and the CPU has them); the others always take the GEMM path.
     #[test]
     fn matches_candle_convolutions() {
-        let d = Device::Cpu;
+        let g = Geometry {
+            batch: 1,
+            channels: 32,
+            height: 7,
+            width: 7,
+            kernel: 3,
+            stride: 1,
+            padding: 1,
+        };
+        assert_eq!(use_direct(&g, 64), direct::available());
+        assert!(!use_direct(&Geometry { channels: 16, ..g }, 64));
         for &(b, c, o, h, k, s, p) in &[
+            // GEMM path: strides 1 and 2, 1×1, valid and over-padded.
             (2usize, 3usize, 5usize, 8usize, 4usize, 2usize, 1usize),
             (3, 4, 6, 7, 3, 1, 1),
             (2, 5, 3, 6, 1, 1, 0),
@@ -642,57 +856,29 @@ mod tests {
             (2, 6, 3, 7, 3, 1, 1),
             (2, 4, 2, 8, 3, 1, 0),
             (1, 4, 3, 6, 5, 1, 4),
+            // Direct kernels: same, valid and over-padded stride 1, strides 2 and 3 (the input
+            // gradient split into s² classes, some with fewer taps, or none when k < s), 1×1,
+            // rows wider than one register tile (20 and 30 positions: 2 and 3 tiles), and more
+            // than 32 channels.
+            (2, 32, 64, 7, 3, 1, 1),
+            (2, 64, 32, 8, 3, 1, 0),
+            (2, 32, 32, 8, 4, 2, 1),
+            (1, 32, 96, 5, 1, 1, 0),
+            (1, 32, 32, 6, 5, 1, 4),
+            (1, 32, 32, 20, 3, 1, 1),
+            (1, 32, 32, 30, 3, 1, 1),
+            (1, 64, 32, 9, 3, 2, 1),
+            (1, 32, 32, 11, 5, 3, 2),
+            (1, 32, 32, 9, 2, 3, 0),
         ] {
-            let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, c, h, h), &d).unwrap()).unwrap();
-            let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (o, c, k, k), &d).unwrap()).unwrap();
-            let bias = Var::from_tensor(&Tensor::randn(0f32, 1.0, o, &d).unwrap()).unwrap();
-            let plain = x
-                .as_tensor()
-                .conv2d(w.as_tensor(), p, s, 1, 1)
-                .unwrap()
-                .broadcast_add(&bias.as_tensor().reshape((1, o, 1, 1)).unwrap())
-                .unwrap();
-            let fast =
-                conv2d_gemm(x.as_tensor(), w.as_tensor(), Some(bias.as_tensor()), s, p).unwrap();
-            close(&fast, &plain, 1e-5, "conv2d forward");
-            let r = Tensor::randn(0f32, 1.0, plain.dims(), &d).unwrap();
-            let gp = (plain * &r).unwrap().sum_all().unwrap().backward().unwrap();
-            let gf = (fast * &r).unwrap().sum_all().unwrap().backward().unwrap();
-            for (v, name) in [(&x, "dx"), (&w, "dw"), (&bias, "db")] {
-                close(
-                    gf.get(v.as_tensor()).unwrap(),
-                    gp.get(v.as_tensor()).unwrap(),
-                    1e-4,
-                    &format!("conv2d {name}"),
-                );
-            }
-
-            // Transposed: kernel [Ci = c, Co = o, k, k].
-            if (h - 1) * s + k < 2 * p + 1 {
-                continue;
-            }
-            let wt =
-                Var::from_tensor(&Tensor::randn(0f32, 1.0, (c, o, k, k), &d).unwrap()).unwrap();
-            let plain = x
-                .as_tensor()
-                .conv_transpose2d(wt.as_tensor(), p, 0, s, 1)
-                .unwrap()
-                .broadcast_add(&bias.as_tensor().reshape((1, o, 1, 1)).unwrap())
-                .unwrap();
-            let fast =
-                conv_transpose2d_gemm(x.as_tensor(), wt.as_tensor(), Some(bias.as_tensor()), s, p)
-                    .unwrap();
-            close(&fast, &plain, 1e-5, "conv_transpose2d forward");
-            let r = Tensor::randn(0f32, 1.0, plain.dims(), &d).unwrap();
-            let gp = (plain * &r).unwrap().sum_all().unwrap().backward().unwrap();
-            let gf = (fast * &r).unwrap().sum_all().unwrap().backward().unwrap();
-            for (v, name) in [(&x, "dx"), (&wt, "dw"), (&bias, "db")] {
-                close(
-                    gf.get(v.as_tensor()).unwrap(),
-                    gp.get(v.as_tensor()).unwrap(),
-                    1e-4,
-                    &format!("conv_transpose2d {name}"),
-                );
+            let (x, w, bias) = (var(&[b, c, h, h]), var(&[o, c, k, k]), var(&[o]));
+            // Transposed: kernel [Ci = c, Co = o, k, k], when the output is not empty.
+            let wt = ((h - 1) * s + k > 2 * p).then(|| var(&[c, o, k, k]));
+            for direct in [true, false] {
+                check(&x, &w, &bias, s, p, false, direct);
+                if let Some(wt) = &wt {
+                    check(&x, wt, &bias, s, p, true, direct);
+                }
             }
         }
     }
@@ -703,16 +889,16 @@ mod tests {
         let d = Device::Cpu;
         let x = Tensor::zeros((1, 2, 3, 3), candle_core::DType::F32, &d).unwrap();
         let w = Tensor::zeros((4, 2, 7, 7), candle_core::DType::F32, &d).unwrap();
-        assert!(conv2d_gemm(&x, &w, None, 1, 1).is_err());
+        assert!(conv2d_cpu(&x, &w, None, 1, 1).is_err());
         let w3 = Tensor::zeros((4, 2, 3, 3), candle_core::DType::F32, &d).unwrap();
-        assert!(conv2d_gemm(&x, &w3, None, 0, 1).is_err());
+        assert!(conv2d_cpu(&x, &w3, None, 0, 1).is_err());
         let b = Tensor::zeros(5, candle_core::DType::F32, &d).unwrap();
-        assert!(conv2d_gemm(&x, &w3, Some(&b), 1, 1)
+        assert!(conv2d_cpu(&x, &w3, Some(&b), 1, 1)
             .unwrap_err()
             .to_string()
             .contains("bias"));
         let wt = Tensor::zeros((2, 4, 1, 1), candle_core::DType::F32, &d).unwrap();
-        assert!(conv_transpose2d_gemm(
+        assert!(conv_transpose2d_cpu(
             &Tensor::zeros((1, 2, 1, 1), candle_core::DType::F32, &d).unwrap(),
             &wt,
             None,
@@ -728,7 +914,7 @@ mod tests {
         let d = Device::Cpu;
         let x = Tensor::randn(0f32, 1.0, (2, 3, 6, 6), &d).unwrap();
         let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 3, 3, 3), &d).unwrap()).unwrap();
-        let g = conv2d_gemm(&x, w.as_tensor(), None, 1, 1)
+        let g = conv2d_cpu(&x, w.as_tensor(), None, 1, 1)
             .unwrap()
             .sum_all()
             .unwrap()

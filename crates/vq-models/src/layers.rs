@@ -56,7 +56,7 @@ impl Module for Conv2d {
         let _span = tracing::trace_span!("conv2d").entered();
         if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
             let (s, p) = (self.config.stride, self.config.padding);
-            return crate::conv::conv2d_gemm(x, &self.weight, self.bias.as_ref(), s, p);
+            return crate::conv::conv2d_cpu(x, &self.weight, self.bias.as_ref(), s, p);
         }
         let y = x.conv2d(&self.weight, self.config.padding, self.config.stride, 1, 1)?;
         match &self.bias {
@@ -113,7 +113,7 @@ impl Module for ConvTranspose2d {
             && c.output_padding == 0
             && c.dilation == 1
         {
-            return crate::conv::conv_transpose2d_gemm(
+            return crate::conv::conv_transpose2d_cpu(
                 x,
                 &self.weight,
                 Some(&self.bias),

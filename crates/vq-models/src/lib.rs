@@ -24,6 +24,7 @@
 //! ```
 
 pub mod conv;
+mod direct;
 pub mod error;
 
 pub mod layers;

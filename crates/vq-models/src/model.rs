@@ -181,13 +181,13 @@ impl ModelConfig {
         if in_channels == 0 {
             return bad("channels", "images need at least one channel");
         }
-        if self.hidden < 2 || self.hidden % 2 != 0 {
+        if self.hidden < 2 || !self.hidden.is_multiple_of(2) {
             return bad(
                 "hidden",
                 "must be an even number ≥ 2 (the first convolution has hidden/2 channels)",
             );
         }
-        if self.encoder == EncoderKind::CnnInception && self.hidden % 4 != 0 {
+        if self.encoder == EncoderKind::CnnInception && !self.hidden.is_multiple_of(4) {
             return bad(
                 "hidden",
                 "must be divisible by 4 for the Inception block's four branches",

@@ -254,7 +254,7 @@ impl TrainConfig {
         crate::device::parse_device(&t.device)?;
         self.data.validate()?;
         self.model.validate(self.data.channels)?;
-        if self.data.image_size % 4 != 0 {
+        if !self.data.image_size.is_multiple_of(4) {
             return Err(TrainError::config(
                 "config [data] image_size",
                 format!(

@@ -1,0 +1,542 @@
+//! Direct (im2col-free) convolution kernels for x86-64 with AVX-512 over channel-last
+//! (`[B, H, W, C]`) zero-padded activations: the forward pass, the input gradient of a stride-1
+//! convolution (a convolution of the padded output gradient with the flipped kernel) and the
+//! kernel gradient.
+//!
+//! The GEMM path (`conv.rs`) writes a column matrix nine times the size of the activations for a
+//! 3×3 kernel and reads it back; on the paper's 7×7 latents that memory traffic cost more than
+//! the arithmetic. Here each register tile (`R` output positions of one row × 32 output
+//! channels, or `R` input channels × 32 output channels for the kernel gradient) reads the
+//! activations where they are, so the only extra passes are one layout change in and out.
+//! Used for convolutions whose input and output channel counts are multiples of 32 when the CPU
+//! has AVX-512F; everything else takes the GEMM path.
+
+use rayon::prelude::*;
+
+/// Output channels per register tile (two 16-lane vectors).
+pub(crate) const OB: usize = 32;
+/// Largest number of positions (forward) or input channels (kernel gradient) per tile: `R·2`
+/// accumulators, 2 kernel vectors and a broadcast fit the 32 vector registers.
+const MAX_R: usize = 14;
+/// Zero elements after each padded buffer: no tile reads past its end.
+const SLACK: usize = 64;
+
+/// Whether the running CPU has the instructions of the direct kernels.
+pub(crate) fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// A channel-last activation `[B, Hp, Wp, C]` zero-padded by `pad` on each side.
+pub(crate) struct Padded {
+    pub data: Vec<f32>,
+    pub batch: usize,
+    pub hp: usize,
+    pub wp: usize,
+    pub channels: usize,
+    pub pad: usize,
+}
+
+impl Padded {
+    /// `x` `[B, C, H, W]` (channel-first) as channel-last, padded by `pad`.
+    pub fn from_nchw(x: &[f32], b: usize, c: usize, h: usize, w: usize, pad: usize) -> Self {
+        let (hp, wp) = (h + 2 * pad, w + 2 * pad);
+        let mut data = vec![0f32; b * hp * wp * c + SLACK];
+        data[..b * hp * wp * c]
+            .par_chunks_mut(hp * wp * c)
+            .enumerate()
+            .for_each(|(bi, img)| {
+                let src = &x[bi * c * h * w..(bi + 1) * c * h * w];
+                for y in 0..h {
+                    let row = &mut img[((y + pad) * wp + pad) * c..][..w * c];
+                    for (ci, plane) in src.chunks_exact(h * w).enumerate() {
+                        for (xx, v) in plane[y * w..(y + 1) * w].iter().enumerate() {
+                            row[xx * c + ci] = *v;
+                        }
+                    }
+                }
+            });
+        Self {
+            data,
+            batch: b,
+            hp,
+            wp,
+            channels: c,
+            pad,
+        }
+    }
+
+    /// Offset of position `(b, y, x)` of the padded grid.
+    fn at(&self, b: usize, y: usize, x: usize) -> usize {
+        ((b * self.hp + y) * self.wp + x) * self.channels
+    }
+}
+
+/// `[B, P, O]` (channel-last) → `[B, O, P]` (channel-first), plus a bias per channel.
+pub(crate) fn nhwc_to_nchw(
+    y: &[f32],
+    b: usize,
+    p: usize,
+    o: usize,
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    let mut out = vec![0f32; b * o * p];
+    out.par_chunks_mut(o * p).enumerate().for_each(|(bi, img)| {
+        let src = &y[bi * p * o..(bi + 1) * p * o];
+        for (oi, plane) in img.chunks_exact_mut(p).enumerate() {
+            let add = bias.map_or(0.0, |bs| bs[oi]);
+            for (pi, d) in plane.iter_mut().enumerate() {
+                *d = src[pi * o + oi] + add;
+            }
+        }
+    });
+    out
+}
+
+/// A kernel packed for the tiles: `[O/32][taps][C][32]`, as a convolution with `C` inputs,
+/// `O` outputs and a list of taps.
+pub(crate) struct Packed {
+    data: Vec<f32>,
+    taps: usize,
+    c: usize,
+    o: usize,
+}
+
+impl Packed {
+    /// From a convolution kernel `w` `[O, C, k, k]` (taps in row-major `(ky, kx)` order).
+    pub fn forward(w: &[f32], o: usize, c: usize, k: usize) -> Self {
+        Self::pack(o, c, k * k, |oi, ci, t| w[(oi * c + ci) * k * k + t])
+    }
+
+    /// Packs `get(out, in, tap)` for `o` outputs (a multiple of 32) and `c` inputs.
+    fn pack(o: usize, c: usize, taps: usize, get: impl Fn(usize, usize, usize) -> f32) -> Self {
+        assert_eq!(o % OB, 0, "packed kernels need a multiple of {OB} outputs");
+        let mut data = vec![0f32; o * c * taps];
+        if data.is_empty() {
+            return Self { data, taps, c, o };
+        }
+        for (ob, block) in data.chunks_exact_mut(taps * c * OB).enumerate() {
+            for (tap, per_tap) in block.chunks_exact_mut(c * OB).enumerate() {
+                for (ci, lanes) in per_tap.chunks_exact_mut(OB).enumerate() {
+                    for (lane, v) in lanes.iter_mut().enumerate() {
+                        *v = get(ob * OB + lane, ci, tap);
+                    }
+                }
+            }
+        }
+        Self { data, taps, c, o }
+    }
+
+    /// The weights of output block `ob`: `[taps][C][32]`.
+    fn block(&self, ob: usize) -> &[f32] {
+        let n = self.taps * self.c * OB;
+        &self.data[ob * n..(ob + 1) * n]
+    }
+}
+
+/// Fills `n` output positions of one output row with every 32-channel block of `w`: position
+/// `j` reads the input at `x[base + j·xps + taps[t] + ci]` and is written at
+/// `out[first + j·yps + ob·32 + 0..32]`.
+///
+/// # Panics
+/// If any of those reads or writes would leave `x` or `out`.
+#[allow(clippy::too_many_arguments)]
+fn row_tiles(
+    x: &[f32],
+    base: usize,
+    xps: usize,
+    taps: &[usize],
+    w: &Packed,
+    out: &mut [f32],
+    first: usize,
+    yps: usize,
+    n: usize,
+) {
+    assert_eq!(taps.len(), w.taps, "direct conv: taps");
+    if n == 0 || taps.is_empty() {
+        return;
+    }
+    let max_tap = taps.iter().copied().max().unwrap_or(0);
+    assert!(
+        base + (n - 1) * xps + max_tap + w.c <= x.len(),
+        "direct conv: input read out of range"
+    );
+    assert!(
+        first + (n - 1) * yps + w.o <= out.len(),
+        "direct conv: output write out of range"
+    );
+    assert!(available(), "direct conv: the CPU lacks AVX-512F");
+    for ob in 0..w.o / OB {
+        let wb = w.block(ob);
+        for (j0, r) in chunks(n, MAX_R) {
+            // SAFETY: AVX-512F is present; the tile reads x[base + (j0 + j)·xps + taps[t] + ci]
+            // for j < r, ci < c (inside `x` by the first assertion), wb[(t·c + ci)·32 + 0..32]
+            // (inside the block), and writes out[first + (j0 + j)·yps + ob·32 + 0..32] (inside
+            // `out` by the second assertion).
+            unsafe {
+                #[cfg(target_arch = "x86_64")]
+                fwd_tile(
+                    r,
+                    x.as_ptr().add(base + j0 * xps),
+                    xps,
+                    taps,
+                    w.c,
+                    wb.as_ptr(),
+                    out.as_mut_ptr().add(first + j0 * yps + ob * OB),
+                    yps,
+                );
+            }
+        }
+    }
+}
+
+/// Balanced chunks of at most `max` covering `0..n`: `(start, len)`.
+fn chunks(n: usize, max: usize) -> Vec<(usize, usize)> {
+    let count = n.div_ceil(max).max(1);
+    (0..count)
+        .map(|i| (i * n / count, (i + 1) * n / count - i * n / count))
+        .filter(|&(_, len)| len > 0)
+        .collect()
+}
+
+/// Convolution of the padded channel-last `x` with `w` (`k × k`) at `stride`, output
+/// `[B, Ho, Wo, O]` channel-last, where `Ho = (Hp − k)/stride + 1` (the padding is already in
+/// `x`).
+pub(crate) fn conv(x: &Padded, w: &Packed, k: usize, stride: usize) -> (Vec<f32>, usize, usize) {
+    assert_eq!(
+        (x.channels, w.taps),
+        (w.c, k * k),
+        "direct conv: kernel shape"
+    );
+    let ho = (x.hp - k) / stride + 1;
+    let wo = (x.wp - k) / stride + 1;
+    let taps: Vec<usize> = (0..k * k).map(|t| x.at(0, t / k, t % k)).collect();
+    let o = w.o;
+    let mut y = vec![0f32; x.batch * ho * wo * o];
+    y.par_chunks_mut(wo * o).enumerate().for_each(|(row, out)| {
+        let (b, oy) = (row / ho, row % ho);
+        let base = x.at(b, oy * stride, 0);
+        row_tiles(&x.data, base, stride * x.channels, &taps, w, out, 0, o, wo);
+    });
+    (y, ho, wo)
+}
+
+/// Taps of kernel row/column class `r` of the input gradient at `stride`: kernel indices
+/// `r, r + s, r + 2s, …` below `k`.
+fn class_taps(r: usize, k: usize, s: usize) -> usize {
+    if r < k {
+        (k - r).div_ceil(s)
+    } else {
+        0
+    }
+}
+
+/// The smallest padding of the output gradient `[B, Ho, Wo, O]` that [`input_grad`] needs for an
+/// input of side `h` (conv kernel `k`, stride `s`, padding `p`).
+pub(crate) fn input_grad_pad(k: usize, s: usize, p: usize, h: usize, ho: usize) -> usize {
+    let top = (0..s.min(h))
+        .map(|iy| (class_taps((iy + p) % s, k, s).saturating_sub(1)).saturating_sub((iy + p) / s))
+        .max()
+        .unwrap_or(0);
+    let bottom = ((h - 1 + p) / s + 1).saturating_sub(ho);
+    top.max(bottom)
+}
+
+/// The input gradient `dX [B, H, W, C]` (channel-last) of `y = conv(x, w, stride s, padding p)`
+/// with `w` `[O, C, k, k]` and `x` of side `H × W`, from the output gradient `dy` padded by at
+/// least [`input_grad_pad`] — equally the transposed convolution of `dy` with `w`
+/// `[C_in = O, C_out = C, k, k]`:
+/// `dX[b, iy, ix, c] = Σ dy[b, oy, ox, o] · w[o, c, ky, kx]` over `oy·s + ky − p = iy`,
+/// `ox·s + kx − p = ix`. Split by the residues of `iy + p` and `ix + p` modulo `s`, each class of
+/// input positions is a small dense convolution of `dy` (a 2 × 2 one for k = 4, s = 2).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn input_grad(
+    dy: &Padded,
+    w: &[f32],
+    c: usize,
+    k: usize,
+    s: usize,
+    p: usize,
+    h: usize,
+    wd: usize,
+) -> Vec<f32> {
+    let o = dy.channels;
+    let pad = dy.pad;
+    assert!(
+        pad >= input_grad_pad(k, s, p, h, dy.hp - 2 * pad)
+            && pad >= input_grad_pad(k, s, p, wd, dy.wp - 2 * pad),
+        "input gradient: output gradient padded by {pad}, too little"
+    );
+    // Per class (ry, rx): the tap offsets (input position (iy, ix) reads dy at
+    // (qy − ty, qx − tx) with (qy, qx) = ((iy+p)/s, (ix+p)/s)) and the packed kernel
+    // w[o, c, ry + s·ty, rx + s·tx].
+    let classes: Vec<(Vec<usize>, Packed)> = (0..s * s)
+        .map(|cls| {
+            let (ry, rx) = (cls / s, cls % s);
+            let tl: Vec<(usize, usize)> = (0..class_taps(ry, k, s))
+                .flat_map(|ty| (0..class_taps(rx, k, s)).map(move |tx| (ty, tx)))
+                .collect();
+            // Relative to the window's top-left corner (qy + pad + 1 − Ty, qx + pad + 1 − Tx).
+            let (ty_n, tx_n) = (class_taps(ry, k, s), class_taps(rx, k, s));
+            let offsets = tl
+                .iter()
+                .map(|&(ty, tx)| dy.at(0, ty_n - 1 - ty, tx_n - 1 - tx))
+                .collect();
+            let packed = Packed::pack(c, o, tl.len(), |ci, oi, t| {
+                let (ty, tx) = tl[t];
+                w[((oi * c + ci) * k + ry + s * ty) * k + rx + s * tx]
+            });
+            (offsets, packed)
+        })
+        .collect();
+    let mut dx = vec![0f32; dy.batch * h * wd * c];
+    dx.par_chunks_mut(wd * c)
+        .enumerate()
+        .for_each(|(row, out)| {
+            let (b, iy) = (row / h, row % h);
+            let (ry, qy) = ((iy + p) % s, (iy + p) / s);
+            for rx in 0..s {
+                let ix0 = (rx + s - p % s) % s;
+                if ix0 >= wd {
+                    continue;
+                }
+                let n = (wd - 1 - ix0) / s + 1;
+                let (offsets, packed) = &classes[ry * s + rx];
+                let (ty_n, tx_n) = (class_taps(ry, k, s), class_taps(rx, k, s));
+                if ty_n == 0 || tx_n == 0 {
+                    continue;
+                }
+                // In range: the padding covers the `Ty − 1 − qy` rows above (input_grad_pad).
+                let base = dy.at(b, qy + pad + 1 - ty_n, (ix0 + p) / s + pad + 1 - tx_n);
+                row_tiles(&dy.data, base, o, offsets, packed, out, ix0 * c, s * c, n);
+            }
+        });
+    dx
+}
+
+/// The kernel gradient `dW [O, C, k, k]` of `y = conv(x, w, stride)`, from the padded input `x`
+/// and the output gradient `dy` (channel-last, padded by `dy.pad` which is skipped):
+/// `dW[o, c, ky, kx] = Σ_{b,oy,ox} x[b, oy·s+ky, ox·s+kx, c] · dy[b, oy, ox, o]`.
+///
+/// Tiles of up to 6 input channels × 64 output channels (14 × 32 when `O` is not a multiple of
+/// 64) keep their accumulators in registers over all output positions.
+pub(crate) fn kernel_grad(x: &Padded, dy: &Padded, k: usize, stride: usize) -> Vec<f32> {
+    assert!(available(), "direct conv: the CPU lacks AVX-512F");
+    let (c, o) = (x.channels, dy.channels);
+    assert_eq!(o % OB, 0, "kernel gradient: outputs");
+    let (ho, wo) = (dy.hp - 2 * dy.pad, dy.wp - 2 * dy.pad);
+    assert_eq!(
+        ho,
+        (x.hp - k) / stride + 1,
+        "kernel gradient: output height"
+    );
+    assert_eq!(wo, (x.wp - k) / stride + 1, "kernel gradient: output width");
+    assert!(
+        x.at(
+            x.batch - 1,
+            (ho - 1) * stride + k - 1,
+            (wo - 1) * stride + k - 1
+        ) + c
+            <= x.data.len()
+            && dy.at(dy.batch - 1, dy.pad + ho - 1, dy.pad + wo - 1) + o <= dy.data.len()
+    );
+    // Output channels per tile and the largest input-channel count per tile.
+    let (width, max_r) = if o % (2 * OB) == 0 {
+        (2 * OB, 6)
+    } else {
+        (OB, MAX_R)
+    };
+    let cchunks = chunks(c, max_r);
+    let tiles: Vec<(usize, usize, usize, usize)> = (0..k * k)
+        .flat_map(|t| {
+            let cc = &cchunks;
+            (0..o / width).flat_map(move |ob| cc.iter().map(move |&(c0, r)| (t, ob, c0, r)))
+        })
+        .collect();
+    let blocks: Vec<[f32; MAX_R * OB]> = tiles
+        .par_iter()
+        .map(|&(t, ob, c0, r)| {
+            let mut acc = [0f32; MAX_R * OB];
+            let (ky, kx) = (t / k, t % k);
+            // SAFETY: AVX-512F is present (asserted above); for every output position
+            // (b, oy, ox) the tile reads x[at(b, oy·s+ky, ox·s+kx) + c0 + j] (j < r ≤ c − c0)
+            // and dy[at(b, pad+oy, pad+ox) + ob·width + 0..width], inside the buffers by the
+            // assertion above; it writes acc[j·width + 0..width], r·width ≤ MAX_R·32.
+            unsafe {
+                #[cfg(target_arch = "x86_64")]
+                grad_tile(
+                    width,
+                    r,
+                    x.data.as_ptr().add(x.at(0, ky, kx) + c0),
+                    [x.at(1, 0, 0), stride * x.wp * c, stride * c],
+                    dy.data.as_ptr().add(dy.at(0, dy.pad, dy.pad) + ob * width),
+                    [dy.at(1, 0, 0), dy.wp * o, o],
+                    [x.batch, ho, wo],
+                    acc.as_mut_ptr(),
+                );
+            }
+            acc
+        })
+        .collect();
+    let mut dw = vec![0f32; o * c * k * k];
+    for (&(t, ob, c0, r), acc) in tiles.iter().zip(&blocks) {
+        for j in 0..r {
+            for lane in 0..width {
+                dw[((ob * width + lane) * c + c0 + j) * k * k + t] = acc[j * width + lane];
+            }
+        }
+    }
+    dw
+}
+
+/// One forward tile of `r` (≤ `MAX_R`) output positions × 32 output channels: dispatches to the
+/// register-resident kernel for that `r`.
+///
+/// # Safety
+/// AVX-512F must be available and every address described at the call sites valid.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn fwd_tile(
+    r: usize,
+    x: *const f32,
+    xps: usize,
+    taps: &[usize],
+    c: usize,
+    w: *const f32,
+    y: *mut f32,
+    yps: usize,
+) {
+    macro_rules! go {
+        ($($n:literal)*) => {
+            match r {
+                $($n => unsafe { kernels::fwd::<$n>(x, xps, taps, c, w, y, yps) },)*
+                _ => unreachable!("tile of {r} positions"),
+            }
+        };
+    }
+    go!(1 2 3 4 5 6 7 8 9 10 11 12 13 14)
+}
+
+/// One kernel-gradient tile of `r` input channels × `width` (32 with `r` ≤ 14, or 64 with
+/// `r` ≤ 6) output channels summed over the output positions `(b, y, x) < n` (strides `xs` and
+/// `dys` per coordinate), into `acc` `[r][width]`.
+///
+/// # Safety
+/// AVX-512F must be available and every address described at the call site valid.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn grad_tile(
+    width: usize,
+    r: usize,
+    x: *const f32,
+    xs: [usize; 3],
+    dy: *const f32,
+    dys: [usize; 3],
+    n: [usize; 3],
+    acc: *mut f32,
+) {
+    macro_rules! go {
+        ($v:literal: $($n:literal)*) => {
+            match r {
+                $($n => unsafe { kernels::grad::<$n, $v>(x, xs, dy, dys, n, acc) },)*
+                _ => unreachable!("tile of {r} channels"),
+            }
+        };
+    }
+    if width == 2 * OB {
+        go!(4: 1 2 3 4 5 6)
+    } else {
+        go!(2: 1 2 3 4 5 6 7 8 9 10 11 12 13 14)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod kernels {
+    use std::arch::x86_64::*;
+
+    /// `y[j·yps + 0..32] = Σ_t Σ_ci x[j·xps + taps[t] + ci] · w[(t·c + ci)·32 + 0..32]` for
+    /// `j < R`, with the `R × 2` accumulators in registers.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn fwd<const R: usize>(
+        x: *const f32,
+        xps: usize,
+        taps: &[usize],
+        c: usize,
+        w: *const f32,
+        y: *mut f32,
+        yps: usize,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        for (t, &off) in taps.iter().enumerate() {
+            // SAFETY (this block): addresses as documented by the caller.
+            unsafe {
+                let xt = x.add(off);
+                let wt = w.add(t * c * 32);
+                for ci in 0..c {
+                    let w0 = _mm512_loadu_ps(wt.add(ci * 32));
+                    let w1 = _mm512_loadu_ps(wt.add(ci * 32 + 16));
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        let v = _mm512_set1_ps(*xt.add(j * xps + ci));
+                        a[0] = _mm512_fmadd_ps(v, w0, a[0]);
+                        a[1] = _mm512_fmadd_ps(v, w1, a[1]);
+                    }
+                }
+            }
+        }
+        for (j, a) in acc.iter().enumerate() {
+            // SAFETY: as documented by the caller.
+            unsafe {
+                _mm512_storeu_ps(y.add(j * yps), a[0]);
+                _mm512_storeu_ps(y.add(j * yps + 16), a[1]);
+            }
+        }
+    }
+
+    /// `acc[j·16V + 0..16V] = Σ_p x[p·xs + j] · dy[p·dys + 0..16V]` for `j < R` over the
+    /// positions `p = (b, y, x) < n` (`p·s` = `b·s[0] + y·s[1] + x·s[2]`).
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn grad<const R: usize, const V: usize>(
+        x: *const f32,
+        xs: [usize; 3],
+        dy: *const f32,
+        dys: [usize; 3],
+        n: [usize; 3],
+        acc: *mut f32,
+    ) {
+        // SAFETY (this function): addresses as documented by the caller.
+        unsafe {
+            let mut a = [[_mm512_setzero_ps(); V]; R];
+            for b in 0..n[0] {
+                for y in 0..n[1] {
+                    let xr = x.add(b * xs[0] + y * xs[1]);
+                    let gr = dy.add(b * dys[0] + y * dys[1]);
+                    for i in 0..n[2] {
+                        let gi = gr.add(i * dys[2]);
+                        let mut g = [_mm512_setzero_ps(); V];
+                        for (v, gv) in g.iter_mut().enumerate() {
+                            *gv = _mm512_loadu_ps(gi.add(16 * v));
+                        }
+                        let xi = xr.add(i * xs[2]);
+                        for (j, aj) in a.iter_mut().enumerate() {
+                            let e = _mm512_set1_ps(*xi.add(j));
+                            for (av, gv) in aj.iter_mut().zip(&g) {
+                                *av = _mm512_fmadd_ps(e, *gv, *av);
+                            }
+                        }
+                    }
+                }
+            }
+            for (j, aj) in a.iter().enumerate() {
+                for (v, av) in aj.iter().enumerate() {
+                    _mm512_storeu_ps(acc.add(j * 16 * V + 16 * v), *av);
+                }
+            }
+        }
+    }
+}
