@@ -103,9 +103,23 @@ pub fn time_ours(l: &LayerCase, batch: usize, steps: usize, warmup: usize) -> Re
     for i in 0..warmup + steps {
         let t0 = Instant::now();
         let y = if l.transposed {
-            conv_transpose2d_cpu(&x, &w, b.as_ref().map(|b| b.as_tensor()), l.stride, l.pad)?
+            conv_transpose2d_cpu(
+                &x,
+                &w,
+                b.as_ref().map(|b| b.as_tensor()),
+                l.stride,
+                l.pad,
+                false,
+            )?
         } else {
-            conv2d_cpu(&x, &w, b.as_ref().map(|b| b.as_tensor()), l.stride, l.pad)?
+            conv2d_cpu(
+                &x,
+                &w,
+                b.as_ref().map(|b| b.as_tensor()),
+                l.stride,
+                l.pad,
+                false,
+            )?
         };
         let grads = y.sum_all()?.backward()?;
         if grads.get(&w).is_none() {

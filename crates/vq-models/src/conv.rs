@@ -257,19 +257,50 @@ fn kernel_grad(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], threads: usiz
     out
 }
 
-/// `[O, B·P]` → `[B, O, P]` (+ bias per `O`).
-fn ob_to_bo(src: &[f32], o: usize, b: usize, p: usize, bias: Option<&[f32]>) -> Vec<f32> {
+/// `[O, B·P]` → `[B, O, P]` (+ bias per `O`, then `max(·, 0)` when `relu`).
+fn ob_to_bo(
+    src: &[f32],
+    o: usize,
+    b: usize,
+    p: usize,
+    bias: Option<&[f32]>,
+    relu: bool,
+) -> Vec<f32> {
     let mut out = vec![0f32; o * b * p];
     out.par_chunks_mut(o * p).enumerate().for_each(|(bi, img)| {
         for oi in 0..o {
             let add = bias.map_or(0.0, |bs| bs[oi]);
             let s = &src[oi * b * p + bi * p..oi * b * p + (bi + 1) * p];
             for (d, v) in img[oi * p..(oi + 1) * p].iter_mut().zip(s) {
-                *d = v + add;
+                *d = activate(v + add, relu);
             }
         }
     });
     out
+}
+
+/// `max(v, 0)` when `relu`, else `v`.
+#[inline(always)]
+pub(crate) fn activate(v: f32, relu: bool) -> f32 {
+    if relu {
+        v.max(0.0)
+    } else {
+        v
+    }
+}
+
+/// The output gradient on the host; with a fused ReLU, `dy · [y > 0]` (0 at 0, as PyTorch).
+fn output_grad(dy: &Tensor, y: &Tensor, relu: bool) -> Result<Vec<f32>> {
+    let mut g = host(dy)?;
+    if relu {
+        let yv = host(y)?;
+        g.par_iter_mut().zip(yv.par_iter()).for_each(|(g, y)| {
+            if *y <= 0.0 {
+                *g = 0.0;
+            }
+        });
+    }
+    Ok(g)
 }
 
 /// `[B, O, P]` → `[O, B·P]`.
@@ -300,6 +331,8 @@ struct Conv2dOp {
     out_channels: usize,
     /// Direct AVX-512 kernels (`direct.rs`) instead of im2col + GEMM.
     direct: bool,
+    /// A ReLU applied to the output (its backward folded into the output gradient).
+    relu: bool,
     /// What the forward pass leaves for the backward pass.
     saved: std::sync::Mutex<Option<Saved>>,
 }
@@ -346,14 +379,17 @@ impl CustomOp3 for Conv2dOp {
             let packed = direct::Packed::forward(w, o, g.channels, g.kernel);
             let (y, _, _) = direct::conv(&xp, &packed, g.kernel, g.stride);
             (
-                direct::nhwc_to_nchw(&y, g.batch, p, o, Some(bias)),
+                direct::nhwc_to_nchw(&y, g.batch, p, o, Some(bias), self.relu),
                 Saved::Padded(xp),
             )
         } else {
             let (rows, n) = g.cols_shape();
             let cols = im2col(g, x);
             let y2 = matmul(o, n, rows, w, false, &cols, false, threads());
-            (ob_to_bo(&y2, o, g.batch, p, Some(bias)), Saved::Cols(cols))
+            (
+                ob_to_bo(&y2, o, g.batch, p, Some(bias), self.relu),
+                Saved::Cols(cols),
+            )
         };
         *self.saved.lock().expect("saved lock") = Some(saved);
         Ok((
@@ -366,12 +402,12 @@ impl CustomOp3 for Conv2dOp {
         x: &Tensor,
         w: &Tensor,
         bias: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = &self.g;
         let (o, p) = (self.out_channels, g.out_h() * g.out_w());
-        let dyv = host(dy)?;
+        let dyv = output_grad(dy, res, self.relu)?;
         let saved = self.saved.lock().expect("saved lock").take();
         let dev = x.device();
         let wv = tracked(x).then(|| host(w)).transpose()?;
@@ -401,7 +437,7 @@ impl CustomOp3 for Conv2dOp {
                         let dx = direct::input_grad(
                             &dyp, wv, c, g.kernel, g.stride, g.padding, g.height, g.width,
                         );
-                        direct::nhwc_to_nchw(&dx, g.batch, hw, c, None)
+                        direct::nhwc_to_nchw(&dx, g.batch, hw, c, None, false)
                     })
                 },
             );
@@ -483,7 +519,7 @@ fn input_grad_as_conv(g: &Geometry, o: usize, w: &[f32], dy: &[f32], threads: us
     debug_assert_eq!((gy.out_h(), gy.out_w()), (g.height, g.width));
     let (rows, n) = gy.cols_shape();
     let dx2 = matmul(c, n, rows, &wt, false, &im2col(&gy, dy), false, threads);
-    ob_to_bo(&dx2, c, g.batch, g.height * g.width, None)
+    ob_to_bo(&dx2, c, g.batch, g.height * g.width, None, false)
 }
 
 /// `conv_transpose2d(x, w) + bias` as one op: `col2im(Wᵀ · x)` forward; backward by `im2col`
@@ -494,6 +530,8 @@ struct ConvTranspose2dOp {
     in_channels: usize,
     /// Direct AVX-512 kernels (`direct.rs`) instead of GEMM + col2im.
     direct: bool,
+    /// A ReLU applied to the output (its backward folded into the output gradient).
+    relu: bool,
     /// The input as the backward pass needs it: `[Ci, B·H·W]` (GEMM path) or padded
     /// channel-last (direct path).
     saved: std::sync::Mutex<Option<Saved>>,
@@ -532,14 +570,16 @@ impl CustomOp3 for ConvTranspose2dOp {
                 &xp, w, g.channels, g.kernel, g.stride, g.padding, g.height, g.width,
             );
             *self.saved.lock().expect("saved lock") = Some(Saved::Padded(xp));
-            direct::nhwc_to_nchw(&y, g.batch, hw, g.channels, Some(bias))
+            direct::nhwc_to_nchw(&y, g.batch, hw, g.channels, Some(bias), self.relu)
         } else {
             let x2 = bo_to_ob(x, g.batch, ci, n / g.batch);
             let cols = matmul(rows, n, ci, w, true, &x2, false, threads());
             let mut y = col2im(g, &cols);
             y.par_chunks_mut(hw).enumerate().for_each(|(i, plane)| {
                 let b = bias[i % g.channels];
-                plane.iter_mut().for_each(|v| *v += b);
+                plane
+                    .iter_mut()
+                    .for_each(|v| *v = activate(*v + b, self.relu));
             });
             *self.saved.lock().expect("saved lock") = Some(Saved::Cols(x2));
             y
@@ -554,13 +594,13 @@ impl CustomOp3 for ConvTranspose2dOp {
         x: &Tensor,
         w: &Tensor,
         bias: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = &self.g;
         let (rows, n) = g.cols_shape();
         let ci = self.in_channels;
-        let dyv = host(dy)?;
+        let dyv = output_grad(dy, res, self.relu)?;
         let dev = x.device();
         let db = if tracked(bias) {
             let hw = g.height * g.width;
@@ -595,7 +635,7 @@ impl CustomOp3 for ConvTranspose2dOp {
                     wv.as_ref().map(|wv| {
                         let packed = direct::Packed::forward(wv, ci, g.channels, g.kernel);
                         let (dx, _, _) = direct::conv(&dyp, &packed, g.kernel, g.stride);
-                        direct::nhwc_to_nchw(&dx, g.batch, hi * wi, ci, None)
+                        direct::nhwc_to_nchw(&dx, g.batch, hi * wi, ci, None, false)
                     })
                 },
             )
@@ -615,7 +655,7 @@ impl CustomOp3 for ConvTranspose2dOp {
             );
             (
                 dw,
-                dx2.map(|v| ob_to_bo(&v, ci, g.batch, n / g.batch, None)),
+                dx2.map(|v| ob_to_bo(&v, ci, g.batch, n / g.batch, None, false)),
             )
         };
         let dw = dw
@@ -647,17 +687,20 @@ pub fn conv2d_cpu(
     bias: Option<&Tensor>,
     stride: usize,
     padding: usize,
+    relu: bool,
 ) -> Result<Tensor> {
-    conv2d_with(x, w, bias, stride, padding, true)
+    conv2d_with(x, w, bias, stride, padding, relu, true)
 }
 
 /// [`conv2d_cpu`], on the direct kernels only when `allow_direct` (tests compare both paths).
+#[allow(clippy::too_many_arguments)]
 fn conv2d_with(
     x: &Tensor,
     w: &Tensor,
     bias: Option<&Tensor>,
     stride: usize,
     padding: usize,
+    relu: bool,
     allow_direct: bool,
 ) -> Result<Tensor> {
     let (b, c, h, wd) = x.dims4()?;
@@ -688,6 +731,7 @@ fn conv2d_with(
         g,
         out_channels: o,
         direct: allow_direct && use_direct(&g, o),
+        relu,
         saved: std::sync::Mutex::new(None),
     };
     x.contiguous()?
@@ -704,17 +748,20 @@ pub fn conv_transpose2d_cpu(
     bias: Option<&Tensor>,
     stride: usize,
     padding: usize,
+    relu: bool,
 ) -> Result<Tensor> {
-    conv_transpose2d_with(x, w, bias, stride, padding, true)
+    conv_transpose2d_with(x, w, bias, stride, padding, relu, true)
 }
 
 /// [`conv_transpose2d_cpu`], on the direct kernels only when `allow_direct`.
+#[allow(clippy::too_many_arguments)]
 fn conv_transpose2d_with(
     x: &Tensor,
     w: &Tensor,
     bias: Option<&Tensor>,
     stride: usize,
     padding: usize,
+    relu: bool,
     allow_direct: bool,
 ) -> Result<Tensor> {
     let (b, ci, h, wd) = x.dims4()?;
@@ -753,6 +800,7 @@ fn conv_transpose2d_with(
         g,
         in_channels: ci,
         direct: allow_direct && ci % direct::OB == 0 && use_direct(&g, ci),
+        relu,
         saved: std::sync::Mutex::new(None),
     };
     x.contiguous()?
@@ -791,27 +839,41 @@ mod tests {
         }
     }
 
-    /// Checks `conv2d_with` (or `conv_transpose2d_with` when `transposed`; direct kernels allowed
-    /// or not) against candle's convolution (+ bias): output within 1e-5 and the input, kernel
-    /// and bias gradients within 1e-4, relative to the largest magnitude.
-    fn check(x: &Var, w: &Var, bias: &Var, s: usize, p: usize, transposed: bool, direct: bool) {
+    /// Checks `conv2d_with` (or `conv_transpose2d_with` when `transposed`; then ReLU when
+    /// `relu`; direct kernels allowed or not) against candle's convolution (+ bias, then
+    /// candle's `relu`): output within 1e-5 and the input, kernel and bias gradients within
+    /// 1e-4, relative to the largest magnitude.
+    #[allow(clippy::too_many_arguments)]
+    fn check(
+        x: &Var,
+        w: &Var,
+        bias: &Var,
+        s: usize,
+        p: usize,
+        transposed: bool,
+        relu: bool,
+        direct: bool,
+    ) {
         let (xt, wt, bt) = (x.as_tensor(), w.as_tensor(), bias.as_tensor());
         let (plain, fast) = if transposed {
             (
                 xt.conv_transpose2d(wt, p, 0, s, 1).unwrap(),
-                conv_transpose2d_with(xt, wt, Some(bt), s, p, direct).unwrap(),
+                conv_transpose2d_with(xt, wt, Some(bt), s, p, relu, direct).unwrap(),
             )
         } else {
             (
                 xt.conv2d(wt, p, s, 1, 1).unwrap(),
-                conv2d_with(xt, wt, Some(bt), s, p, direct).unwrap(),
+                conv2d_with(xt, wt, Some(bt), s, p, relu, direct).unwrap(),
             )
         };
-        let plain = plain
+        let mut plain = plain
             .broadcast_add(&bt.reshape((1, bt.dims()[0], 1, 1)).unwrap())
             .unwrap();
+        if relu {
+            plain = plain.relu().unwrap();
+        }
         let what = format!(
-            "{} {:?} * {:?} s{s} p{p} direct {direct}",
+            "{} {:?} * {:?} s{s} p{p} relu {relu} direct {direct}",
             if transposed {
                 "conv_transpose2d"
             } else {
@@ -827,7 +889,8 @@ mod tests {
         Var::from_tensor(&Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap()).unwrap()
     }
 
-    /// Both CPU paths against candle's own convolutions and transposed convolutions (+ bias):
+    /// Both CPU paths, with and without the fused ReLU, against candle's own convolutions and
+    /// transposed convolutions (+ bias, then ReLU):
     /// outputs within 1e-5 and the input, kernel and bias gradients within 1e-4, relative to
     /// the largest magnitude. Channel counts that are multiples of 32 take the direct kernels
     /// when allowed (and the CPU has them); the others always take the GEMM path.
@@ -874,10 +937,10 @@ mod tests {
             let (x, w, bias) = (var(&[b, c, h, h]), var(&[o, c, k, k]), var(&[o]));
             // Transposed: kernel [Ci = c, Co = o, k, k], when the output is not empty.
             let wt = ((h - 1) * s + k > 2 * p).then(|| var(&[c, o, k, k]));
-            for direct in [true, false] {
-                check(&x, &w, &bias, s, p, false, direct);
+            for (direct, relu) in [(true, false), (false, false), (true, true), (false, true)] {
+                check(&x, &w, &bias, s, p, false, relu, direct);
                 if let Some(wt) = &wt {
-                    check(&x, wt, &bias, s, p, true, direct);
+                    check(&x, wt, &bias, s, p, true, relu, direct);
                 }
             }
         }
@@ -889,11 +952,11 @@ mod tests {
         let d = Device::Cpu;
         let x = Tensor::zeros((1, 2, 3, 3), candle_core::DType::F32, &d).unwrap();
         let w = Tensor::zeros((4, 2, 7, 7), candle_core::DType::F32, &d).unwrap();
-        assert!(conv2d_cpu(&x, &w, None, 1, 1).is_err());
+        assert!(conv2d_cpu(&x, &w, None, 1, 1, false).is_err());
         let w3 = Tensor::zeros((4, 2, 3, 3), candle_core::DType::F32, &d).unwrap();
-        assert!(conv2d_cpu(&x, &w3, None, 0, 1).is_err());
+        assert!(conv2d_cpu(&x, &w3, None, 0, 1, false).is_err());
         let b = Tensor::zeros(5, candle_core::DType::F32, &d).unwrap();
-        assert!(conv2d_cpu(&x, &w3, Some(&b), 1, 1)
+        assert!(conv2d_cpu(&x, &w3, Some(&b), 1, 1, false)
             .unwrap_err()
             .to_string()
             .contains("bias"));
@@ -903,7 +966,8 @@ mod tests {
             &wt,
             None,
             1,
-            1
+            1,
+            false
         )
         .is_err());
     }
@@ -914,7 +978,7 @@ mod tests {
         let d = Device::Cpu;
         let x = Tensor::randn(0f32, 1.0, (2, 3, 6, 6), &d).unwrap();
         let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 3, 3, 3), &d).unwrap()).unwrap();
-        let g = conv2d_cpu(&x, w.as_tensor(), None, 1, 1)
+        let g = conv2d_cpu(&x, w.as_tensor(), None, 1, 1, false)
             .unwrap()
             .sum_all()
             .unwrap()

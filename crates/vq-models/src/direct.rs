@@ -78,13 +78,15 @@ impl Padded {
     }
 }
 
-/// `[B, P, O]` (channel-last) → `[B, O, P]` (channel-first), plus a bias per channel.
+/// `[B, P, O]` (channel-last) → `[B, O, P]` (channel-first), plus a bias per channel, then
+/// `max(·, 0)` when `relu`.
 pub(crate) fn nhwc_to_nchw(
     y: &[f32],
     b: usize,
     p: usize,
     o: usize,
     bias: Option<&[f32]>,
+    relu: bool,
 ) -> Vec<f32> {
     let mut out = vec![0f32; b * o * p];
     out.par_chunks_mut(o * p).enumerate().for_each(|(bi, img)| {
@@ -92,7 +94,7 @@ pub(crate) fn nhwc_to_nchw(
         for (oi, plane) in img.chunks_exact_mut(p).enumerate() {
             let add = bias.map_or(0.0, |bs| bs[oi]);
             for (pi, d) in plane.iter_mut().enumerate() {
-                *d = src[pi * o + oi] + add;
+                *d = crate::conv::activate(src[pi * o + oi] + add, relu);
             }
         }
     });

@@ -51,18 +51,36 @@ impl Conv2d {
     }
 }
 
-impl Module for Conv2d {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+impl Conv2d {
+    /// `relu(conv(x))`; on the CPU one op, the ReLU folded into the convolution's output and
+    /// its backward into the convolution's output gradient (no separate node, no extra pass).
+    pub fn forward_relu(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.apply(x, true)
+    }
+
+    fn apply(&self, x: &Tensor, then_relu: bool) -> candle_core::Result<Tensor> {
         let _span = tracing::trace_span!("conv2d").entered();
         if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
             let (s, p) = (self.config.stride, self.config.padding);
-            return crate::conv::conv2d_cpu(x, &self.weight, self.bias.as_ref(), s, p);
+            let b = self.bias.as_ref();
+            return crate::conv::conv2d_cpu(x, &self.weight, b, s, p, then_relu);
         }
         let y = x.conv2d(&self.weight, self.config.padding, self.config.stride, 1, 1)?;
-        match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
-            None => Ok(y),
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?)?,
+            None => y,
+        };
+        if then_relu {
+            relu(&y)
+        } else {
+            Ok(y)
         }
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.apply(x, false)
     }
 }
 
@@ -104,8 +122,13 @@ impl ConvTranspose2d {
     }
 }
 
-impl Module for ConvTranspose2d {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+impl ConvTranspose2d {
+    /// `relu(conv_transpose(x))`, on the CPU as one op (see [`Conv2d::forward_relu`]).
+    pub fn forward_relu(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.apply(x, true)
+    }
+
+    fn apply(&self, x: &Tensor, then_relu: bool) -> candle_core::Result<Tensor> {
         let _span = tracing::trace_span!("conv_transpose2d").entered();
         let c = &self.config;
         if x.device().is_cpu()
@@ -119,6 +142,7 @@ impl Module for ConvTranspose2d {
                 Some(&self.bias),
                 c.stride,
                 c.padding,
+                then_relu,
             );
         }
         let y = x.conv_transpose2d(
@@ -128,7 +152,18 @@ impl Module for ConvTranspose2d {
             c.stride,
             c.dilation,
         )?;
-        y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)
+        let y = y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)?;
+        if then_relu {
+            relu(&y)
+        } else {
+            Ok(y)
+        }
+    }
+}
+
+impl Module for ConvTranspose2d {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.apply(x, false)
     }
 }
 
@@ -152,7 +187,7 @@ impl Residual {
 
 impl Module for Residual {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let h = relu(&self.conv3.forward(&relu(x)?)?)?;
+        let h = self.conv3.forward_relu(&relu(x)?)?;
         x + self.conv1.forward(&h)?
     }
 }
@@ -224,8 +259,8 @@ fn max_pool3_same(x: &Tensor) -> candle_core::Result<Tensor> {
 impl Module for Inception {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let a = self.b1.forward(x)?;
-        let b = self.b3.forward(&relu(&self.b3_reduce.forward(x)?)?)?;
-        let c = self.b5.forward(&relu(&self.b5_reduce.forward(x)?)?)?;
+        let b = self.b3.forward(&self.b3_reduce.forward_relu(x)?)?;
+        let c = self.b5.forward(&self.b5_reduce.forward_relu(x)?)?;
         let d = self.pool_proj.forward(&max_pool3_same(x)?)?;
         relu(&Tensor::cat(&[a, b, c, d], 1)?)
     }

@@ -245,8 +245,8 @@ impl Encoder {
 impl Module for Encoder {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let _span = tracing::trace_span!("encoder").entered();
-        let h = relu(&self.conv1.forward(x)?)?;
-        let h = self.conv3.forward(&relu(&self.conv2.forward(&h)?)?)?;
+        let h = self.conv1.forward_relu(x)?;
+        let h = self.conv3.forward(&self.conv2.forward_relu(&h)?)?;
         match (&self.residual, &self.inception) {
             (Some(r), _) => r.forward(&h),
             (_, Some(i)) => i.forward(&h),
@@ -296,7 +296,7 @@ impl Module for Decoder {
             (_, Some(i)) => i.forward(&h)?,
             _ => relu(&h)?,
         };
-        self.deconv2.forward(&relu(&self.deconv1.forward(&h)?)?)
+        self.deconv2.forward(&self.deconv1.forward_relu(&h)?)
     }
 }
 
