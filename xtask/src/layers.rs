@@ -1,5 +1,5 @@
 //! `cargo xtask bench-layers`: forward + backward time of each convolution of the paper's base
-//! model, ours (GEMM custom ops) beside PyTorch's in paired rounds, weighted by how often the
+//! model, ours (the channel-last CPU ops the model runs) beside PyTorch's in paired rounds, weighted by how often the
 //! layer occurs in one training step: where the fixed model's remaining gap to PyTorch lies.
 
 use std::process::Command;
@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, Var};
 use serde::Serialize;
-use vq_models::conv::{conv2d_cpu, conv_transpose2d_cpu};
+use vq_models::conv::{conv2d_nhwc, conv_transpose2d_nhwc};
 
 use crate::bench::{median, shape_of};
 
@@ -66,7 +66,8 @@ pub fn base_model_layers(channels: usize, side: usize) -> Vec<LayerCase> {
         .collect()
 }
 
-/// Median ms of `y = conv(x, w, b); y.sum().backward()` with our GEMM ops.
+/// Median ms of `y = conv(x, w, b); y.sum().backward()` with our ops on a channel-last input
+/// (the layout the model keeps its activations in on the CPU).
 pub fn time_ours(l: &LayerCase, batch: usize, steps: usize, warmup: usize) -> Result<f64> {
     let dev = Device::Cpu;
     let mut rng = vq_core::init::stream(0, l.name);
@@ -77,7 +78,7 @@ pub fn time_ours(l: &LayerCase, batch: usize, steps: usize, warmup: usize) -> Re
     };
     let x = Tensor::from_vec(
         randn(batch * l.cin * l.side * l.side, 0.5),
-        (batch, l.cin, l.side, l.side),
+        (batch, l.side, l.side, l.cin),
         &dev,
     )?;
     let x = if l.input_grad {
@@ -103,7 +104,7 @@ pub fn time_ours(l: &LayerCase, batch: usize, steps: usize, warmup: usize) -> Re
     for i in 0..warmup + steps {
         let t0 = Instant::now();
         let y = if l.transposed {
-            conv_transpose2d_cpu(
+            conv_transpose2d_nhwc(
                 &x,
                 &w,
                 b.as_ref().map(|b| b.as_tensor()),
@@ -112,7 +113,7 @@ pub fn time_ours(l: &LayerCase, batch: usize, steps: usize, warmup: usize) -> Re
                 false,
             )?
         } else {
-            conv2d_cpu(
+            conv2d_nhwc(
                 &x,
                 &w,
                 b.as_ref().map(|b| b.as_tensor()),

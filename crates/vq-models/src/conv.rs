@@ -16,6 +16,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::direct;
+use crate::layout::transpose;
 
 /// Geometry of a square-kernel convolution over `[B, C, H, W]` inputs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -257,31 +258,21 @@ fn kernel_grad(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], threads: usiz
     out
 }
 
-/// `[O, B·P]` → `[B, O, P]` (+ bias per `O`, then `max(·, 0)` when `relu`).
-fn ob_to_bo(
-    src: &[f32],
-    o: usize,
-    b: usize,
-    p: usize,
-    bias: Option<&[f32]>,
-    relu: bool,
-) -> Vec<f32> {
-    let mut out = vec![0f32; o * b * p];
-    out.par_chunks_mut(o * p).enumerate().for_each(|(bi, img)| {
-        for oi in 0..o {
-            let add = bias.map_or(0.0, |bs| bs[oi]);
-            let s = &src[oi * b * p + bi * p..oi * b * p + (bi + 1) * p];
-            for (d, v) in img[oi * p..(oi + 1) * p].iter_mut().zip(s) {
-                *d = activate(v + add, relu);
+/// `y [rows, O] += bias` per column, then `max(·, 0)` when `relu`.
+fn add_bias_relu(y: &mut [f32], bias: &[f32], relu: bool) {
+    let o = bias.len();
+    y.par_chunks_mut(o * 64).for_each(|block| {
+        for row in block.chunks_exact_mut(o) {
+            for (v, b) in row.iter_mut().zip(bias) {
+                *v = activate(*v + b, relu);
             }
         }
     });
-    out
 }
 
 /// `max(v, 0)` when `relu`, else `v`.
 #[inline(always)]
-pub(crate) fn activate(v: f32, relu: bool) -> f32 {
+fn activate(v: f32, relu: bool) -> f32 {
     if relu {
         v.max(0.0)
     } else {
@@ -289,30 +280,43 @@ pub(crate) fn activate(v: f32, relu: bool) -> f32 {
     }
 }
 
-/// The output gradient on the host; with a fused ReLU, `dy · [y > 0]` (0 at 0, as PyTorch).
-fn output_grad(dy: &Tensor, y: &Tensor, relu: bool) -> Result<Vec<f32>> {
-    let mut g = host(dy)?;
-    if relu {
-        let yv = host(y)?;
-        g.par_iter_mut().zip(yv.par_iter()).for_each(|(g, y)| {
-            if *y <= 0.0 {
-                *g = 0.0;
-            }
-        });
+/// Runs `f` on the data of `t`, a CPU f32 tensor (made contiguous first when needed), without
+/// copying it.
+fn with_data<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let t = t.contiguous()?;
+    let (s, l) = t.storage_and_layout();
+    match &*s {
+        candle_core::Storage::Cpu(cpu) => f(contiguous(cpu, l, "convolution gradient")?),
+        _ => candle_core::bail!("the CPU convolution ops need CPU tensors"),
     }
-    Ok(g)
 }
 
-/// `[B, O, P]` → `[O, B·P]`.
-fn bo_to_ob(src: &[f32], b: usize, o: usize, p: usize) -> Vec<f32> {
-    let mut out = vec![0f32; o * b * p];
-    out.par_chunks_mut(b * p).enumerate().for_each(|(oi, row)| {
-        for bi in 0..b {
-            row[bi * p..(bi + 1) * p]
-                .copy_from_slice(&src[(bi * o + oi) * p..(bi * o + oi + 1) * p]);
+/// The output gradient `dy` (channel-last) padded by `pad`, masked by `[y > 0]` (0 at 0, as
+/// PyTorch) when the op applied a ReLU.
+fn padded_output_grad(dy: &Tensor, y: &Tensor, relu: bool, pad: usize) -> Result<direct::Padded> {
+    let dims = dy.dims4()?;
+    with_data(dy, |d| {
+        if relu {
+            with_data(y, |m| Ok(direct::Padded::from_nhwc(d, dims, pad, Some(m))))
+        } else {
+            Ok(direct::Padded::from_nhwc(d, dims, pad, None))
         }
-    });
-    out
+    })
+}
+
+/// The output gradient on the host, times `[y > 0]` when the op applied a ReLU.
+fn output_grad(dy: &Tensor, y: &Tensor, relu: bool) -> Result<Vec<f32>> {
+    if !relu {
+        return host(dy);
+    }
+    with_data(dy, |d| {
+        with_data(y, |m| {
+            Ok(d.par_iter()
+                .zip(m.par_iter())
+                .map(|(g, y)| if *y > 0.0 { *g } else { 0.0 })
+                .collect())
+        })
+    })
 }
 
 /// Row sums of `[rows, n]`.
@@ -324,8 +328,24 @@ fn tracked(t: &Tensor) -> bool {
     t.track_op()
 }
 
-/// `conv2d(x, w) + bias` as one op: `W · im2col(x)` forward; backward by two GEMMs and a
-/// `col2im`, with the columns kept from the forward pass (no `im2col` tensor in the graph).
+/// The forward pass's input as the backward pass needs it.
+enum Saved {
+    /// The column matrix (GEMM convolution) or the input as `[Ci, B·H·W]` (GEMM transposed
+    /// convolution).
+    Matrix(Vec<f32>),
+    /// The zero-padded channel-last input (direct path).
+    Padded(direct::Padded),
+}
+
+/// Whether a convolution from `in_channels` to `out_channels` runs on the direct kernels: the
+/// CPU has them and both channel counts are multiples of their 32-channel tiles.
+fn use_direct(in_channels: usize, out_channels: usize) -> bool {
+    in_channels.is_multiple_of(direct::OB)
+        && out_channels.is_multiple_of(direct::OB)
+        && direct::available()
+}
+
+/// `relu?(conv2d(x, w) + bias)` over channel-last `x` `[B, H, W, C]` as one op.
 struct Conv2dOp {
     g: Geometry,
     out_channels: usize,
@@ -333,29 +353,20 @@ struct Conv2dOp {
     direct: bool,
     /// A ReLU applied to the output (its backward folded into the output gradient).
     relu: bool,
-    /// What the forward pass leaves for the backward pass.
     saved: std::sync::Mutex<Option<Saved>>,
 }
 
-/// The forward pass's input as the backward pass needs it.
-enum Saved {
-    /// The column matrix (GEMM path).
-    Cols(Vec<f32>),
-    /// The padded channel-last input (direct path).
-    Padded(direct::Padded),
-}
-
-/// Whether a convolution with this geometry runs on the direct kernels: the CPU has them and
-/// both channel counts are multiples of their 32-channel tiles.
-fn use_direct(g: &Geometry, out_channels: usize) -> bool {
-    g.channels.is_multiple_of(direct::OB)
-        && out_channels.is_multiple_of(direct::OB)
-        && direct::available()
+impl Conv2dOp {
+    /// `(B, H, W, C)` of the input.
+    fn input_dims(&self) -> (usize, usize, usize, usize) {
+        let g = &self.g;
+        (g.batch, g.height, g.width, g.channels)
+    }
 }
 
 impl CustomOp3 for Conv2dOp {
     fn name(&self) -> &'static str {
-        "conv2d-gemm"
+        "conv2d-nhwc"
     }
     fn cpu_fwd(
         &self,
@@ -372,29 +383,28 @@ impl CustomOp3 for Conv2dOp {
             contiguous(ws, wl, "conv2d w")?,
             contiguous(bs, bl, "conv2d bias")?,
         );
-        let (o, p) = (self.out_channels, g.out_h() * g.out_w());
+        let (o, b, c) = (self.out_channels, g.batch, g.channels);
         let (y, saved) = if self.direct {
-            let xp =
-                direct::Padded::from_nchw(x, g.batch, g.channels, g.height, g.width, g.padding);
-            let packed = direct::Packed::forward(w, o, g.channels, g.kernel);
-            let (y, _, _) = direct::conv(&xp, &packed, g.kernel, g.stride);
-            (
-                direct::nhwc_to_nchw(&y, g.batch, p, o, Some(bias), self.relu),
-                Saved::Padded(xp),
-            )
+            let xp = direct::Padded::from_nhwc(x, self.input_dims(), g.padding, None);
+            let packed = direct::Packed::forward(w, o, c, g.kernel);
+            let ep = direct::Epilogue {
+                bias: Some(bias),
+                relu: self.relu,
+            };
+            let (y, _, _) = direct::conv(&xp, &packed, g.kernel, g.stride, ep);
+            (y, Saved::Padded(xp))
         } else {
             let (rows, n) = g.cols_shape();
-            let cols = im2col(g, x);
+            let cols = im2col(g, &transpose(x, b, g.height * g.width, c));
             let y2 = matmul(o, n, rows, w, false, &cols, false, threads());
-            (
-                ob_to_bo(&y2, o, g.batch, p, Some(bias), self.relu),
-                Saved::Cols(cols),
-            )
+            let mut y = transpose(&y2, 1, o, n);
+            add_bias_relu(&mut y, bias, self.relu);
+            (y, Saved::Matrix(cols))
         };
         *self.saved.lock().expect("saved lock") = Some(saved);
         Ok((
             CpuStorage::F32(y),
-            Shape::from((g.batch, self.out_channels, g.out_h(), g.out_w())),
+            Shape::from((b, g.out_h(), g.out_w(), o)),
         ))
     }
     fn bwd(
@@ -406,48 +416,40 @@ impl CustomOp3 for Conv2dOp {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = &self.g;
-        let (o, p) = (self.out_channels, g.out_h() * g.out_w());
-        let dyv = output_grad(dy, res, self.relu)?;
+        let (o, b, c) = (self.out_channels, g.batch, g.channels);
+        let (hw, p) = (g.height * g.width, g.out_h() * g.out_w());
         let saved = self.saved.lock().expect("saved lock").take();
         let dev = x.device();
         let wv = tracked(x).then(|| host(w)).transpose()?;
         let (dw, dx, db) = if self.direct {
             let xp = match saved {
                 Some(Saved::Padded(xp)) => xp,
-                _ => direct::Padded::from_nchw(
-                    &host(x)?,
-                    g.batch,
-                    g.channels,
-                    g.height,
-                    g.width,
-                    g.padding,
-                ),
+                _ => direct::Padded::from_nhwc(&host(x)?, self.input_dims(), g.padding, None),
             };
             // Padded as the input gradient needs (k − 1 − p for stride 1).
             let q = direct::input_grad_pad(g.kernel, g.stride, g.padding, g.height, g.out_h()).max(
                 direct::input_grad_pad(g.kernel, g.stride, g.padding, g.width, g.out_w()),
             );
-            let dyp = direct::Padded::from_nchw(&dyv, g.batch, o, g.out_h(), g.out_w(), q);
-            let db = tracked(bias).then(|| channel_sums(&dyv, g.batch, o, p));
+            let dyp = padded_output_grad(dy, res, self.relu, q)?;
+            let db = tracked(bias).then(|| dyp.channel_sums());
             let (dw, dx) = rayon::join(
                 || tracked(w).then(|| direct::kernel_grad(&xp, &dyp, g.kernel, g.stride)),
                 || {
                     wv.as_ref().map(|wv| {
-                        let (c, hw) = (g.channels, g.height * g.width);
-                        let dx = direct::input_grad(
-                            &dyp, wv, c, g.kernel, g.stride, g.padding, g.height, g.width,
-                        );
-                        direct::nhwc_to_nchw(&dx, g.batch, hw, c, None, false)
+                        let (k, s, pd) = (g.kernel, g.stride, g.padding);
+                        let none = direct::Epilogue::NONE;
+                        direct::input_grad(&dyp, wv, c, k, s, pd, g.height, g.width, none)
                     })
                 },
             );
             (dw, dx, db)
         } else {
             let (rows, n) = g.cols_shape();
-            let dy2 = bo_to_ob(&dyv, g.batch, o, p);
+            let gv = output_grad(dy, res, self.relu)?; // [B·P, O]
+            let dy2 = transpose(&gv, 1, n, o); // [O, B·P]
             let cols = match saved {
-                Some(Saved::Cols(c)) => c,
-                _ => im2col(g, &host(x)?),
+                Some(Saved::Matrix(c)) => c,
+                _ => im2col(g, &transpose(&host(x)?, b, hw, c)),
             };
             let db = tracked(bias).then(|| row_sums(&dy2, n));
             // The kernel and input gradients cost the same GEMM work: run them side by side
@@ -457,11 +459,12 @@ impl CustomOp3 for Conv2dOp {
                 || tracked(w).then(|| kernel_grad(o, rows, n, &dy2, &cols, each)),
                 || {
                     wv.as_ref().map(|wv| {
-                        if g.stride == 1 && g.padding < g.kernel && o < g.channels {
-                            input_grad_as_conv(g, o, wv, &dyv, each)
+                        let dx = if g.stride == 1 && g.padding < g.kernel && o < c {
+                            input_grad_as_conv(g, o, wv, &transpose(&gv, b, p, o), each)
                         } else {
                             col2im(g, &matmul(rows, n, o, wv, true, &dy2, false, each))
-                        }
+                        };
+                        transpose(&dx, b, c, hw)
                     })
                 },
             );
@@ -489,10 +492,10 @@ fn channel_sums(src: &[f32], b: usize, o: usize, p: usize) -> Vec<f32> {
     out
 }
 
-/// The input gradient of a stride-1 convolution as a convolution of the output gradient `dy`
-/// `[B, O, Ho, Wo]` with the flipped, transposed kernel and padding `k − 1 − p`: its column
-/// matrix has `O·k²` rows instead of the `C·k²` that `col2im(Wᵀ · dY)` writes and scatters back
-/// (4× less for the residual blocks' 128 → 32 layers), and the result is written once.
+/// The input gradient `[B, C, H, W]` of a stride-1 convolution as a convolution of the output
+/// gradient `dy` `[B, O, Ho, Wo]` with the flipped, transposed kernel and padding `k − 1 − p`
+/// (GEMM path): its column matrix has `O·k²` rows instead of the `C·k²` that
+/// `col2im(Wᵀ · dY)` writes and scatters back, and the result is written once.
 fn input_grad_as_conv(g: &Geometry, o: usize, w: &[f32], dy: &[f32], threads: usize) -> Vec<f32> {
     let (c, k) = (g.channels, g.kernel);
     // w' [C, O, k, k]: w'[ci, oi, a, b] = w[oi, ci, k−1−a, k−1−b].
@@ -519,11 +522,11 @@ fn input_grad_as_conv(g: &Geometry, o: usize, w: &[f32], dy: &[f32], threads: us
     debug_assert_eq!((gy.out_h(), gy.out_w()), (g.height, g.width));
     let (rows, n) = gy.cols_shape();
     let dx2 = matmul(c, n, rows, &wt, false, &im2col(&gy, dy), false, threads);
-    ob_to_bo(&dx2, c, g.batch, g.height * g.width, None, false)
+    // [C, B·H·W] → [B, C, H·W]
+    transpose(&transpose(&dx2, 1, c, n), g.batch, g.height * g.width, c)
 }
 
-/// `conv_transpose2d(x, w) + bias` as one op: `col2im(Wᵀ · x)` forward; backward by `im2col`
-/// of the output gradient and two GEMMs.
+/// `relu?(conv_transpose2d(x, w) + bias)` over channel-last `x` `[B, H, W, Ci]` as one op.
 struct ConvTranspose2dOp {
     /// Geometry of the (adjoint) convolution over the output.
     g: Geometry,
@@ -532,14 +535,24 @@ struct ConvTranspose2dOp {
     direct: bool,
     /// A ReLU applied to the output (its backward folded into the output gradient).
     relu: bool,
-    /// The input as the backward pass needs it: `[Ci, B·H·W]` (GEMM path) or padded
-    /// channel-last (direct path).
     saved: std::sync::Mutex<Option<Saved>>,
+}
+
+impl ConvTranspose2dOp {
+    /// `(B, H, W, Ci)` of the input and the padding its direct forward pass needs.
+    fn input_dims(&self) -> ((usize, usize, usize, usize), usize) {
+        let g = &self.g;
+        let (hi, wi) = (g.out_h(), g.out_w());
+        let pad = direct::input_grad_pad(g.kernel, g.stride, g.padding, g.height, hi).max(
+            direct::input_grad_pad(g.kernel, g.stride, g.padding, g.width, wi),
+        );
+        ((g.batch, hi, wi, self.in_channels), pad)
+    }
 }
 
 impl CustomOp3 for ConvTranspose2dOp {
     fn name(&self) -> &'static str {
-        "conv-transpose2d-gemm"
+        "conv-transpose2d-nhwc"
     }
     fn cpu_fwd(
         &self,
@@ -556,37 +569,36 @@ impl CustomOp3 for ConvTranspose2dOp {
             contiguous(ws, wl, "conv_transpose2d w")?,
             contiguous(bs, bl, "conv_transpose2d bias")?,
         );
-        let (rows, n) = g.cols_shape(); // [Co·k·k, B·H·W]
-        let ci = self.in_channels;
-        let (hi, wi) = (g.out_h(), g.out_w());
-        let hw = g.height * g.width;
+        let (rows, n) = g.cols_shape(); // [Co·k·k, B·H_in·W_in]
+        let (ci, co, hw) = (self.in_channels, g.channels, g.height * g.width);
         let y = if self.direct {
             // The transposed convolution is the input gradient of its adjoint convolution.
-            let pad = direct::input_grad_pad(g.kernel, g.stride, g.padding, g.height, hi).max(
-                direct::input_grad_pad(g.kernel, g.stride, g.padding, g.width, wi),
-            );
-            let xp = direct::Padded::from_nchw(x, g.batch, ci, hi, wi, pad);
-            let y = direct::input_grad(
-                &xp, w, g.channels, g.kernel, g.stride, g.padding, g.height, g.width,
-            );
+            let (dims, pad) = self.input_dims();
+            let xp = direct::Padded::from_nhwc(x, dims, pad, None);
+            let ep = direct::Epilogue {
+                bias: Some(bias),
+                relu: self.relu,
+            };
+            let (k, s, p) = (g.kernel, g.stride, g.padding);
+            let y = direct::input_grad(&xp, w, co, k, s, p, g.height, g.width, ep);
             *self.saved.lock().expect("saved lock") = Some(Saved::Padded(xp));
-            direct::nhwc_to_nchw(&y, g.batch, hw, g.channels, Some(bias), self.relu)
+            y
         } else {
-            let x2 = bo_to_ob(x, g.batch, ci, n / g.batch);
+            let x2 = transpose(x, 1, n, ci); // [Ci, B·H_in·W_in]
             let cols = matmul(rows, n, ci, w, true, &x2, false, threads());
-            let mut y = col2im(g, &cols);
+            let mut y = col2im(g, &cols); // [B, Co, H, W]
             y.par_chunks_mut(hw).enumerate().for_each(|(i, plane)| {
-                let b = bias[i % g.channels];
+                let b = bias[i % co];
                 plane
                     .iter_mut()
                     .for_each(|v| *v = activate(*v + b, self.relu));
             });
-            *self.saved.lock().expect("saved lock") = Some(Saved::Cols(x2));
-            y
+            *self.saved.lock().expect("saved lock") = Some(Saved::Matrix(x2));
+            transpose(&y, g.batch, co, hw)
         };
         Ok((
             CpuStorage::F32(y),
-            Shape::from((g.batch, g.channels, g.height, g.width)),
+            Shape::from((g.batch, g.height, g.width, co)),
         ))
     }
     fn bwd(
@@ -599,51 +611,40 @@ impl CustomOp3 for ConvTranspose2dOp {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = &self.g;
         let (rows, n) = g.cols_shape();
-        let ci = self.in_channels;
-        let dyv = output_grad(dy, res, self.relu)?;
+        let (ci, co, hw) = (self.in_channels, g.channels, g.height * g.width);
         let dev = x.device();
-        let db = if tracked(bias) {
-            let hw = g.height * g.width;
-            let mut db = vec![0f32; g.channels];
-            for (i, plane) in dyv.chunks(hw).enumerate() {
-                db[i % g.channels] += plane.iter().sum::<f32>();
-            }
-            Some(Tensor::from_vec(db, g.channels, dev)?)
-        } else {
-            None
-        };
         let saved = self.saved.lock().expect("saved lock").take();
         let wv = tracked(x).then(|| host(w)).transpose()?;
-        let (hi, wi) = (g.out_h(), g.out_w());
-        let (dw, dx) = if self.direct {
+        let (dw, dx, db) = if self.direct {
             let xp = match saved {
                 Some(Saved::Padded(xp)) => xp,
                 _ => {
-                    let pad = direct::input_grad_pad(g.kernel, g.stride, g.padding, g.height, hi)
-                        .max(direct::input_grad_pad(
-                            g.kernel, g.stride, g.padding, g.width, wi,
-                        ));
-                    direct::Padded::from_nchw(&host(x)?, g.batch, ci, hi, wi, pad)
+                    let (dims, pad) = self.input_dims();
+                    direct::Padded::from_nhwc(&host(x)?, dims, pad, None)
                 }
             };
             // The adjoint convolution's input: dY padded by p.
-            let dyp =
-                direct::Padded::from_nchw(&dyv, g.batch, g.channels, g.height, g.width, g.padding);
-            rayon::join(
+            let dyp = padded_output_grad(dy, res, self.relu, g.padding)?;
+            let db = tracked(bias).then(|| dyp.channel_sums());
+            let (dw, dx) = rayon::join(
                 || tracked(w).then(|| direct::kernel_grad(&dyp, &xp, g.kernel, g.stride)),
                 || {
                     wv.as_ref().map(|wv| {
-                        let packed = direct::Packed::forward(wv, ci, g.channels, g.kernel);
-                        let (dx, _, _) = direct::conv(&dyp, &packed, g.kernel, g.stride);
-                        direct::nhwc_to_nchw(&dx, g.batch, hi * wi, ci, None, false)
+                        let packed = direct::Packed::forward(wv, ci, co, g.kernel);
+                        let none = direct::Epilogue::NONE;
+                        direct::conv(&dyp, &packed, g.kernel, g.stride, none).0
                     })
                 },
-            )
+            );
+            (dw, dx, db)
         } else {
-            let dcols = im2col(g, &dyv); // [Co·k·k, B·H·W]
+            let gv = output_grad(dy, res, self.relu)?; // [B·H·W, Co]
+            let dyn_ = transpose(&gv, g.batch, hw, co); // [B, Co, H, W]
+            let db = tracked(bias).then(|| channel_sums(&dyn_, g.batch, co, hw));
+            let dcols = im2col(g, &dyn_); // [Co·k·k, B·H_in·W_in]
             let x2 = match saved {
-                Some(Saved::Cols(v)) => v,
-                _ => bo_to_ob(&host(x)?, g.batch, ci, n / g.batch),
+                Some(Saved::Matrix(v)) => v,
+                _ => transpose(&host(x)?, 1, n, ci),
             };
             let each = split_threads(tracked(w) && wv.is_some());
             let (dw, dx2) = rayon::join(
@@ -653,11 +654,9 @@ impl CustomOp3 for ConvTranspose2dOp {
                         .map(|wv| matmul(ci, n, rows, wv, false, &dcols, false, each))
                 },
             );
-            (
-                dw,
-                dx2.map(|v| ob_to_bo(&v, ci, g.batch, n / g.batch, None, false)),
-            )
+            (dw, dx2.map(|v| transpose(&v, 1, ci, n)), db)
         };
+        let db = db.map(|v| Tensor::from_vec(v, co, dev)).transpose()?;
         let dw = dw
             .map(|v| Tensor::from_vec(v, w.shape(), dev))
             .transpose()?;
@@ -678,10 +677,12 @@ fn bias_or_zeros(bias: Option<&Tensor>, n: usize, like: &Tensor) -> Result<Tenso
     }
 }
 
-/// `conv2d(x [B,C,H,W], w [O,C,k,k]) + bias` with stride and zero padding (CPU, f32): on the
+/// `relu?(conv2d(x, w) + bias)` for channel-last `x` `[B, H, W, C]` and `w` `[O, C, k, k]`,
+/// with stride and zero padding; output `[B, H', W', O]` channel-last (CPU, f32). On the
 /// direct AVX-512 kernels when the CPU has them and both channel counts are multiples of 32,
-/// otherwise through im2col and GEMM.
-pub fn conv2d_cpu(
+/// otherwise through im2col and GEMM. With `relu`, the ReLU's backward is folded into the
+/// op's.
+pub fn conv2d_nhwc(
     x: &Tensor,
     w: &Tensor,
     bias: Option<&Tensor>,
@@ -692,7 +693,7 @@ pub fn conv2d_cpu(
     conv2d_with(x, w, bias, stride, padding, relu, true)
 }
 
-/// [`conv2d_cpu`], on the direct kernels only when `allow_direct` (tests compare both paths).
+/// [`conv2d_nhwc`], on the direct kernels only when `allow_direct` (tests compare both paths).
 #[allow(clippy::too_many_arguments)]
 fn conv2d_with(
     x: &Tensor,
@@ -703,18 +704,18 @@ fn conv2d_with(
     relu: bool,
     allow_direct: bool,
 ) -> Result<Tensor> {
-    let (b, c, h, wd) = x.dims4()?;
+    let (b, h, wd, c) = x.dims4()?;
     let (o, c2, k, k2) = w.dims4()?;
     if c != c2 || k != k2 {
         candle_core::bail!(
-            "conv2d_cpu: input {:?} and kernel {:?} do not fit",
+            "conv2d_nhwc: input {:?} ([B, H, W, C]) and kernel {:?} ([O, C, k, k]) do not fit",
             x.dims(),
             w.dims()
         );
     }
     if b == 0 || stride == 0 || k == 0 || k > h + 2 * padding || k > wd + 2 * padding {
         candle_core::bail!(
-            "conv2d_cpu: kernel {k}, stride {stride}, padding {padding} do not fit input {:?}",
+            "conv2d_nhwc: kernel {k}, stride {stride}, padding {padding} do not fit input {:?}",
             x.dims()
         );
     }
@@ -730,7 +731,7 @@ fn conv2d_with(
     let op = Conv2dOp {
         g,
         out_channels: o,
-        direct: allow_direct && use_direct(&g, o),
+        direct: allow_direct && use_direct(c, o),
         relu,
         saved: std::sync::Mutex::new(None),
     };
@@ -738,11 +739,11 @@ fn conv2d_with(
         .apply_op3(&w.contiguous()?, &bias_or_zeros(bias, o, x)?, op)
 }
 
-/// `conv_transpose2d(x [B,Ci,H,W], w [Ci,Co,k,k]) + bias` with stride and padding (no output
-/// padding); output `[B, Co, (H−1)s − 2p + k, …]` (CPU, f32). On the direct AVX-512 kernels
-/// when the CPU has them and both channel counts are multiples of 32, otherwise through GEMM
-/// and col2im.
-pub fn conv_transpose2d_cpu(
+/// `relu?(conv_transpose2d(x, w) + bias)` for channel-last `x` `[B, H, W, Ci]` and `w`
+/// `[Ci, Co, k, k]`, with stride and padding (no output padding); output
+/// `[B, (H−1)s − 2p + k, …, Co]` channel-last (CPU, f32). Direct kernels or GEMM as
+/// [`conv2d_nhwc`].
+pub fn conv_transpose2d_nhwc(
     x: &Tensor,
     w: &Tensor,
     bias: Option<&Tensor>,
@@ -753,7 +754,7 @@ pub fn conv_transpose2d_cpu(
     conv_transpose2d_with(x, w, bias, stride, padding, relu, true)
 }
 
-/// [`conv_transpose2d_cpu`], on the direct kernels only when `allow_direct`.
+/// [`conv_transpose2d_nhwc`], on the direct kernels only when `allow_direct`.
 #[allow(clippy::too_many_arguments)]
 fn conv_transpose2d_with(
     x: &Tensor,
@@ -764,11 +765,11 @@ fn conv_transpose2d_with(
     relu: bool,
     allow_direct: bool,
 ) -> Result<Tensor> {
-    let (b, ci, h, wd) = x.dims4()?;
+    let (b, h, wd, ci) = x.dims4()?;
     let (ci2, co, k, k2) = w.dims4()?;
     if ci != ci2 || k != k2 {
         candle_core::bail!(
-            "conv_transpose2d_cpu: input {:?} and kernel {:?} do not fit",
+            "conv_transpose2d_nhwc: input {:?} ([B, H, W, Ci]) and kernel {:?} ([Ci, Co, k, k]) do not fit",
             x.dims(),
             w.dims()
         );
@@ -780,7 +781,10 @@ fn conv_transpose2d_with(
         || k == 0
         || (h.min(wd) - 1) * stride + k < 2 * padding + 1
     {
-        candle_core::bail!("conv_transpose2d_cpu: kernel {k}, stride {stride}, padding {padding} do not fit input {:?}", x.dims());
+        candle_core::bail!(
+            "conv_transpose2d_nhwc: kernel {k}, stride {stride}, padding {padding} do not fit input {:?}",
+            x.dims()
+        );
     }
     let (ho, wo) = (
         (h - 1) * stride + k - 2 * padding,
@@ -799,7 +803,7 @@ fn conv_transpose2d_with(
     let op = ConvTranspose2dOp {
         g,
         in_channels: ci,
-        direct: allow_direct && ci % direct::OB == 0 && use_direct(&g, ci),
+        direct: allow_direct && use_direct(co, ci),
         relu,
         saved: std::sync::Mutex::new(None),
     };
@@ -810,6 +814,7 @@ fn conv_transpose2d_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layout::{to_nchw, to_nhwc};
     use candle_core::{Device, Var};
 
     fn close(a: &Tensor, b: &Tensor, tol: f32, what: &str) {
@@ -858,12 +863,19 @@ mod tests {
         let (plain, fast) = if transposed {
             (
                 xt.conv_transpose2d(wt, p, 0, s, 1).unwrap(),
-                conv_transpose2d_with(xt, wt, Some(bt), s, p, relu, direct).unwrap(),
+                to_nchw(
+                    &conv_transpose2d_with(&to_nhwc(xt).unwrap(), wt, Some(bt), s, p, relu, direct)
+                        .unwrap(),
+                )
+                .unwrap(),
             )
         } else {
             (
                 xt.conv2d(wt, p, s, 1, 1).unwrap(),
-                conv2d_with(xt, wt, Some(bt), s, p, relu, direct).unwrap(),
+                to_nchw(
+                    &conv2d_with(&to_nhwc(xt).unwrap(), wt, Some(bt), s, p, relu, direct).unwrap(),
+                )
+                .unwrap(),
             )
         };
         let mut plain = plain
@@ -896,17 +908,8 @@ mod tests {
     /// when allowed (and the CPU has them); the others always take the GEMM path.
     #[test]
     fn matches_candle_convolutions() {
-        let g = Geometry {
-            batch: 1,
-            channels: 32,
-            height: 7,
-            width: 7,
-            kernel: 3,
-            stride: 1,
-            padding: 1,
-        };
-        assert_eq!(use_direct(&g, 64), direct::available());
-        assert!(!use_direct(&Geometry { channels: 16, ..g }, 64));
+        assert_eq!(use_direct(32, 64), direct::available());
+        assert!(!use_direct(16, 64) && !use_direct(32, 48));
         for &(b, c, o, h, k, s, p) in &[
             // GEMM path: strides 1 and 2, 1×1, valid and over-padded.
             (2usize, 3usize, 5usize, 8usize, 4usize, 2usize, 1usize),
@@ -950,18 +953,19 @@ mod tests {
     #[test]
     fn bad_geometry_is_an_error() {
         let d = Device::Cpu;
-        let x = Tensor::zeros((1, 2, 3, 3), candle_core::DType::F32, &d).unwrap();
+        // [B, H, W, C] = [1, 3, 3, 2]
+        let x = Tensor::zeros((1, 3, 3, 2), candle_core::DType::F32, &d).unwrap();
         let w = Tensor::zeros((4, 2, 7, 7), candle_core::DType::F32, &d).unwrap();
-        assert!(conv2d_cpu(&x, &w, None, 1, 1, false).is_err());
+        assert!(conv2d_nhwc(&x, &w, None, 1, 1, false).is_err());
         let w3 = Tensor::zeros((4, 2, 3, 3), candle_core::DType::F32, &d).unwrap();
-        assert!(conv2d_cpu(&x, &w3, None, 0, 1, false).is_err());
+        assert!(conv2d_nhwc(&x, &w3, None, 0, 1, false).is_err());
         let b = Tensor::zeros(5, candle_core::DType::F32, &d).unwrap();
-        assert!(conv2d_cpu(&x, &w3, Some(&b), 1, 1, false)
+        assert!(conv2d_nhwc(&x, &w3, Some(&b), 1, 1, false)
             .unwrap_err()
             .to_string()
             .contains("bias"));
         let wt = Tensor::zeros((2, 4, 1, 1), candle_core::DType::F32, &d).unwrap();
-        assert!(conv_transpose2d_cpu(
+        assert!(conv_transpose2d_nhwc(
             &Tensor::zeros((1, 2, 1, 1), candle_core::DType::F32, &d).unwrap(),
             &wt,
             None,
@@ -976,9 +980,9 @@ mod tests {
     #[test]
     fn untracked_inputs_get_no_gradient() {
         let d = Device::Cpu;
-        let x = Tensor::randn(0f32, 1.0, (2, 3, 6, 6), &d).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (2, 6, 6, 3), &d).unwrap();
         let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 3, 3, 3), &d).unwrap()).unwrap();
-        let g = conv2d_cpu(&x, w.as_tensor(), None, 1, 1, false)
+        let g = conv2d_nhwc(&x, w.as_tensor(), None, 1, 1, false)
             .unwrap()
             .sum_all()
             .unwrap()

@@ -44,20 +44,31 @@ pub(crate) struct Padded {
 }
 
 impl Padded {
-    /// `x` `[B, C, H, W]` (channel-first) as channel-last, padded by `pad`.
-    pub fn from_nchw(x: &[f32], b: usize, c: usize, h: usize, w: usize, pad: usize) -> Self {
+    /// `x` `[B, H, W, C]` (channel-last) padded by `pad`, each value times `[mask > 0]` when a
+    /// mask of the same shape is given (the output gradient of a convolution followed by a
+    /// ReLU, masked by the ReLU's output).
+    pub fn from_nhwc(
+        x: &[f32],
+        (b, h, w, c): (usize, usize, usize, usize),
+        pad: usize,
+        mask: Option<&[f32]>,
+    ) -> Self {
+        assert_eq!(x.len(), b * h * w * c, "padded copy: input length");
         let (hp, wp) = (h + 2 * pad, w + 2 * pad);
         let mut data = vec![0f32; b * hp * wp * c + SLACK];
         data[..b * hp * wp * c]
             .par_chunks_mut(hp * wp * c)
             .enumerate()
             .for_each(|(bi, img)| {
-                let src = &x[bi * c * h * w..(bi + 1) * c * h * w];
                 for y in 0..h {
+                    let src = (bi * h + y) * w * c..(bi * h + y + 1) * w * c;
                     let row = &mut img[((y + pad) * wp + pad) * c..][..w * c];
-                    for (ci, plane) in src.chunks_exact(h * w).enumerate() {
-                        for (xx, v) in plane[y * w..(y + 1) * w].iter().enumerate() {
-                            row[xx * c + ci] = *v;
+                    match mask {
+                        None => row.copy_from_slice(&x[src]),
+                        Some(m) => {
+                            for ((d, v), m) in row.iter_mut().zip(&x[src.clone()]).zip(&m[src]) {
+                                *d = if *m > 0.0 { *v } else { 0.0 };
+                            }
                         }
                     }
                 }
@@ -76,29 +87,46 @@ impl Padded {
     fn at(&self, b: usize, y: usize, x: usize) -> usize {
         ((b * self.hp + y) * self.wp + x) * self.channels
     }
+
+    /// Per-channel sums over the unpadded positions (a bias gradient).
+    pub fn channel_sums(&self) -> Vec<f32> {
+        let (c, pad) = (self.channels, self.pad);
+        let (h, w) = (self.hp - 2 * pad, self.wp - 2 * pad);
+        let img = self.hp * self.wp * c;
+        let partial: Vec<Vec<f64>> = self.data[..self.batch * img]
+            .par_chunks(img)
+            .map(|im| {
+                let mut acc = vec![0f64; c];
+                for y in 0..h {
+                    let row = &im[((y + pad) * self.wp + pad) * c..][..w * c];
+                    for px in row.chunks_exact(c) {
+                        for (a, v) in acc.iter_mut().zip(px) {
+                            *a += f64::from(*v);
+                        }
+                    }
+                }
+                acc
+            })
+            .collect();
+        (0..c)
+            .map(|ci| partial.iter().map(|p| p[ci]).sum::<f64>() as f32)
+            .collect()
+    }
 }
 
-/// `[B, P, O]` (channel-last) → `[B, O, P]` (channel-first), plus a bias per channel, then
-/// `max(·, 0)` when `relu`.
-pub(crate) fn nhwc_to_nchw(
-    y: &[f32],
-    b: usize,
-    p: usize,
-    o: usize,
-    bias: Option<&[f32]>,
-    relu: bool,
-) -> Vec<f32> {
-    let mut out = vec![0f32; b * o * p];
-    out.par_chunks_mut(o * p).enumerate().for_each(|(bi, img)| {
-        let src = &y[bi * p * o..(bi + 1) * p * o];
-        for (oi, plane) in img.chunks_exact_mut(p).enumerate() {
-            let add = bias.map_or(0.0, |bs| bs[oi]);
-            for (pi, d) in plane.iter_mut().enumerate() {
-                *d = crate::conv::activate(src[pi * o + oi] + add, relu);
-            }
-        }
-    });
-    out
+/// What a forward tile does to its sums before storing them: `+ bias`, then `max(·, 0)`.
+#[derive(Clone, Copy)]
+pub(crate) struct Epilogue<'a> {
+    pub bias: Option<&'a [f32]>,
+    pub relu: bool,
+}
+
+impl Epilogue<'_> {
+    /// Plain sums.
+    pub const NONE: Epilogue<'static> = Epilogue {
+        bias: None,
+        relu: false,
+    };
 }
 
 /// A kernel packed for the tiles: `[O/32][taps][C][32]`, as a convolution with `C` inputs,
@@ -159,9 +187,27 @@ fn row_tiles(
     first: usize,
     yps: usize,
     n: usize,
+    ep: Epilogue,
 ) {
     assert_eq!(taps.len(), w.taps, "direct conv: taps");
-    if n == 0 || taps.is_empty() {
+    if n == 0 {
+        return;
+    }
+    assert!(
+        first + (n - 1) * yps + w.o <= out.len(),
+        "direct conv: output write out of range"
+    );
+    if let Some(b) = ep.bias {
+        assert_eq!(b.len(), w.o, "direct conv: bias length");
+    }
+    if taps.is_empty() {
+        // No kernel tap reaches these positions: the sum is 0.
+        for j in 0..n {
+            for (o, d) in out[first + j * yps..][..w.o].iter_mut().enumerate() {
+                let v = ep.bias.map_or(0.0, |b| b[o]);
+                *d = if ep.relu { v.max(0.0) } else { v };
+            }
+        }
         return;
     }
     let max_tap = taps.iter().copied().max().unwrap_or(0);
@@ -169,18 +215,15 @@ fn row_tiles(
         base + (n - 1) * xps + max_tap + w.c <= x.len(),
         "direct conv: input read out of range"
     );
-    assert!(
-        first + (n - 1) * yps + w.o <= out.len(),
-        "direct conv: output write out of range"
-    );
     assert!(available(), "direct conv: the CPU lacks AVX-512F");
     for ob in 0..w.o / OB {
         let wb = w.block(ob);
+        let bias = ep.bias.map_or(std::ptr::null(), |b| b[ob * OB..].as_ptr());
         for (j0, r) in chunks(n, MAX_R) {
             // SAFETY: AVX-512F is present; the tile reads x[base + (j0 + j)·xps + taps[t] + ci]
-            // for j < r, ci < c (inside `x` by the first assertion), wb[(t·c + ci)·32 + 0..32]
-            // (inside the block), and writes out[first + (j0 + j)·yps + ob·32 + 0..32] (inside
-            // `out` by the second assertion).
+            // for j < r, ci < c (inside `x` by the assertion above), wb[(t·c + ci)·32 + 0..32]
+            // (inside the block), bias[0..32] when not null (inside the asserted bias), and
+            // writes out[first + (j0 + j)·yps + ob·32 + 0..32] (inside `out`, asserted).
             unsafe {
                 #[cfg(target_arch = "x86_64")]
                 fwd_tile(
@@ -192,6 +235,8 @@ fn row_tiles(
                     wb.as_ptr(),
                     out.as_mut_ptr().add(first + j0 * yps + ob * OB),
                     yps,
+                    bias,
+                    ep.relu,
                 );
             }
         }
@@ -210,7 +255,13 @@ fn chunks(n: usize, max: usize) -> Vec<(usize, usize)> {
 /// Convolution of the padded channel-last `x` with `w` (`k × k`) at `stride`, output
 /// `[B, Ho, Wo, O]` channel-last, where `Ho = (Hp − k)/stride + 1` (the padding is already in
 /// `x`).
-pub(crate) fn conv(x: &Padded, w: &Packed, k: usize, stride: usize) -> (Vec<f32>, usize, usize) {
+pub(crate) fn conv(
+    x: &Padded,
+    w: &Packed,
+    k: usize,
+    stride: usize,
+    ep: Epilogue,
+) -> (Vec<f32>, usize, usize) {
     assert_eq!(
         (x.channels, w.taps),
         (w.c, k * k),
@@ -224,7 +275,18 @@ pub(crate) fn conv(x: &Padded, w: &Packed, k: usize, stride: usize) -> (Vec<f32>
     y.par_chunks_mut(wo * o).enumerate().for_each(|(row, out)| {
         let (b, oy) = (row / ho, row % ho);
         let base = x.at(b, oy * stride, 0);
-        row_tiles(&x.data, base, stride * x.channels, &taps, w, out, 0, o, wo);
+        row_tiles(
+            &x.data,
+            base,
+            stride * x.channels,
+            &taps,
+            w,
+            out,
+            0,
+            o,
+            wo,
+            ep,
+        );
     });
     (y, ho, wo)
 }
@@ -267,6 +329,7 @@ pub(crate) fn input_grad(
     p: usize,
     h: usize,
     wd: usize,
+    ep: Epilogue,
 ) -> Vec<f32> {
     let o = dy.channels;
     let pad = dy.pad;
@@ -311,12 +374,25 @@ pub(crate) fn input_grad(
                 let n = (wd - 1 - ix0) / s + 1;
                 let (offsets, packed) = &classes[ry * s + rx];
                 let (ty_n, tx_n) = (class_taps(ry, k, s), class_taps(rx, k, s));
-                if ty_n == 0 || tx_n == 0 {
-                    continue;
-                }
-                // In range: the padding covers the `Ty − 1 − qy` rows above (input_grad_pad).
-                let base = dy.at(b, qy + pad + 1 - ty_n, (ix0 + p) / s + pad + 1 - tx_n);
-                row_tiles(&dy.data, base, o, offsets, packed, out, ix0 * c, s * c, n);
+                // In range: the padding covers the `Ty − 1 − qy` rows above (input_grad_pad);
+                // with no taps nothing is read.
+                let base = if ty_n == 0 || tx_n == 0 {
+                    0
+                } else {
+                    dy.at(b, qy + pad + 1 - ty_n, (ix0 + p) / s + pad + 1 - tx_n)
+                };
+                row_tiles(
+                    &dy.data,
+                    base,
+                    o,
+                    offsets,
+                    packed,
+                    out,
+                    ix0 * c,
+                    s * c,
+                    n,
+                    ep,
+                );
             }
         });
     dx
@@ -413,11 +489,13 @@ unsafe fn fwd_tile(
     w: *const f32,
     y: *mut f32,
     yps: usize,
+    bias: *const f32,
+    relu: bool,
 ) {
     macro_rules! go {
         ($($n:literal)*) => {
             match r {
-                $($n => unsafe { kernels::fwd::<$n>(x, xps, taps, c, w, y, yps) },)*
+                $($n => unsafe { kernels::fwd::<$n>(x, xps, taps, c, w, y, yps, bias, relu) },)*
                 _ => unreachable!("tile of {r} positions"),
             }
         };
@@ -463,8 +541,10 @@ mod kernels {
     use std::arch::x86_64::*;
 
     /// `y[j·yps + 0..32] = Σ_t Σ_ci x[j·xps + taps[t] + ci] · w[(t·c + ci)·32 + 0..32]` for
-    /// `j < R`, with the `R × 2` accumulators in registers.
+    /// `j < R`, with the `R × 2` accumulators in registers; then `+ bias[0..32]` (unless null)
+    /// and `max(·, 0)` when `relu`.
     #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn fwd<const R: usize>(
         x: *const f32,
         xps: usize,
@@ -473,8 +553,15 @@ mod kernels {
         w: *const f32,
         y: *mut f32,
         yps: usize,
+        bias: *const f32,
+        relu: bool,
     ) {
         let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        if !bias.is_null() {
+            // SAFETY: 32 bias values, as documented by the caller.
+            let b = unsafe { [_mm512_loadu_ps(bias), _mm512_loadu_ps(bias.add(16))] };
+            acc = [b; R];
+        }
         for (t, &off) in taps.iter().enumerate() {
             // SAFETY (this block): addresses as documented by the caller.
             unsafe {
@@ -489,6 +576,13 @@ mod kernels {
                         a[1] = _mm512_fmadd_ps(v, w1, a[1]);
                     }
                 }
+            }
+        }
+        if relu {
+            let z = _mm512_setzero_ps();
+            for a in acc.iter_mut() {
+                a[0] = _mm512_max_ps(a[0], z);
+                a[1] = _mm512_max_ps(a[1], z);
             }
         }
         for (j, a) in acc.iter().enumerate() {

@@ -3,7 +3,9 @@
 use candle_core::{Module, Tensor};
 use candle_nn::{Conv2dConfig, ConvTranspose2dConfig, VarBuilder};
 
+use crate::conv::{conv2d_nhwc, conv_transpose2d_nhwc};
 use crate::error::Result;
+use crate::layout::{cpu_f32, to_nchw, to_nhwc, via_preferred, Layout};
 use crate::relu::relu;
 
 /// 2-D convolution `[B, C_in, H, W] → [B, C_out, H', W']` with PyTorch's default initialisation
@@ -52,35 +54,38 @@ impl Conv2d {
 }
 
 impl Conv2d {
-    /// `relu(conv(x))`; on the CPU one op, the ReLU folded into the convolution's output and
-    /// its backward into the convolution's output gradient (no separate node, no extra pass).
-    pub fn forward_relu(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.apply(x, true)
-    }
-
-    fn apply(&self, x: &Tensor, then_relu: bool) -> candle_core::Result<Tensor> {
+    /// `conv(x)` for `x` in `layout`, output in the same layout, then a ReLU when `relu`. On
+    /// the CPU in f32 one channel-last op ([`conv2d_nhwc`]) with the ReLU folded in; elsewhere
+    /// candle's `conv2d` (channel-first).
+    pub fn forward_in(
+        &self,
+        x: &Tensor,
+        layout: Layout,
+        relu_after: bool,
+    ) -> candle_core::Result<Tensor> {
         let _span = tracing::trace_span!("conv2d").entered();
-        if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
-            let (s, p) = (self.config.stride, self.config.padding);
-            let b = self.bias.as_ref();
-            return crate::conv::conv2d_cpu(x, &self.weight, b, s, p, then_relu);
+        let (s, p) = (self.config.stride, self.config.padding);
+        if cpu_f32(x) {
+            let (w, b) = (&self.weight, self.bias.as_ref());
+            return match layout {
+                Layout::ChannelsLast => conv2d_nhwc(x, w, b, s, p, relu_after),
+                Layout::ChannelsFirst => {
+                    to_nchw(&conv2d_nhwc(&to_nhwc(x)?, w, b, s, p, relu_after)?)
+                }
+            };
         }
-        let y = x.conv2d(&self.weight, self.config.padding, self.config.stride, 1, 1)?;
+        let y = layout.to_nchw(x)?.conv2d(&self.weight, p, s, 1, 1)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?)?,
             None => y,
         };
-        if then_relu {
-            relu(&y)
-        } else {
-            Ok(y)
-        }
+        layout.from_nchw(&if relu_after { relu(&y)? } else { y })
     }
 }
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.apply(x, false)
+        self.forward_in(x, Layout::ChannelsFirst, false)
     }
 }
 
@@ -123,29 +128,31 @@ impl ConvTranspose2d {
 }
 
 impl ConvTranspose2d {
-    /// `relu(conv_transpose(x))`, on the CPU as one op (see [`Conv2d::forward_relu`]).
-    pub fn forward_relu(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.apply(x, true)
-    }
-
-    fn apply(&self, x: &Tensor, then_relu: bool) -> candle_core::Result<Tensor> {
+    /// `conv_transpose(x)` for `x` in `layout`, output in the same layout, then a ReLU when
+    /// `relu_after` (on the CPU in f32 one channel-last op, [`conv_transpose2d_nhwc`]).
+    pub fn forward_in(
+        &self,
+        x: &Tensor,
+        layout: Layout,
+        relu_after: bool,
+    ) -> candle_core::Result<Tensor> {
         let _span = tracing::trace_span!("conv_transpose2d").entered();
         let c = &self.config;
-        if x.device().is_cpu()
-            && x.dtype() == candle_core::DType::F32
-            && c.output_padding == 0
-            && c.dilation == 1
-        {
-            return crate::conv::conv_transpose2d_cpu(
-                x,
-                &self.weight,
-                Some(&self.bias),
-                c.stride,
-                c.padding,
-                then_relu,
-            );
+        if cpu_f32(x) && c.output_padding == 0 && c.dilation == 1 {
+            let (w, b, s, p) = (&self.weight, Some(&self.bias), c.stride, c.padding);
+            return match layout {
+                Layout::ChannelsLast => conv_transpose2d_nhwc(x, w, b, s, p, relu_after),
+                Layout::ChannelsFirst => to_nchw(&conv_transpose2d_nhwc(
+                    &to_nhwc(x)?,
+                    w,
+                    b,
+                    s,
+                    p,
+                    relu_after,
+                )?),
+            };
         }
-        let y = x.conv_transpose2d(
+        let y = layout.to_nchw(x)?.conv_transpose2d(
             &self.weight,
             c.padding,
             c.output_padding,
@@ -153,17 +160,13 @@ impl ConvTranspose2d {
             c.dilation,
         )?;
         let y = y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)?;
-        if then_relu {
-            relu(&y)
-        } else {
-            Ok(y)
-        }
+        layout.from_nchw(&if relu_after { relu(&y)? } else { y })
     }
 }
 
 impl Module for ConvTranspose2d {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.apply(x, false)
+        self.forward_in(x, Layout::ChannelsFirst, false)
     }
 }
 
@@ -185,10 +188,17 @@ impl Residual {
     }
 }
 
+impl Residual {
+    /// `x` in `layout` (shape preserving).
+    pub fn forward_in(&self, x: &Tensor, layout: Layout) -> candle_core::Result<Tensor> {
+        let h = self.conv3.forward_in(&relu(x)?, layout, true)?;
+        x + self.conv1.forward_in(&h, layout, false)?
+    }
+}
+
 impl Module for Residual {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let h = self.conv3.forward_relu(&relu(x)?)?;
-        x + self.conv1.forward(&h)?
+        via_preferred(x, |x, l| self.forward_in(x, l))
     }
 }
 
@@ -209,13 +219,20 @@ impl ResidualStack {
     }
 }
 
-impl Module for ResidualStack {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+impl ResidualStack {
+    /// `x` in `layout` (shape preserving).
+    pub fn forward_in(&self, x: &Tensor, layout: Layout) -> candle_core::Result<Tensor> {
         let mut h = x.clone();
         for l in &self.layers {
-            h = l.forward(&h)?;
+            h = l.forward_in(&h, layout)?;
         }
         relu(&h)
+    }
+}
+
+impl Module for ResidualStack {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        via_preferred(x, |x, l| self.forward_in(x, l))
     }
 }
 
@@ -256,12 +273,24 @@ fn max_pool3_same(x: &Tensor) -> candle_core::Result<Tensor> {
         .max_pool2d_with_stride(3, 1)
 }
 
+impl Inception {
+    /// `x` in `layout` (shape preserving).
+    pub fn forward_in(&self, x: &Tensor, layout: Layout) -> candle_core::Result<Tensor> {
+        let a = self.b1.forward_in(x, layout, false)?;
+        let b = self
+            .b3
+            .forward_in(&self.b3_reduce.forward_in(x, layout, true)?, layout, false)?;
+        let c = self
+            .b5
+            .forward_in(&self.b5_reduce.forward_in(x, layout, true)?, layout, false)?;
+        let pooled = layout.from_nchw(&max_pool3_same(&layout.to_nchw(x)?)?)?;
+        let d = self.pool_proj.forward_in(&pooled, layout, false)?;
+        relu(&Tensor::cat(&[a, b, c, d], layout.channel_axis())?)
+    }
+}
+
 impl Module for Inception {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let a = self.b1.forward(x)?;
-        let b = self.b3.forward(&self.b3_reduce.forward_relu(x)?)?;
-        let c = self.b5.forward(&self.b5_reduce.forward_relu(x)?)?;
-        let d = self.pool_proj.forward(&max_pool3_same(x)?)?;
-        relu(&Tensor::cat(&[a, b, c, d], 1)?)
+        via_preferred(x, |x, l| self.forward_in(x, l))
     }
 }

@@ -28,6 +28,7 @@ mod direct;
 pub mod error;
 
 pub mod layers;
+pub mod layout;
 pub mod model;
 pub mod relu;
 

@@ -13,6 +13,7 @@ use vq_core::{
 
 use crate::error::{ModelError, Result};
 use crate::layers::{Conv2d, ConvTranspose2d, Inception, ResidualStack};
+use crate::layout::{via_preferred, Layout};
 use crate::relu::relu;
 
 /// Encoder/decoder family (the paper's encoder ablation).
@@ -242,16 +243,24 @@ impl Encoder {
     }
 }
 
-impl Module for Encoder {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+impl Encoder {
+    /// `x` `[B, C_in, H, W]` in `layout` → `[B, h, H/4, W/4]` in `layout`.
+    pub fn forward_in(&self, x: &Tensor, layout: Layout) -> candle_core::Result<Tensor> {
         let _span = tracing::trace_span!("encoder").entered();
-        let h = self.conv1.forward_relu(x)?;
-        let h = self.conv3.forward(&self.conv2.forward_relu(&h)?)?;
+        let h = self.conv1.forward_in(x, layout, true)?;
+        let h = self.conv2.forward_in(&h, layout, true)?;
+        let h = self.conv3.forward_in(&h, layout, false)?;
         match (&self.residual, &self.inception) {
-            (Some(r), _) => r.forward(&h),
-            (_, Some(i)) => i.forward(&h),
+            (Some(r), _) => r.forward_in(&h, layout),
+            (_, Some(i)) => i.forward_in(&h, layout),
             _ => Ok(h),
         }
+    }
+}
+
+impl Module for Encoder {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        via_preferred(x, |x, l| self.forward_in(x, l))
     }
 }
 
@@ -287,16 +296,24 @@ impl Decoder {
     }
 }
 
-impl Module for Decoder {
-    fn forward(&self, z: &Tensor) -> candle_core::Result<Tensor> {
+impl Decoder {
+    /// `z` `[B, h, H/4, W/4]` in `layout` → `[B, C_in, H, W]` in `layout`.
+    pub fn forward_in(&self, z: &Tensor, layout: Layout) -> candle_core::Result<Tensor> {
         let _span = tracing::trace_span!("decoder").entered();
-        let h = self.conv1.forward(z)?;
+        let h = self.conv1.forward_in(z, layout, false)?;
         let h = match (&self.residual, &self.inception) {
-            (Some(r), _) => r.forward(&h)?,
-            (_, Some(i)) => i.forward(&h)?,
+            (Some(r), _) => r.forward_in(&h, layout)?,
+            (_, Some(i)) => i.forward_in(&h, layout)?,
             _ => relu(&h)?,
         };
-        self.deconv2.forward(&self.deconv1.forward_relu(&h)?)
+        let h = self.deconv1.forward_in(&h, layout, true)?;
+        self.deconv2.forward_in(&h, layout, false)
+    }
+}
+
+impl Module for Decoder {
+    fn forward(&self, z: &Tensor) -> candle_core::Result<Tensor> {
+        via_preferred(z, |z, l| self.forward_in(z, l))
     }
 }
 
@@ -370,9 +387,11 @@ impl<Q: Quantizer> VqVae<Q> {
                 "height and width must be divisible by 4, got {h}×{w}"
             )));
         }
-        let z_e = self.encoder.forward(x)?;
+        // The layers run channel-last on the CPU; the quantizer and the caller see [B, C, H, W].
+        let l = Layout::for_tensor(x);
+        let z_e = l.to_nchw(&self.encoder.forward_in(&l.from_nchw(x)?, l)?)?;
         let quant = self.quantizer.forward(&z_e, step)?;
-        let reconstruction = self.decoder.forward(&quant.z_q)?;
+        let reconstruction = l.to_nchw(&self.decoder.forward_in(&l.from_nchw(&quant.z_q)?, l)?)?;
         let recon_loss = (&reconstruction - x)?.sqr()?.mean_all()?;
         let loss = (&recon_loss + &quant.loss)?;
         Ok(VqVaeOutput {
