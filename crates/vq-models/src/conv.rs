@@ -258,6 +258,59 @@ fn kernel_grad(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], threads: usiz
     out
 }
 
+/// ReLUs fused into a convolution op: on its input (`conv(relu(x))`, the mask applied to the
+/// input gradient) and on its output (`relu(conv(x))`, the mask applied to the output
+/// gradient). Either way no separate ReLU node, buffer or gradient accumulation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Relu {
+    pub input: bool,
+    pub output: bool,
+}
+
+impl Relu {
+    /// No ReLU.
+    pub const NONE: Relu = Relu {
+        input: false,
+        output: false,
+    };
+    /// `relu(conv(x))`.
+    pub const OUTPUT: Relu = Relu {
+        input: false,
+        output: true,
+    };
+    /// `conv(relu(x))`.
+    pub const INPUT: Relu = Relu {
+        input: true,
+        output: false,
+    };
+    /// `relu(conv(relu(x)))`.
+    pub const BOTH: Relu = Relu {
+        input: true,
+        output: true,
+    };
+}
+
+/// `x`, or `max(x, 0)` when `relu`.
+fn input_values(x: &[f32], relu: bool) -> std::borrow::Cow<'_, [f32]> {
+    if relu {
+        std::borrow::Cow::Owned(x.par_iter().map(|v| v.max(0.0)).collect())
+    } else {
+        std::borrow::Cow::Borrowed(x)
+    }
+}
+
+/// `dx · [x > 0]` (the backward pass of a ReLU on the op's input `x`).
+fn mask_by_input(dx: &mut [f32], x: &Tensor) -> Result<()> {
+    with_data(x, |xv| {
+        dx.par_iter_mut().zip(xv.par_iter()).for_each(|(d, v)| {
+            if *v <= 0.0 {
+                *d = 0.0;
+            }
+        });
+        Ok(())
+    })
+}
+
 /// `y [rows, O] += bias` per column, then `max(·, 0)` when `relu`.
 fn add_bias_relu(y: &mut [f32], bias: &[f32], relu: bool) {
     let o = bias.len();
@@ -297,9 +350,21 @@ fn padded_output_grad(dy: &Tensor, y: &Tensor, relu: bool, pad: usize) -> Result
     let dims = dy.dims4()?;
     with_data(dy, |d| {
         if relu {
-            with_data(y, |m| Ok(direct::Padded::from_nhwc(d, dims, pad, Some(m))))
+            with_data(y, |m| {
+                Ok(direct::Padded::from_nhwc(
+                    d,
+                    dims,
+                    pad,
+                    direct::Source::MaskedBy(m),
+                ))
+            })
         } else {
-            Ok(direct::Padded::from_nhwc(d, dims, pad, None))
+            Ok(direct::Padded::from_nhwc(
+                d,
+                dims,
+                pad,
+                direct::Source::Copy,
+            ))
         }
     })
 }
@@ -345,18 +410,27 @@ fn use_direct(in_channels: usize, out_channels: usize) -> bool {
         && direct::available()
 }
 
-/// `relu?(conv2d(x, w) + bias)` over channel-last `x` `[B, H, W, C]` as one op.
+/// `conv2d(x, w) + bias` with fused ReLUs over channel-last `x` `[B, H, W, C]` as one op.
 struct Conv2dOp {
     g: Geometry,
     out_channels: usize,
     /// Direct AVX-512 kernels (`direct.rs`) instead of im2col + GEMM.
     direct: bool,
-    /// A ReLU applied to the output (its backward folded into the output gradient).
-    relu: bool,
+    /// ReLUs on the input and the output.
+    relu: Relu,
     saved: std::sync::Mutex<Option<Saved>>,
 }
 
 impl Conv2dOp {
+    /// How the input is copied for the direct kernels.
+    fn source(&self) -> direct::Source<'static> {
+        if self.relu.input {
+            direct::Source::Relu
+        } else {
+            direct::Source::Copy
+        }
+    }
+
     /// `(B, H, W, C)` of the input.
     fn input_dims(&self) -> (usize, usize, usize, usize) {
         let g = &self.g;
@@ -385,20 +459,21 @@ impl CustomOp3 for Conv2dOp {
         );
         let (o, b, c) = (self.out_channels, g.batch, g.channels);
         let (y, saved) = if self.direct {
-            let xp = direct::Padded::from_nhwc(x, self.input_dims(), g.padding, None);
+            let xp = direct::Padded::from_nhwc(x, self.input_dims(), g.padding, self.source());
             let packed = direct::Packed::forward(w, o, c, g.kernel);
             let ep = direct::Epilogue {
                 bias: Some(bias),
-                relu: self.relu,
+                relu: self.relu.output,
             };
             let (y, _, _) = direct::conv(&xp, &packed, g.kernel, g.stride, ep);
             (y, Saved::Padded(xp))
         } else {
             let (rows, n) = g.cols_shape();
-            let cols = im2col(g, &transpose(x, b, g.height * g.width, c));
+            let xr = input_values(x, self.relu.input);
+            let cols = im2col(g, &transpose(&xr, b, g.height * g.width, c));
             let y2 = matmul(o, n, rows, w, false, &cols, false, threads());
             let mut y = transpose(&y2, 1, o, n);
-            add_bias_relu(&mut y, bias, self.relu);
+            add_bias_relu(&mut y, bias, self.relu.output);
             (y, Saved::Matrix(cols))
         };
         *self.saved.lock().expect("saved lock") = Some(saved);
@@ -424,13 +499,18 @@ impl CustomOp3 for Conv2dOp {
         let (dw, dx, db) = if self.direct {
             let xp = match saved {
                 Some(Saved::Padded(xp)) => xp,
-                _ => direct::Padded::from_nhwc(&host(x)?, self.input_dims(), g.padding, None),
+                _ => direct::Padded::from_nhwc(
+                    &host(x)?,
+                    self.input_dims(),
+                    g.padding,
+                    self.source(),
+                ),
             };
             // Padded as the input gradient needs (k − 1 − p for stride 1).
             let q = direct::input_grad_pad(g.kernel, g.stride, g.padding, g.height, g.out_h()).max(
                 direct::input_grad_pad(g.kernel, g.stride, g.padding, g.width, g.out_w()),
             );
-            let dyp = padded_output_grad(dy, res, self.relu, q)?;
+            let dyp = padded_output_grad(dy, res, self.relu.output, q)?;
             let db = tracked(bias).then(|| dyp.channel_sums());
             let (dw, dx) = rayon::join(
                 || tracked(w).then(|| direct::kernel_grad(&xp, &dyp, g.kernel, g.stride)),
@@ -445,11 +525,14 @@ impl CustomOp3 for Conv2dOp {
             (dw, dx, db)
         } else {
             let (rows, n) = g.cols_shape();
-            let gv = output_grad(dy, res, self.relu)?; // [B·P, O]
+            let gv = output_grad(dy, res, self.relu.output)?; // [B·P, O]
             let dy2 = transpose(&gv, 1, n, o); // [O, B·P]
             let cols = match saved {
                 Some(Saved::Matrix(c)) => c,
-                _ => im2col(g, &transpose(&host(x)?, b, hw, c)),
+                _ => im2col(
+                    g,
+                    &transpose(&input_values(&host(x)?, self.relu.input), b, hw, c),
+                ),
             };
             let db = tracked(bias).then(|| row_sums(&dy2, n));
             // The kernel and input gradients cost the same GEMM work: run them side by side
@@ -470,6 +553,10 @@ impl CustomOp3 for Conv2dOp {
             );
             (dw, dx, db)
         };
+        let mut dx = dx;
+        if let (true, Some(dx)) = (self.relu.input, dx.as_mut()) {
+            mask_by_input(dx, x)?;
+        }
         let db = db.map(|v| Tensor::from_vec(v, o, dev)).transpose()?;
         let dw = dw
             .map(|v| Tensor::from_vec(v, w.shape(), dev))
@@ -526,19 +613,29 @@ fn input_grad_as_conv(g: &Geometry, o: usize, w: &[f32], dy: &[f32], threads: us
     transpose(&transpose(&dx2, 1, c, n), g.batch, g.height * g.width, c)
 }
 
-/// `relu?(conv_transpose2d(x, w) + bias)` over channel-last `x` `[B, H, W, Ci]` as one op.
+/// `conv_transpose2d(x, w) + bias` with fused ReLUs over channel-last `x` `[B, H, W, Ci]` as
+/// one op.
 struct ConvTranspose2dOp {
     /// Geometry of the (adjoint) convolution over the output.
     g: Geometry,
     in_channels: usize,
     /// Direct AVX-512 kernels (`direct.rs`) instead of GEMM + col2im.
     direct: bool,
-    /// A ReLU applied to the output (its backward folded into the output gradient).
-    relu: bool,
+    /// ReLUs on the input and the output.
+    relu: Relu,
     saved: std::sync::Mutex<Option<Saved>>,
 }
 
 impl ConvTranspose2dOp {
+    /// How the input is copied for the direct kernels.
+    fn source(&self) -> direct::Source<'static> {
+        if self.relu.input {
+            direct::Source::Relu
+        } else {
+            direct::Source::Copy
+        }
+    }
+
     /// `(B, H, W, Ci)` of the input and the padding its direct forward pass needs.
     fn input_dims(&self) -> ((usize, usize, usize, usize), usize) {
         let g = &self.g;
@@ -574,24 +671,24 @@ impl CustomOp3 for ConvTranspose2dOp {
         let y = if self.direct {
             // The transposed convolution is the input gradient of its adjoint convolution.
             let (dims, pad) = self.input_dims();
-            let xp = direct::Padded::from_nhwc(x, dims, pad, None);
+            let xp = direct::Padded::from_nhwc(x, dims, pad, self.source());
             let ep = direct::Epilogue {
                 bias: Some(bias),
-                relu: self.relu,
+                relu: self.relu.output,
             };
             let (k, s, p) = (g.kernel, g.stride, g.padding);
             let y = direct::input_grad(&xp, w, co, k, s, p, g.height, g.width, ep);
             *self.saved.lock().expect("saved lock") = Some(Saved::Padded(xp));
             y
         } else {
-            let x2 = transpose(x, 1, n, ci); // [Ci, B·H_in·W_in]
+            let x2 = transpose(&input_values(x, self.relu.input), 1, n, ci); // [Ci, B·H_in·W_in]
             let cols = matmul(rows, n, ci, w, true, &x2, false, threads());
             let mut y = col2im(g, &cols); // [B, Co, H, W]
             y.par_chunks_mut(hw).enumerate().for_each(|(i, plane)| {
                 let b = bias[i % co];
                 plane
                     .iter_mut()
-                    .for_each(|v| *v = activate(*v + b, self.relu));
+                    .for_each(|v| *v = activate(*v + b, self.relu.output));
             });
             *self.saved.lock().expect("saved lock") = Some(Saved::Matrix(x2));
             transpose(&y, g.batch, co, hw)
@@ -620,11 +717,11 @@ impl CustomOp3 for ConvTranspose2dOp {
                 Some(Saved::Padded(xp)) => xp,
                 _ => {
                     let (dims, pad) = self.input_dims();
-                    direct::Padded::from_nhwc(&host(x)?, dims, pad, None)
+                    direct::Padded::from_nhwc(&host(x)?, dims, pad, self.source())
                 }
             };
             // The adjoint convolution's input: dY padded by p.
-            let dyp = padded_output_grad(dy, res, self.relu, g.padding)?;
+            let dyp = padded_output_grad(dy, res, self.relu.output, g.padding)?;
             let db = tracked(bias).then(|| dyp.channel_sums());
             let (dw, dx) = rayon::join(
                 || tracked(w).then(|| direct::kernel_grad(&dyp, &xp, g.kernel, g.stride)),
@@ -638,13 +735,13 @@ impl CustomOp3 for ConvTranspose2dOp {
             );
             (dw, dx, db)
         } else {
-            let gv = output_grad(dy, res, self.relu)?; // [B·H·W, Co]
+            let gv = output_grad(dy, res, self.relu.output)?; // [B·H·W, Co]
             let dyn_ = transpose(&gv, g.batch, hw, co); // [B, Co, H, W]
             let db = tracked(bias).then(|| channel_sums(&dyn_, g.batch, co, hw));
             let dcols = im2col(g, &dyn_); // [Co·k·k, B·H_in·W_in]
             let x2 = match saved {
                 Some(Saved::Matrix(v)) => v,
-                _ => transpose(&host(x)?, 1, n, ci),
+                _ => transpose(&input_values(&host(x)?, self.relu.input), 1, n, ci),
             };
             let each = split_threads(tracked(w) && wv.is_some());
             let (dw, dx2) = rayon::join(
@@ -656,6 +753,10 @@ impl CustomOp3 for ConvTranspose2dOp {
             );
             (dw, dx2.map(|v| transpose(&v, 1, ci, n)), db)
         };
+        let mut dx = dx;
+        if let (true, Some(dx)) = (self.relu.input, dx.as_mut()) {
+            mask_by_input(dx, x)?;
+        }
         let db = db.map(|v| Tensor::from_vec(v, co, dev)).transpose()?;
         let dw = dw
             .map(|v| Tensor::from_vec(v, w.shape(), dev))
@@ -677,18 +778,17 @@ fn bias_or_zeros(bias: Option<&Tensor>, n: usize, like: &Tensor) -> Result<Tenso
     }
 }
 
-/// `relu?(conv2d(x, w) + bias)` for channel-last `x` `[B, H, W, C]` and `w` `[O, C, k, k]`,
+/// `conv2d(x, w) + bias` (with the ReLUs of `relu` around it) for channel-last `x` `[B, H, W, C]` and `w` `[O, C, k, k]`,
 /// with stride and zero padding; output `[B, H', W', O]` channel-last (CPU, f32). On the
 /// direct AVX-512 kernels when the CPU has them and both channel counts are multiples of 32,
-/// otherwise through im2col and GEMM. With `relu`, the ReLU's backward is folded into the
-/// op's.
+/// otherwise through im2col and GEMM.
 pub fn conv2d_nhwc(
     x: &Tensor,
     w: &Tensor,
     bias: Option<&Tensor>,
     stride: usize,
     padding: usize,
-    relu: bool,
+    relu: Relu,
 ) -> Result<Tensor> {
     conv2d_with(x, w, bias, stride, padding, relu, true)
 }
@@ -701,7 +801,7 @@ fn conv2d_with(
     bias: Option<&Tensor>,
     stride: usize,
     padding: usize,
-    relu: bool,
+    relu: Relu,
     allow_direct: bool,
 ) -> Result<Tensor> {
     let (b, h, wd, c) = x.dims4()?;
@@ -739,7 +839,8 @@ fn conv2d_with(
         .apply_op3(&w.contiguous()?, &bias_or_zeros(bias, o, x)?, op)
 }
 
-/// `relu?(conv_transpose2d(x, w) + bias)` for channel-last `x` `[B, H, W, Ci]` and `w`
+/// `conv_transpose2d(x, w) + bias` (with the ReLUs of `relu` around it) for channel-last `x`
+/// `[B, H, W, Ci]` and `w`
 /// `[Ci, Co, k, k]`, with stride and padding (no output padding); output
 /// `[B, (H−1)s − 2p + k, …, Co]` channel-last (CPU, f32). Direct kernels or GEMM as
 /// [`conv2d_nhwc`].
@@ -749,7 +850,7 @@ pub fn conv_transpose2d_nhwc(
     bias: Option<&Tensor>,
     stride: usize,
     padding: usize,
-    relu: bool,
+    relu: Relu,
 ) -> Result<Tensor> {
     conv_transpose2d_with(x, w, bias, stride, padding, relu, true)
 }
@@ -762,7 +863,7 @@ fn conv_transpose2d_with(
     bias: Option<&Tensor>,
     stride: usize,
     padding: usize,
-    relu: bool,
+    relu: Relu,
     allow_direct: bool,
 ) -> Result<Tensor> {
     let (b, h, wd, ci) = x.dims4()?;
@@ -844,10 +945,10 @@ mod tests {
         }
     }
 
-    /// Checks `conv2d_with` (or `conv_transpose2d_with` when `transposed`; then ReLU when
-    /// `relu`; direct kernels allowed or not) against candle's convolution (+ bias, then
-    /// candle's `relu`): output within 1e-5 and the input, kernel and bias gradients within
-    /// 1e-4, relative to the largest magnitude.
+    /// Checks `conv2d_with` (or `conv_transpose2d_with` when `transposed`; with the fused
+    /// ReLUs of `relu`; direct kernels allowed or not) against candle's convolution (+ bias,
+    /// with candle's `relu` before and after): output within 1e-5 and the input, kernel and
+    /// bias gradients within 1e-4, relative to the largest magnitude.
     #[allow(clippy::too_many_arguments)]
     fn check(
         x: &Var,
@@ -856,13 +957,18 @@ mod tests {
         s: usize,
         p: usize,
         transposed: bool,
-        relu: bool,
+        relu: Relu,
         direct: bool,
     ) {
         let (xt, wt, bt) = (x.as_tensor(), w.as_tensor(), bias.as_tensor());
+        let xin = if relu.input {
+            xt.relu().unwrap()
+        } else {
+            xt.clone()
+        };
         let (plain, fast) = if transposed {
             (
-                xt.conv_transpose2d(wt, p, 0, s, 1).unwrap(),
+                xin.conv_transpose2d(wt, p, 0, s, 1).unwrap(),
                 to_nchw(
                     &conv_transpose2d_with(&to_nhwc(xt).unwrap(), wt, Some(bt), s, p, relu, direct)
                         .unwrap(),
@@ -871,7 +977,7 @@ mod tests {
             )
         } else {
             (
-                xt.conv2d(wt, p, s, 1, 1).unwrap(),
+                xin.conv2d(wt, p, s, 1, 1).unwrap(),
                 to_nchw(
                     &conv2d_with(&to_nhwc(xt).unwrap(), wt, Some(bt), s, p, relu, direct).unwrap(),
                 )
@@ -881,11 +987,11 @@ mod tests {
         let mut plain = plain
             .broadcast_add(&bt.reshape((1, bt.dims()[0], 1, 1)).unwrap())
             .unwrap();
-        if relu {
+        if relu.output {
             plain = plain.relu().unwrap();
         }
         let what = format!(
-            "{} {:?} * {:?} s{s} p{p} relu {relu} direct {direct}",
+            "{} {:?} * {:?} s{s} p{p} {relu:?} direct {direct}",
             if transposed {
                 "conv_transpose2d"
             } else {
@@ -940,7 +1046,11 @@ mod tests {
             let (x, w, bias) = (var(&[b, c, h, h]), var(&[o, c, k, k]), var(&[o]));
             // Transposed: kernel [Ci = c, Co = o, k, k], when the output is not empty.
             let wt = ((h - 1) * s + k > 2 * p).then(|| var(&[c, o, k, k]));
-            for (direct, relu) in [(true, false), (false, false), (true, true), (false, true)] {
+            let relus = [Relu::NONE, Relu::OUTPUT, Relu::INPUT, Relu::BOTH];
+            for (direct, relu) in [true, false]
+                .into_iter()
+                .flat_map(|d| relus.map(|r| (d, r)))
+            {
                 check(&x, &w, &bias, s, p, false, relu, direct);
                 if let Some(wt) = &wt {
                     check(&x, wt, &bias, s, p, true, relu, direct);
@@ -956,11 +1066,11 @@ mod tests {
         // [B, H, W, C] = [1, 3, 3, 2]
         let x = Tensor::zeros((1, 3, 3, 2), candle_core::DType::F32, &d).unwrap();
         let w = Tensor::zeros((4, 2, 7, 7), candle_core::DType::F32, &d).unwrap();
-        assert!(conv2d_nhwc(&x, &w, None, 1, 1, false).is_err());
+        assert!(conv2d_nhwc(&x, &w, None, 1, 1, Relu::NONE).is_err());
         let w3 = Tensor::zeros((4, 2, 3, 3), candle_core::DType::F32, &d).unwrap();
-        assert!(conv2d_nhwc(&x, &w3, None, 0, 1, false).is_err());
+        assert!(conv2d_nhwc(&x, &w3, None, 0, 1, Relu::NONE).is_err());
         let b = Tensor::zeros(5, candle_core::DType::F32, &d).unwrap();
-        assert!(conv2d_nhwc(&x, &w3, Some(&b), 1, 1, false)
+        assert!(conv2d_nhwc(&x, &w3, Some(&b), 1, 1, Relu::NONE)
             .unwrap_err()
             .to_string()
             .contains("bias"));
@@ -971,7 +1081,7 @@ mod tests {
             None,
             1,
             1,
-            false
+            Relu::NONE
         )
         .is_err());
     }
@@ -982,7 +1092,7 @@ mod tests {
         let d = Device::Cpu;
         let x = Tensor::randn(0f32, 1.0, (2, 6, 6, 3), &d).unwrap();
         let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 3, 3, 3), &d).unwrap()).unwrap();
-        let g = conv2d_nhwc(&x, w.as_tensor(), None, 1, 1, false)
+        let g = conv2d_nhwc(&x, w.as_tensor(), None, 1, 1, Relu::NONE)
             .unwrap()
             .sum_all()
             .unwrap()

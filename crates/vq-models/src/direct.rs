@@ -33,6 +33,18 @@ pub(crate) fn available() -> bool {
     }
 }
 
+/// How [`Padded::from_nhwc`] transforms each value.
+#[derive(Clone, Copy)]
+pub(crate) enum Source<'a> {
+    /// As it is.
+    Copy,
+    /// `max(v, 0)` (a ReLU before the convolution).
+    Relu,
+    /// `v · [m > 0]` for the value `m` at the same place (the output gradient of a
+    /// convolution followed by a ReLU, masked by the ReLU's output `m`).
+    MaskedBy(&'a [f32]),
+}
+
 /// A channel-last activation `[B, Hp, Wp, C]` zero-padded by `pad` on each side.
 pub(crate) struct Padded {
     pub data: Vec<f32>,
@@ -44,16 +56,17 @@ pub(crate) struct Padded {
 }
 
 impl Padded {
-    /// `x` `[B, H, W, C]` (channel-last) padded by `pad`, each value times `[mask > 0]` when a
-    /// mask of the same shape is given (the output gradient of a convolution followed by a
-    /// ReLU, masked by the ReLU's output).
+    /// `x` `[B, H, W, C]` (channel-last) padded by `pad`, each value transformed by `src`.
     pub fn from_nhwc(
         x: &[f32],
         (b, h, w, c): (usize, usize, usize, usize),
         pad: usize,
-        mask: Option<&[f32]>,
+        src: Source,
     ) -> Self {
         assert_eq!(x.len(), b * h * w * c, "padded copy: input length");
+        if let Source::MaskedBy(m) = src {
+            assert_eq!(m.len(), x.len(), "padded copy: mask length");
+        }
         let (hp, wp) = (h + 2 * pad, w + 2 * pad);
         let mut data = vec![0f32; b * hp * wp * c + SLACK];
         data[..b * hp * wp * c]
@@ -61,12 +74,18 @@ impl Padded {
             .enumerate()
             .for_each(|(bi, img)| {
                 for y in 0..h {
-                    let src = (bi * h + y) * w * c..(bi * h + y + 1) * w * c;
+                    let range = (bi * h + y) * w * c..(bi * h + y + 1) * w * c;
                     let row = &mut img[((y + pad) * wp + pad) * c..][..w * c];
-                    match mask {
-                        None => row.copy_from_slice(&x[src]),
-                        Some(m) => {
-                            for ((d, v), m) in row.iter_mut().zip(&x[src.clone()]).zip(&m[src]) {
+                    let xs = &x[range.clone()];
+                    match src {
+                        Source::Copy => row.copy_from_slice(xs),
+                        Source::Relu => {
+                            for (d, v) in row.iter_mut().zip(xs) {
+                                *d = v.max(0.0);
+                            }
+                        }
+                        Source::MaskedBy(m) => {
+                            for ((d, v), m) in row.iter_mut().zip(xs).zip(&m[range]) {
                                 *d = if *m > 0.0 { *v } else { 0.0 };
                             }
                         }

@@ -3,10 +3,10 @@
 use candle_core::{Module, Tensor};
 use candle_nn::{Conv2dConfig, ConvTranspose2dConfig, VarBuilder};
 
-use crate::conv::{conv2d_nhwc, conv_transpose2d_nhwc};
+use crate::conv::{conv2d_nhwc, conv_transpose2d_nhwc, Relu};
 use crate::error::Result;
 use crate::layout::{cpu_f32, to_nchw, to_nhwc, via_preferred, Layout};
-use crate::relu::relu;
+use crate::relu::relu as relu_op;
 
 /// 2-D convolution `[B, C_in, H, W] → [B, C_out, H', W']` with PyTorch's default initialisation
 /// (`kaiming_uniform(a=√5)`: weight and bias `U(−1/√fan_in, 1/√fan_in)`).
@@ -54,38 +54,45 @@ impl Conv2d {
 }
 
 impl Conv2d {
-    /// `conv(x)` for `x` in `layout`, output in the same layout, then a ReLU when `relu`. On
-    /// the CPU in f32 one channel-last op ([`conv2d_nhwc`]) with the ReLU folded in; elsewhere
-    /// candle's `conv2d` (channel-first).
+    /// `conv(x)` for `x` in `layout`, output in the same layout, with the ReLUs of `relu`
+    /// before and after. On the CPU in f32 one channel-last op ([`conv2d_nhwc`]) with the ReLUs
+    /// folded in; elsewhere candle's `conv2d` (channel-first).
     pub fn forward_in(
         &self,
         x: &Tensor,
         layout: Layout,
-        relu_after: bool,
+        relu: Relu,
     ) -> candle_core::Result<Tensor> {
         let _span = tracing::trace_span!("conv2d").entered();
         let (s, p) = (self.config.stride, self.config.padding);
         if cpu_f32(x) {
             let (w, b) = (&self.weight, self.bias.as_ref());
             return match layout {
-                Layout::ChannelsLast => conv2d_nhwc(x, w, b, s, p, relu_after),
-                Layout::ChannelsFirst => {
-                    to_nchw(&conv2d_nhwc(&to_nhwc(x)?, w, b, s, p, relu_after)?)
-                }
+                Layout::ChannelsLast => conv2d_nhwc(x, w, b, s, p, relu),
+                Layout::ChannelsFirst => to_nchw(&conv2d_nhwc(&to_nhwc(x)?, w, b, s, p, relu)?),
             };
         }
-        let y = layout.to_nchw(x)?.conv2d(&self.weight, p, s, 1, 1)?;
+        let y = input_relu(&layout.to_nchw(x)?, relu)?.conv2d(&self.weight, p, s, 1, 1)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?)?,
             None => y,
         };
-        layout.from_nchw(&if relu_after { relu(&y)? } else { y })
+        layout.from_nchw(&if relu.output { relu_op(&y)? } else { y })
+    }
+}
+
+/// `x`, or `relu(x)` when `relu.input` (candle's path).
+fn input_relu(x: &Tensor, relu: Relu) -> candle_core::Result<Tensor> {
+    if relu.input {
+        relu_op(x)
+    } else {
+        Ok(x.clone())
     }
 }
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.forward_in(x, Layout::ChannelsFirst, false)
+        self.forward_in(x, Layout::ChannelsFirst, Relu::NONE)
     }
 }
 
@@ -128,31 +135,27 @@ impl ConvTranspose2d {
 }
 
 impl ConvTranspose2d {
-    /// `conv_transpose(x)` for `x` in `layout`, output in the same layout, then a ReLU when
-    /// `relu_after` (on the CPU in f32 one channel-last op, [`conv_transpose2d_nhwc`]).
+    /// `conv_transpose(x)` for `x` in `layout`, output in the same layout, with the ReLUs of
+    /// `relu` before and after (on the CPU in f32 one channel-last op,
+    /// [`conv_transpose2d_nhwc`]).
     pub fn forward_in(
         &self,
         x: &Tensor,
         layout: Layout,
-        relu_after: bool,
+        relu: Relu,
     ) -> candle_core::Result<Tensor> {
         let _span = tracing::trace_span!("conv_transpose2d").entered();
         let c = &self.config;
         if cpu_f32(x) && c.output_padding == 0 && c.dilation == 1 {
             let (w, b, s, p) = (&self.weight, Some(&self.bias), c.stride, c.padding);
             return match layout {
-                Layout::ChannelsLast => conv_transpose2d_nhwc(x, w, b, s, p, relu_after),
-                Layout::ChannelsFirst => to_nchw(&conv_transpose2d_nhwc(
-                    &to_nhwc(x)?,
-                    w,
-                    b,
-                    s,
-                    p,
-                    relu_after,
-                )?),
+                Layout::ChannelsLast => conv_transpose2d_nhwc(x, w, b, s, p, relu),
+                Layout::ChannelsFirst => {
+                    to_nchw(&conv_transpose2d_nhwc(&to_nhwc(x)?, w, b, s, p, relu)?)
+                }
             };
         }
-        let y = layout.to_nchw(x)?.conv_transpose2d(
+        let y = input_relu(&layout.to_nchw(x)?, relu)?.conv_transpose2d(
             &self.weight,
             c.padding,
             c.output_padding,
@@ -160,13 +163,13 @@ impl ConvTranspose2d {
             c.dilation,
         )?;
         let y = y.broadcast_add(&self.bias.reshape((1, (), 1, 1))?)?;
-        layout.from_nchw(&if relu_after { relu(&y)? } else { y })
+        layout.from_nchw(&if relu.output { relu_op(&y)? } else { y })
     }
 }
 
 impl Module for ConvTranspose2d {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.forward_in(x, Layout::ChannelsFirst, false)
+        self.forward_in(x, Layout::ChannelsFirst, Relu::NONE)
     }
 }
 
@@ -191,8 +194,8 @@ impl Residual {
 impl Residual {
     /// `x` in `layout` (shape preserving).
     pub fn forward_in(&self, x: &Tensor, layout: Layout) -> candle_core::Result<Tensor> {
-        let h = self.conv3.forward_in(&relu(x)?, layout, true)?;
-        x + self.conv1.forward_in(&h, layout, false)?
+        let h = self.conv3.forward_in(x, layout, Relu::BOTH)?;
+        x + self.conv1.forward_in(&h, layout, Relu::NONE)?
     }
 }
 
@@ -222,11 +225,16 @@ impl ResidualStack {
 impl ResidualStack {
     /// `x` in `layout` (shape preserving).
     pub fn forward_in(&self, x: &Tensor, layout: Layout) -> candle_core::Result<Tensor> {
+        relu_op(&self.forward_without_relu(x, layout)?)
+    }
+
+    /// The stack without its final ReLU, for a caller that fuses it into the next convolution.
+    pub fn forward_without_relu(&self, x: &Tensor, layout: Layout) -> candle_core::Result<Tensor> {
         let mut h = x.clone();
         for l in &self.layers {
             h = l.forward_in(&h, layout)?;
         }
-        relu(&h)
+        Ok(h)
     }
 }
 
@@ -276,16 +284,14 @@ fn max_pool3_same(x: &Tensor) -> candle_core::Result<Tensor> {
 impl Inception {
     /// `x` in `layout` (shape preserving).
     pub fn forward_in(&self, x: &Tensor, layout: Layout) -> candle_core::Result<Tensor> {
-        let a = self.b1.forward_in(x, layout, false)?;
-        let b = self
-            .b3
-            .forward_in(&self.b3_reduce.forward_in(x, layout, true)?, layout, false)?;
-        let c = self
-            .b5
-            .forward_in(&self.b5_reduce.forward_in(x, layout, true)?, layout, false)?;
+        let a = self.b1.forward_in(x, layout, Relu::NONE)?;
+        let b3 = self.b3_reduce.forward_in(x, layout, Relu::OUTPUT)?;
+        let b = self.b3.forward_in(&b3, layout, Relu::NONE)?;
+        let b5 = self.b5_reduce.forward_in(x, layout, Relu::OUTPUT)?;
+        let c = self.b5.forward_in(&b5, layout, Relu::NONE)?;
         let pooled = layout.from_nchw(&max_pool3_same(&layout.to_nchw(x)?)?)?;
-        let d = self.pool_proj.forward_in(&pooled, layout, false)?;
-        relu(&Tensor::cat(&[a, b, c, d], layout.channel_axis())?)
+        let d = self.pool_proj.forward_in(&pooled, layout, Relu::NONE)?;
+        relu_op(&Tensor::cat(&[a, b, c, d], layout.channel_axis())?)
     }
 }
 

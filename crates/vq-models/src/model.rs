@@ -11,10 +11,10 @@ use vq_core::{
     SelectionLogits, Step, ValidAdaptiveConfig,
 };
 
+use crate::conv::Relu;
 use crate::error::{ModelError, Result};
 use crate::layers::{Conv2d, ConvTranspose2d, Inception, ResidualStack};
 use crate::layout::{via_preferred, Layout};
-use crate::relu::relu;
 
 /// Encoder/decoder family (the paper's encoder ablation).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -247,9 +247,9 @@ impl Encoder {
     /// `x` `[B, C_in, H, W]` in `layout` → `[B, h, H/4, W/4]` in `layout`.
     pub fn forward_in(&self, x: &Tensor, layout: Layout) -> candle_core::Result<Tensor> {
         let _span = tracing::trace_span!("encoder").entered();
-        let h = self.conv1.forward_in(x, layout, true)?;
-        let h = self.conv2.forward_in(&h, layout, true)?;
-        let h = self.conv3.forward_in(&h, layout, false)?;
+        let h = self.conv1.forward_in(x, layout, Relu::OUTPUT)?;
+        let h = self.conv2.forward_in(&h, layout, Relu::OUTPUT)?;
+        let h = self.conv3.forward_in(&h, layout, Relu::NONE)?;
         match (&self.residual, &self.inception) {
             (Some(r), _) => r.forward_in(&h, layout),
             (_, Some(i)) => i.forward_in(&h, layout),
@@ -300,14 +300,20 @@ impl Decoder {
     /// `z` `[B, h, H/4, W/4]` in `layout` → `[B, C_in, H, W]` in `layout`.
     pub fn forward_in(&self, z: &Tensor, layout: Layout) -> candle_core::Result<Tensor> {
         let _span = tracing::trace_span!("decoder").entered();
-        let h = self.conv1.forward_in(z, layout, false)?;
-        let h = match (&self.residual, &self.inception) {
-            (Some(r), _) => r.forward_in(&h, layout)?,
-            (_, Some(i)) => i.forward_in(&h, layout)?,
-            _ => relu(&h)?,
+        let h = self.conv1.forward_in(z, layout, Relu::NONE)?;
+        // ReLU(stack) → deconv1 → ReLU: both ReLUs fused into deconv1 (the residual stack's
+        // final ReLU becomes deconv1's input ReLU).
+        let (h, relu_in) = match (&self.residual, &self.inception) {
+            (Some(r), _) => (r.forward_without_relu(&h, layout)?, true),
+            (_, Some(i)) => (i.forward_in(&h, layout)?, false),
+            _ => (h, true),
         };
-        let h = self.deconv1.forward_in(&h, layout, true)?;
-        self.deconv2.forward_in(&h, layout, false)
+        let both = Relu {
+            input: relu_in,
+            output: true,
+        };
+        let h = self.deconv1.forward_in(&h, layout, both)?;
+        self.deconv2.forward_in(&h, layout, Relu::NONE)
     }
 }
 

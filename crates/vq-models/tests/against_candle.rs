@@ -1,4 +1,4 @@
-//! The CNN+ResNet encoder and decoder on the CPU (channel-last activations, direct and GEMM
+//! The CNN+ResNet and CNN encoders and decoders on the CPU (channel-last activations, direct and GEMM
 //! convolution ops, fused ReLUs, layout changes) against the same network written with candle's
 //! own channel-first convolutions: outputs and every parameter's gradient.
 
@@ -57,10 +57,14 @@ impl Reference {
         h.relu().unwrap()
     }
 
+    /// `layers` = 0: the plain CNN (no residual stack, no final ReLU).
     fn encoder(&self, x: &Tensor, layers: usize) -> Tensor {
         let h = self.conv(x, "encoder.conv1", 2, 1, true).relu().unwrap();
         let h = self.conv(&h, "encoder.conv2", 2, 1, true).relu().unwrap();
         let h = self.conv(&h, "encoder.conv3", 1, 1, true);
+        if layers == 0 {
+            return h;
+        }
         self.residual_stack(&h, "encoder", layers)
     }
 
@@ -94,14 +98,20 @@ fn assert_close(a: &Tensor, b: &Tensor, tol: f32, what: &str) {
     );
 }
 
-/// Hidden 64 with residual hidden 32: conv1 (1 → 32) and deconv2 (32 → 1) take the GEMM path,
-/// the other layers the direct kernels where the CPU has them.
+/// Hidden 64 with residual hidden 32: conv1 (1 or 3 → 32) and deconv2 (32 → 1 or 3) take the
+/// GEMM path, the other layers the direct kernels where the CPU has them; the ReLUs around the
+/// residual 3×3 convolutions and deconv1 are fused into them.
 #[test]
-fn cnn_resnet_matches_candle_channel_first() {
+fn cnn_resnet_and_cnn_match_candle_channel_first() {
     let dev = Device::Cpu;
-    for c in [1usize, 3] {
+    for (kind, c) in [
+        (EncoderKind::CnnResnet, 1usize),
+        (EncoderKind::CnnResnet, 3),
+        (EncoderKind::Cnn, 1),
+    ] {
+        let layers = if kind == EncoderKind::Cnn { 0 } else { 2 };
         let cfg = ModelConfig {
-            encoder: EncoderKind::CnnResnet,
+            encoder: kind,
             hidden: 64,
             residual_hidden: 32,
             residual_layers: 2,
@@ -119,10 +129,10 @@ fn cnn_resnet_matches_candle_channel_first() {
         let x = Tensor::randn(0f32, 1.0, (2, c, 16, 16), &dev).unwrap();
 
         let z = enc.forward(&x).unwrap();
-        let z_ref = reference.encoder(&x, 2);
+        let z_ref = reference.encoder(&x, layers);
         assert_close(&z, &z_ref, 1e-5, "encoder output");
         let y = dec.forward(&z).unwrap();
-        let y_ref = reference.decoder(&z_ref, 2);
+        let y_ref = reference.decoder(&z_ref, layers);
         assert_close(&y, &y_ref, 1e-5, "decoder output");
 
         // Gradients of Σ r ⊙ y with respect to every parameter.
@@ -136,7 +146,7 @@ fn cnn_resnet_matches_candle_channel_first() {
             .unwrap();
         assert_eq!(
             reference.vars.len(),
-            20,
+            12 + 4 * layers,
             "variables: {:?}",
             reference.vars.keys()
         );
@@ -146,7 +156,7 @@ fn cnn_resnet_matches_candle_channel_first() {
                     .unwrap_or_else(|| panic!("no gradient for {name}")),
                 g_ref.get(v.as_tensor()).unwrap(),
             );
-            assert_close(a, b, 1e-4, &format!("C = {c}: d/d {name}"));
+            assert_close(a, b, 1e-4, &format!("{kind:?}, C = {c}: d/d {name}"));
         }
     }
 }
