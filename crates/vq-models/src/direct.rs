@@ -450,42 +450,60 @@ pub(crate) fn kernel_grad(x: &Padded, dy: &Padded, k: usize, stride: usize) -> V
         (OB, MAX_R)
     };
     let cchunks = chunks(c, max_r);
-    let tiles: Vec<(usize, usize, usize, usize)> = (0..k * k)
-        .flat_map(|t| {
-            let cc = &cchunks;
-            (0..o / width).flat_map(move |ob| cc.iter().map(move |&(c0, r)| (t, ob, c0, r)))
-        })
+    // Tasks of (tap, output block, group of input-channel tiles); at least ~8 per thread.
+    let units = k * k * (o / width) * cchunks.len();
+    let per_group = (units / (8 * rayon::current_num_threads().max(1))).clamp(1, cchunks.len());
+    let groups: Vec<&[(usize, usize)]> = cchunks.chunks(per_group).collect();
+    let n_groups = groups.len();
+    let tasks: Vec<(usize, usize, usize)> = (0..k * k)
+        .flat_map(|t| (0..o / width).flat_map(move |ob| (0..n_groups).map(move |g| (t, ob, g))))
         .collect();
-    let blocks: Vec<[f32; MAX_R * OB]> = tiles
+    // Output rows per block (~512 positions): the block's input and output-gradient rows stay
+    // in L2 while every channel tile of the group passes over them (a whole batch of output
+    // gradients, 64 × 7 × 7 × 64 floats, does not).
+    let rows = x.batch * ho;
+    let block_rows = (512 / wo).clamp(1, rows);
+    let results: Vec<Vec<f32>> = tasks
         .par_iter()
-        .map(|&(t, ob, c0, r)| {
-            let mut acc = [0f32; MAX_R * OB];
+        .map(|&(t, ob, g)| {
+            let group = groups[g];
+            let mut acc = vec![0f32; group.len() * max_r * width];
             let (ky, kx) = (t / k, t % k);
-            // SAFETY: AVX-512F is present (asserted above); for every output position
-            // (b, oy, ox) the tile reads x[at(b, oy·s+ky, ox·s+kx) + c0 + j] (j < r ≤ c − c0)
-            // and dy[at(b, pad+oy, pad+ox) + ob·width + 0..width], inside the buffers by the
-            // assertion above; it writes acc[j·width + 0..width], r·width ≤ MAX_R·32.
-            unsafe {
-                #[cfg(target_arch = "x86_64")]
-                grad_tile(
-                    width,
-                    r,
-                    x.data.as_ptr().add(x.at(0, ky, kx) + c0),
-                    [x.at(1, 0, 0), stride * x.wp * c, stride * c],
-                    dy.data.as_ptr().add(dy.at(0, dy.pad, dy.pad) + ob * width),
-                    [dy.at(1, 0, 0), dy.wp * o, o],
-                    [x.batch, ho, wo],
-                    acc.as_mut_ptr(),
-                );
+            for r0 in (0..rows).step_by(block_rows) {
+                let r1 = (r0 + block_rows).min(rows);
+                for (i, &(c0, r)) in group.iter().enumerate() {
+                    let tile = &mut acc[i * max_r * width..(i + 1) * max_r * width];
+                    // SAFETY: AVX-512F is present (asserted above); for every output position
+                    // (b, oy, ox) of rows r0..r1 the tile reads x[at(b, oy·s+ky, ox·s+kx) + c0 +
+                    // j] (j < r ≤ c − c0) and dy[at(b, pad+oy, pad+ox) + ob·width + 0..width],
+                    // inside the buffers by the assertion above; it reads and writes
+                    // tile[j·width + 0..width], r·width ≤ tile.len().
+                    unsafe {
+                        #[cfg(target_arch = "x86_64")]
+                        grad_tile(
+                            width,
+                            r,
+                            x.data.as_ptr().add(x.at(0, ky, kx) + c0),
+                            [x.at(1, 0, 0), stride * x.wp * c, stride * c],
+                            dy.data.as_ptr().add(dy.at(0, dy.pad, dy.pad) + ob * width),
+                            [dy.at(1, 0, 0), dy.wp * o, o],
+                            [r0, r1, ho, wo],
+                            tile.as_mut_ptr(),
+                        );
+                    }
+                }
             }
             acc
         })
         .collect();
     let mut dw = vec![0f32; o * c * k * k];
-    for (&(t, ob, c0, r), acc) in tiles.iter().zip(&blocks) {
-        for j in 0..r {
-            for lane in 0..width {
-                dw[((ob * width + lane) * c + c0 + j) * k * k + t] = acc[j * width + lane];
+    for (&(t, ob, g), acc) in tasks.iter().zip(&results) {
+        for (i, &(c0, r)) in groups[g].iter().enumerate() {
+            let tile = &acc[i * max_r * width..];
+            for j in 0..r {
+                for lane in 0..width {
+                    dw[((ob * width + lane) * c + c0 + j) * k * k + t] = tile[j * width + lane];
+                }
             }
         }
     }
@@ -523,8 +541,9 @@ unsafe fn fwd_tile(
 }
 
 /// One kernel-gradient tile of `r` input channels × `width` (32 with `r` ≤ 14, or 64 with
-/// `r` ≤ 6) output channels summed over the output positions `(b, y, x) < n` (strides `xs` and
-/// `dys` per coordinate), into `acc` `[r][width]`.
+/// `r` ≤ 6) output channels summed over the output positions of rows `n[0]..n[1]` (row =
+/// `b·n[2] + y`, `n[3]` positions each; strides `xs` and `dys` per `b`, `y`, `x`), added to
+/// `acc` `[r][width]`.
 ///
 /// # Safety
 /// AVX-512F must be available and every address described at the call site valid.
@@ -537,7 +556,7 @@ unsafe fn grad_tile(
     xs: [usize; 3],
     dy: *const f32,
     dys: [usize; 3],
-    n: [usize; 3],
+    n: [usize; 4],
     acc: *mut f32,
 ) {
     macro_rules! go {
@@ -613,36 +632,41 @@ mod kernels {
         }
     }
 
-    /// `acc[j·16V + 0..16V] = Σ_p x[p·xs + j] · dy[p·dys + 0..16V]` for `j < R` over the
-    /// positions `p = (b, y, x) < n` (`p·s` = `b·s[0] + y·s[1] + x·s[2]`).
+    /// `acc[j·16V + 0..16V] += Σ_p x[p·xs + j] · dy[p·dys + 0..16V]` for `j < R` over the
+    /// positions `p = (b, y, x)` of rows `n[0]..n[1]` (row = `b·n[2] + y`, `x < n[3]`;
+    /// `p·s` = `b·s[0] + y·s[1] + x·s[2]`).
     #[target_feature(enable = "avx512f")]
     pub unsafe fn grad<const R: usize, const V: usize>(
         x: *const f32,
         xs: [usize; 3],
         dy: *const f32,
         dys: [usize; 3],
-        n: [usize; 3],
+        n: [usize; 4],
         acc: *mut f32,
     ) {
         // SAFETY (this function): addresses as documented by the caller.
         unsafe {
             let mut a = [[_mm512_setzero_ps(); V]; R];
-            for b in 0..n[0] {
-                for y in 0..n[1] {
-                    let xr = x.add(b * xs[0] + y * xs[1]);
-                    let gr = dy.add(b * dys[0] + y * dys[1]);
-                    for i in 0..n[2] {
-                        let gi = gr.add(i * dys[2]);
-                        let mut g = [_mm512_setzero_ps(); V];
-                        for (v, gv) in g.iter_mut().enumerate() {
-                            *gv = _mm512_loadu_ps(gi.add(16 * v));
-                        }
-                        let xi = xr.add(i * xs[2]);
-                        for (j, aj) in a.iter_mut().enumerate() {
-                            let e = _mm512_set1_ps(*xi.add(j));
-                            for (av, gv) in aj.iter_mut().zip(&g) {
-                                *av = _mm512_fmadd_ps(e, *gv, *av);
-                            }
+            for (j, aj) in a.iter_mut().enumerate() {
+                for (v, av) in aj.iter_mut().enumerate() {
+                    *av = _mm512_loadu_ps(acc.add(j * 16 * V + 16 * v));
+                }
+            }
+            for row in n[0]..n[1] {
+                let (b, y) = (row / n[2], row % n[2]);
+                let xr = x.add(b * xs[0] + y * xs[1]);
+                let gr = dy.add(b * dys[0] + y * dys[1]);
+                for i in 0..n[3] {
+                    let gi = gr.add(i * dys[2]);
+                    let mut g = [_mm512_setzero_ps(); V];
+                    for (v, gv) in g.iter_mut().enumerate() {
+                        *gv = _mm512_loadu_ps(gi.add(16 * v));
+                    }
+                    let xi = xr.add(i * xs[2]);
+                    for (j, aj) in a.iter_mut().enumerate() {
+                        let e = _mm512_set1_ps(*xi.add(j));
+                        for (av, gv) in aj.iter_mut().zip(&g) {
+                            *av = _mm512_fmadd_ps(e, *gv, *av);
                         }
                     }
                 }
