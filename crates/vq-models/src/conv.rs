@@ -17,6 +17,7 @@ use rayon::prelude::*;
 
 use crate::direct;
 use crate::layout::transpose;
+use crate::winograd;
 
 /// Geometry of a square-kernel convolution over `[B, C, H, W]` inputs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -460,12 +461,16 @@ impl CustomOp3 for Conv2dOp {
         let (o, b, c) = (self.out_channels, g.batch, g.channels);
         let (y, saved) = if self.direct {
             let xp = direct::Padded::from_nhwc(x, self.input_dims(), g.padding, self.source());
-            let packed = direct::Packed::forward(w, o, c, g.kernel);
             let ep = direct::Epilogue {
                 bias: Some(bias),
                 relu: self.relu.output,
             };
-            let (y, _, _) = direct::conv(&xp, &packed, g.kernel, g.stride, ep);
+            let y = if winograd::applies(g.kernel, g.stride, g.padding) {
+                winograd::conv(&xp, &winograd::Transformed::forward(w, o, c), ep)
+            } else {
+                let packed = direct::Packed::forward(w, o, c, g.kernel);
+                direct::conv(&xp, &packed, g.kernel, g.stride, ep).0
+            };
             (y, Saved::Padded(xp))
         } else {
             let (rows, n) = g.cols_shape();
@@ -518,7 +523,12 @@ impl CustomOp3 for Conv2dOp {
                     wv.as_ref().map(|wv| {
                         let (k, s, pd) = (g.kernel, g.stride, g.padding);
                         let none = direct::Epilogue::NONE;
-                        direct::input_grad(&dyp, wv, c, k, s, pd, g.height, g.width, none)
+                        if winograd::applies(k, s, pd) {
+                            let wt = winograd::Transformed::input_grad(wv, o, c);
+                            winograd::conv(&dyp, &wt, none)
+                        } else {
+                            direct::input_grad(&dyp, wv, c, k, s, pd, g.height, g.width, none)
+                        }
                     })
                 },
             );

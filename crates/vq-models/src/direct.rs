@@ -164,7 +164,12 @@ impl Packed {
     }
 
     /// Packs `get(out, in, tap)` for `o` outputs (a multiple of 32) and `c` inputs.
-    fn pack(o: usize, c: usize, taps: usize, get: impl Fn(usize, usize, usize) -> f32) -> Self {
+    pub(crate) fn pack(
+        o: usize,
+        c: usize,
+        taps: usize,
+        get: impl Fn(usize, usize, usize) -> f32,
+    ) -> Self {
         assert_eq!(o % OB, 0, "packed kernels need a multiple of {OB} outputs");
         let mut data = vec![0f32; o * c * taps];
         if data.is_empty() {
@@ -182,6 +187,13 @@ impl Packed {
         Self { data, taps, c, o }
     }
 
+    /// From data already laid out as `[O/32][taps][C][32]`.
+    pub(crate) fn from_raw(data: Vec<f32>, taps: usize, c: usize, o: usize) -> Self {
+        assert_eq!(data.len(), o * c * taps, "packed kernel: length");
+        assert_eq!(o % OB, 0, "packed kernels need a multiple of {OB} outputs");
+        Self { data, taps, c, o }
+    }
+
     /// The weights of output block `ob`: `[taps][C][32]`.
     fn block(&self, ob: usize) -> &[f32] {
         let n = self.taps * self.c * OB;
@@ -196,7 +208,7 @@ impl Packed {
 /// # Panics
 /// If any of those reads or writes would leave `x` or `out`.
 #[allow(clippy::too_many_arguments)]
-fn row_tiles(
+pub(crate) fn row_tiles(
     x: &[f32],
     base: usize,
     xps: usize,

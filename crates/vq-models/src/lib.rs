@@ -31,6 +31,7 @@ pub mod layers;
 pub mod layout;
 pub mod model;
 pub mod relu;
+mod winograd;
 
 pub use error::{ModelError, Result};
 pub use model::{
