@@ -1052,6 +1052,11 @@ mod tests {
             (1, 64, 32, 9, 3, 2, 1),
             (1, 32, 32, 11, 5, 3, 2),
             (1, 32, 32, 9, 2, 3, 0),
+            // Winograd (3×3, stride 1, padding 1): odd sizes (partial tiles), 1×1 and 2×2
+            // images, and rows of more than one register tile are all among the above and here.
+            (2, 32, 32, 1, 3, 1, 1),
+            (1, 64, 32, 2, 3, 1, 1),
+            (1, 32, 32, 5, 3, 1, 1),
         ] {
             let (x, w, bias) = (var(&[b, c, h, h]), var(&[o, c, k, k]), var(&[o]));
             // Transposed: kernel [Ci = c, Co = o, k, k], when the output is not empty.
