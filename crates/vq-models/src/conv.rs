@@ -300,6 +300,20 @@ fn input_values(x: &[f32], relu: bool) -> std::borrow::Cow<'_, [f32]> {
     }
 }
 
+/// Runs `f` with the op's input data as the mask of its input gradient when a ReLU precedes the
+/// op (`relu_in`), or with no mask.
+fn with_input_mask<R>(
+    x: &Tensor,
+    relu_in: bool,
+    f: impl FnOnce(Option<&[f32]>) -> Result<R>,
+) -> Result<R> {
+    if relu_in {
+        with_data(x, |xv| f(Some(xv)))
+    } else {
+        f(None)
+    }
+}
+
 /// `dx · [x > 0]` (the backward pass of a ReLU on the op's input `x`).
 fn mask_by_input(dx: &mut [f32], x: &Tensor) -> Result<()> {
     with_data(x, |xv| {
@@ -464,6 +478,7 @@ impl CustomOp3 for Conv2dOp {
             let ep = direct::Epilogue {
                 bias: Some(bias),
                 relu: self.relu.output,
+                mask: None,
             };
             let y = if winograd::applies(g.kernel, g.stride, g.padding) {
                 winograd::conv(&xp, &winograd::Transformed::forward(w, o, c), ep)
@@ -517,21 +532,27 @@ impl CustomOp3 for Conv2dOp {
             );
             let dyp = padded_output_grad(dy, res, self.relu.output, q)?;
             let db = tracked(bias).then(|| dyp.channel_sums());
-            let (dw, dx) = rayon::join(
-                || tracked(w).then(|| direct::kernel_grad(&xp, &dyp, g.kernel, g.stride)),
-                || {
-                    wv.as_ref().map(|wv| {
-                        let (k, s, pd) = (g.kernel, g.stride, g.padding);
-                        let none = direct::Epilogue::NONE;
-                        if winograd::applies(k, s, pd) {
-                            let wt = winograd::Transformed::input_grad(wv, o, c);
-                            winograd::conv(&dyp, &wt, none)
-                        } else {
-                            direct::input_grad(&dyp, wv, c, k, s, pd, g.height, g.width, none)
-                        }
-                    })
-                },
-            );
+            let (dw, dx) = with_input_mask(x, self.relu.input, |mask| {
+                // The input gradient's epilogue applies the input ReLU's mask.
+                let ep = direct::Epilogue {
+                    mask,
+                    ..direct::Epilogue::NONE
+                };
+                Ok(rayon::join(
+                    || tracked(w).then(|| direct::kernel_grad(&xp, &dyp, g.kernel, g.stride)),
+                    || {
+                        wv.as_ref().map(|wv| {
+                            let (k, s, pd) = (g.kernel, g.stride, g.padding);
+                            if winograd::applies(k, s, pd) {
+                                let wt = winograd::Transformed::input_grad(wv, o, c);
+                                winograd::conv(&dyp, &wt, ep)
+                            } else {
+                                direct::input_grad(&dyp, wv, c, k, s, pd, g.height, g.width, ep)
+                            }
+                        })
+                    },
+                ))
+            })?;
             (dw, dx, db)
         } else {
             let (rows, n) = g.cols_shape();
@@ -564,7 +585,7 @@ impl CustomOp3 for Conv2dOp {
             (dw, dx, db)
         };
         let mut dx = dx;
-        if let (true, Some(dx)) = (self.relu.input, dx.as_mut()) {
+        if let (true, false, Some(dx)) = (self.relu.input, self.direct, dx.as_mut()) {
             mask_by_input(dx, x)?;
         }
         let db = db.map(|v| Tensor::from_vec(v, o, dev)).transpose()?;
@@ -685,6 +706,7 @@ impl CustomOp3 for ConvTranspose2dOp {
             let ep = direct::Epilogue {
                 bias: Some(bias),
                 relu: self.relu.output,
+                mask: None,
             };
             let (k, s, p) = (g.kernel, g.stride, g.padding);
             let y = direct::input_grad(&xp, w, co, k, s, p, g.height, g.width, ep);
@@ -733,16 +755,21 @@ impl CustomOp3 for ConvTranspose2dOp {
             // The adjoint convolution's input: dY padded by p.
             let dyp = padded_output_grad(dy, res, self.relu.output, g.padding)?;
             let db = tracked(bias).then(|| dyp.channel_sums());
-            let (dw, dx) = rayon::join(
-                || tracked(w).then(|| direct::kernel_grad(&dyp, &xp, g.kernel, g.stride)),
-                || {
-                    wv.as_ref().map(|wv| {
-                        let packed = direct::Packed::forward(wv, ci, co, g.kernel);
-                        let none = direct::Epilogue::NONE;
-                        direct::conv(&dyp, &packed, g.kernel, g.stride, none).0
-                    })
-                },
-            );
+            let (dw, dx) = with_input_mask(x, self.relu.input, |mask| {
+                let ep = direct::Epilogue {
+                    mask,
+                    ..direct::Epilogue::NONE
+                };
+                Ok(rayon::join(
+                    || tracked(w).then(|| direct::kernel_grad(&dyp, &xp, g.kernel, g.stride)),
+                    || {
+                        wv.as_ref().map(|wv| {
+                            let packed = direct::Packed::forward(wv, ci, co, g.kernel);
+                            direct::conv(&dyp, &packed, g.kernel, g.stride, ep).0
+                        })
+                    },
+                ))
+            })?;
             (dw, dx, db)
         } else {
             let gv = output_grad(dy, res, self.relu.output)?; // [B·H·W, Co]
@@ -764,7 +791,7 @@ impl CustomOp3 for ConvTranspose2dOp {
             (dw, dx2.map(|v| transpose(&v, 1, ci, n)), db)
         };
         let mut dx = dx;
-        if let (true, Some(dx)) = (self.relu.input, dx.as_mut()) {
+        if let (true, false, Some(dx)) = (self.relu.input, self.direct, dx.as_mut()) {
             mask_by_input(dx, x)?;
         }
         let db = db.map(|v| Tensor::from_vec(v, co, dev)).transpose()?;

@@ -133,19 +133,40 @@ impl Padded {
     }
 }
 
-/// What a forward tile does to its sums before storing them: `+ bias`, then `max(·, 0)`.
+/// What a forward tile does to its sums before storing them: `+ bias`, then `max(·, 0)`, then
+/// `· [mask > 0]` (the backward pass of a ReLU on the input whose gradient this is; `mask` is
+/// laid out like the output).
 #[derive(Clone, Copy)]
 pub(crate) struct Epilogue<'a> {
     pub bias: Option<&'a [f32]>,
     pub relu: bool,
+    pub mask: Option<&'a [f32]>,
 }
 
-impl Epilogue<'_> {
+impl<'a> Epilogue<'a> {
     /// Plain sums.
     pub const NONE: Epilogue<'static> = Epilogue {
         bias: None,
         relu: false,
+        mask: None,
     };
+
+    /// This epilogue for the part of the output that starts at `start` and has `len` values.
+    pub fn part(self, start: usize, len: usize) -> Epilogue<'a> {
+        Epilogue {
+            mask: self.mask.map(|m| &m[start..start + len]),
+            ..self
+        }
+    }
+
+    /// `v` (an output value at `i`, bias included) after the ReLU and the mask.
+    fn scalar(&self, v: f32, i: usize) -> f32 {
+        let v = if self.relu { v.max(0.0) } else { v };
+        match self.mask {
+            Some(m) if m[i] <= 0.0 => 0.0,
+            _ => v,
+        }
+    }
 }
 
 /// A kernel packed for the tiles: `[O/32][taps][C][32]`, as a convolution with `C` inputs,
@@ -231,12 +252,15 @@ pub(crate) fn row_tiles(
     if let Some(b) = ep.bias {
         assert_eq!(b.len(), w.o, "direct conv: bias length");
     }
+    if let Some(m) = ep.mask {
+        assert_eq!(m.len(), out.len(), "direct conv: mask length");
+    }
     if taps.is_empty() {
         // No kernel tap reaches these positions: the sum is 0.
         for j in 0..n {
-            for (o, d) in out[first + j * yps..][..w.o].iter_mut().enumerate() {
-                let v = ep.bias.map_or(0.0, |b| b[o]);
-                *d = if ep.relu { v.max(0.0) } else { v };
+            let at = first + j * yps;
+            for (o, d) in out[at..at + w.o].iter_mut().enumerate() {
+                *d = ep.scalar(ep.bias.map_or(0.0, |b| b[o]), at + o);
             }
         }
         return;
@@ -250,11 +274,13 @@ pub(crate) fn row_tiles(
     for ob in 0..w.o / OB {
         let wb = w.block(ob);
         let bias = ep.bias.map_or(std::ptr::null(), |b| b[ob * OB..].as_ptr());
+        let mask = ep.mask.map_or(std::ptr::null(), |m| m.as_ptr());
         for (j0, r) in chunks(n, MAX_R) {
             // SAFETY: AVX-512F is present; the tile reads x[base + (j0 + j)·xps + taps[t] + ci]
             // for j < r, ci < c (inside `x` by the assertion above), wb[(t·c + ci)·32 + 0..32]
-            // (inside the block), bias[0..32] when not null (inside the asserted bias), and
-            // writes out[first + (j0 + j)·yps + ob·32 + 0..32] (inside `out`, asserted).
+            // (inside the block), bias[0..32] when not null (inside the asserted bias), the mask
+            // at the offsets it writes (the mask is as long as `out`), and writes
+            // out[first + (j0 + j)·yps + ob·32 + 0..32] (inside `out`, asserted).
             unsafe {
                 #[cfg(target_arch = "x86_64")]
                 fwd_tile(
@@ -268,6 +294,11 @@ pub(crate) fn row_tiles(
                     yps,
                     bias,
                     ep.relu,
+                    if mask.is_null() {
+                        mask
+                    } else {
+                        mask.add(first + j0 * yps + ob * OB)
+                    },
                 );
             }
         }
@@ -316,7 +347,7 @@ pub(crate) fn conv(
             0,
             o,
             wo,
-            ep,
+            ep.part(row * wo * o, wo * o),
         );
     });
     (y, ho, wo)
@@ -422,7 +453,7 @@ pub(crate) fn input_grad(
                     ix0 * c,
                     s * c,
                     n,
-                    ep,
+                    ep.part(row * wd * c, wd * c),
                 );
             }
         });
@@ -540,11 +571,12 @@ unsafe fn fwd_tile(
     yps: usize,
     bias: *const f32,
     relu: bool,
+    mask: *const f32,
 ) {
     macro_rules! go {
         ($($n:literal)*) => {
             match r {
-                $($n => unsafe { kernels::fwd::<$n>(x, xps, taps, c, w, y, yps, bias, relu) },)*
+                $($n => unsafe { kernels::fwd::<$n>(x, xps, taps, c, w, y, yps, bias, relu, mask) },)*
                 _ => unreachable!("tile of {r} positions"),
             }
         };
@@ -591,8 +623,8 @@ mod kernels {
     use std::arch::x86_64::*;
 
     /// `y[j·yps + 0..32] = Σ_t Σ_ci x[j·xps + taps[t] + ci] · w[(t·c + ci)·32 + 0..32]` for
-    /// `j < R`, with the `R × 2` accumulators in registers; then `+ bias[0..32]` (unless null)
-    /// and `max(·, 0)` when `relu`.
+    /// `j < R`, with the `R × 2` accumulators in registers; then `+ bias[0..32]` (unless null),
+    /// `max(·, 0)` when `relu`, and `· [mask[j·yps + 0..32] > 0]` (unless null).
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn fwd<const R: usize>(
@@ -605,6 +637,7 @@ mod kernels {
         yps: usize,
         bias: *const f32,
         relu: bool,
+        mask: *const f32,
     ) {
         let mut acc = [[_mm512_setzero_ps(); 2]; R];
         if !bias.is_null() {
@@ -633,6 +666,20 @@ mod kernels {
             for a in acc.iter_mut() {
                 a[0] = _mm512_max_ps(a[0], z);
                 a[1] = _mm512_max_ps(a[1], z);
+            }
+        }
+        if !mask.is_null() {
+            let z = _mm512_setzero_ps();
+            for (j, a) in acc.iter_mut().enumerate() {
+                // SAFETY: the mask is laid out like `y`, as documented by the caller.
+                let (m0, m1) = unsafe {
+                    (
+                        _mm512_loadu_ps(mask.add(j * yps)),
+                        _mm512_loadu_ps(mask.add(j * yps + 16)),
+                    )
+                };
+                a[0] = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(m0, z), a[0]);
+                a[1] = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(m1, z), a[1]);
             }
         }
         for (j, a) in acc.iter().enumerate() {

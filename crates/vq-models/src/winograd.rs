@@ -111,72 +111,82 @@ pub(crate) fn conv(x: &Padded, w: &Transformed, ep: Epilogue) -> Vec<f32> {
     // Output rows of tile row r: 2 (1 for the last of an odd height).
     let out_rows = |r: usize| if 2 * (r % th) + 1 < h { 2 } else { 1 };
     let mut y = vec![0f32; x.batch * h * wd * o];
-    let mut blocks: Vec<(usize, &mut [f32])> = Vec::new();
-    let mut rest: &mut [f32] = &mut y;
+    if let Some(m) = ep.mask {
+        assert_eq!(m.len(), y.len(), "Winograd: mask length");
+    }
+    let mut blocks: Vec<(usize, Epilogue, &mut [f32])> = Vec::new();
+    let (mut rest, mut start): (&mut [f32], usize) = (&mut y, 0);
     for r0 in (0..tile_rows).step_by(per_block) {
         let r1 = (r0 + per_block).min(tile_rows);
         let n: usize = (r0..r1).map(out_rows).sum::<usize>() * wd * o;
         let (head, tail) = rest.split_at_mut(n);
-        blocks.push((r0, head));
-        rest = tail;
+        blocks.push((r0, ep.part(start, n), head));
+        (rest, start) = (tail, start + n);
     }
-    blocks.into_par_iter().for_each(|(r0, out)| {
-        let r1 = (r0 + per_block).min(tile_rows);
-        let nt = (r1 - r0) * tw;
-        let mut v = vec![0f32; 16 * nt * c];
-        let mut m = vec![0f32; 16 * nt * o];
-        let tiles: Vec<(usize, usize, usize)> = (r0..r1)
-            .flat_map(|r| (0..tw).map(move |j| (r / th, r % th, j)))
-            .collect();
-        // SAFETY: AVX-512F is present (asserted above); every read of `x` is inside the padded
-        // image (checked per pixel), `v` has 16·nt·c values and c is a multiple of 16.
-        #[cfg(target_arch = "x86_64")]
-        unsafe {
-            for (t, &(b, i, j)) in tiles.iter().enumerate() {
-                kernels::input_tile(x, b, 2 * i, 2 * j, v.as_mut_ptr(), nt * c, t);
-            }
-        }
-        for e in 0..16 {
-            direct::row_tiles(
-                &v[e * nt * c..(e + 1) * nt * c],
-                0,
-                c,
-                &[0],
-                &w.u[e],
-                &mut m[e * nt * o..(e + 1) * nt * o],
-                0,
-                o,
-                nt,
-                Epilogue::NONE,
-            );
-        }
-        // This block's output starts at output row 2·i0 of image b0.
-        let first_row = tiles[0].0 * h + 2 * tiles[0].1;
-        let bias = ep.bias.map_or(std::ptr::null(), |b| b.as_ptr());
-        for (t, &(b, i, j)) in tiles.iter().enumerate() {
-            let rows = (h - 2 * i).min(2);
-            let cols = (wd - 2 * j).min(2);
-            let at = ((b * h + 2 * i - first_row) * wd + 2 * j) * o;
-            assert!(at + ((rows - 1) * wd + cols - 1) * o + o <= out.len());
-            // SAFETY: AVX-512F is present; `m` holds 16·nt·o values; the tile writes
-            // out[at + (r·wd + q)·o + 0..o] for r < rows, q < cols (asserted above); `bias`
-            // (when not null) has `o` values.
+    // Scratch for the transformed inputs and the products, one pair per worker: every value a
+    // block uses is written before it is read.
+    let scratch = || (Vec::<f32>::new(), Vec::<f32>::new());
+    blocks
+        .into_par_iter()
+        .for_each_init(scratch, |(v, m), (r0, ep, out)| {
+            let r1 = (r0 + per_block).min(tile_rows);
+            let nt = (r1 - r0) * tw;
+            v.resize(16 * nt * c, 0.0);
+            m.resize(16 * nt * o, 0.0);
+            let tiles: Vec<(usize, usize, usize)> = (r0..r1)
+                .flat_map(|r| (0..tw).map(move |j| (r / th, r % th, j)))
+                .collect();
+            // SAFETY: AVX-512F is present (asserted above); every read of `x` is inside the padded
+            // image (checked per pixel), `v` has 16·nt·c values and c is a multiple of 16.
             #[cfg(target_arch = "x86_64")]
             unsafe {
-                kernels::output_tile(
-                    m.as_ptr(),
-                    nt * o,
-                    t,
+                for (t, &(b, i, j)) in tiles.iter().enumerate() {
+                    kernels::input_tile(x, b, 2 * i, 2 * j, v.as_mut_ptr(), nt * c, t);
+                }
+            }
+            for e in 0..16 {
+                direct::row_tiles(
+                    &v[e * nt * c..(e + 1) * nt * c],
+                    0,
+                    c,
+                    &[0],
+                    &w.u[e],
+                    &mut m[e * nt * o..(e + 1) * nt * o],
+                    0,
                     o,
-                    out.as_mut_ptr().add(at),
-                    wd * o,
-                    (rows, cols),
-                    bias,
-                    ep.relu,
+                    nt,
+                    Epilogue::NONE,
                 );
             }
-        }
-    });
+            // This block's output starts at output row 2·i0 of image b0.
+            let first_row = tiles[0].0 * h + 2 * tiles[0].1;
+            let bias = ep.bias.map_or(std::ptr::null(), |b| b.as_ptr());
+            let mask = ep.mask.map_or(std::ptr::null(), |m| m.as_ptr());
+            for (t, &(b, i, j)) in tiles.iter().enumerate() {
+                let rows = (h - 2 * i).min(2);
+                let cols = (wd - 2 * j).min(2);
+                let at = ((b * h + 2 * i - first_row) * wd + 2 * j) * o;
+                assert!(at + ((rows - 1) * wd + cols - 1) * o + o <= out.len());
+                // SAFETY: AVX-512F is present; `m` holds 16·nt·o values; the tile writes
+                // out[at + (r·wd + q)·o + 0..o] for r < rows, q < cols (asserted above) and reads the
+                // mask (as long as `out`) at the same offsets; `bias` (when not null) has `o` values.
+                #[cfg(target_arch = "x86_64")]
+                unsafe {
+                    kernels::output_tile(
+                        m.as_ptr(),
+                        nt * o,
+                        t,
+                        o,
+                        out.as_mut_ptr().add(at),
+                        wd * o,
+                        (rows, cols),
+                        bias,
+                        ep.relu,
+                        if mask.is_null() { mask } else { mask.add(at) },
+                    );
+                }
+            }
+        });
     y
 }
 
@@ -237,7 +247,8 @@ mod kernels {
     }
 
     /// `Aᵀ M A` of tile `t` (`m[e·stride + t·O + o]`), + bias (unless null), ReLU when `relu`,
-    /// written at `y[r·row + q·O + o]` for `r < rows.0`, `q < rows.1`.
+    /// `· [mask > 0]` (unless null; laid out like `y`), written at `y[r·row + q·O + o]` for
+    /// `r < rows.0`, `q < rows.1`.
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn output_tile(
@@ -250,6 +261,7 @@ mod kernels {
         rows: (usize, usize),
         bias: *const f32,
         relu: bool,
+        mask: *const f32,
     ) {
         let z = _mm512_setzero_ps();
         for o0 in (0..o).step_by(16) {
@@ -280,6 +292,11 @@ mod kernels {
                     let mut val = _mm512_add_ps(*val, add);
                     if relu {
                         val = _mm512_max_ps(val, z);
+                    }
+                    if !mask.is_null() {
+                        // SAFETY: the mask is laid out like `y`.
+                        let mv = unsafe { _mm512_loadu_ps(mask.add(r * row + q * o + o0)) };
+                        val = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(mv, z), val);
                     }
                     // SAFETY: as documented by the caller.
                     unsafe { _mm512_storeu_ps(y.add(r * row + q * o + o0), val) };
