@@ -76,7 +76,7 @@ fn im2col(g: &Geometry, x: &[f32]) -> Vec<f32> {
     let (rows, cols) = g.cols_shape();
     let (ho, wo, k, s, p) = (g.out_h(), g.out_w(), g.kernel, g.stride, g.padding);
     let (h, w) = (g.height, g.width);
-    let mut out = vec![0f32; rows * cols];
+    let mut out = crate::layout::zeros(rows * cols);
     out.par_chunks_mut(cols).enumerate().for_each(|(r, row)| {
         let (c, ky, kx) = (r / (k * k), (r / k) % k, r % k);
         let (y_lo, y_hi) = valid_range(ho, h, s, p, ky);
@@ -105,7 +105,7 @@ fn col2im(g: &Geometry, cols_data: &[f32]) -> Vec<f32> {
     let (_, cols) = g.cols_shape();
     let (ho, wo, k, s, p) = (g.out_h(), g.out_w(), g.kernel, g.stride, g.padding);
     let (h, w, c_all) = (g.height, g.width, g.channels);
-    let mut out = vec![0f32; g.input_len()];
+    let mut out = crate::layout::zeros(g.input_len());
     // One task per (image, channel) plane: it gathers every tap that lands in it.
     out.par_chunks_mut(h * w)
         .enumerate()

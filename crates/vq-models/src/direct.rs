@@ -68,7 +68,7 @@ impl Padded {
             assert_eq!(m.len(), x.len(), "padded copy: mask length");
         }
         let (hp, wp) = (h + 2 * pad, w + 2 * pad);
-        let mut data = vec![0f32; b * hp * wp * c + SLACK];
+        let mut data = crate::layout::zeros(b * hp * wp * c + SLACK);
         data[..b * hp * wp * c]
             .par_chunks_mut(hp * wp * c)
             .enumerate()
@@ -333,7 +333,7 @@ pub(crate) fn conv(
     let wo = (x.wp - k) / stride + 1;
     let taps: Vec<usize> = (0..k * k).map(|t| x.at(0, t / k, t % k)).collect();
     let o = w.o;
-    let mut y = vec![0f32; x.batch * ho * wo * o];
+    let mut y = crate::layout::zeros(x.batch * ho * wo * o);
     y.par_chunks_mut(wo * o).enumerate().for_each(|(row, out)| {
         let (b, oy) = (row / ho, row % ho);
         let base = x.at(b, oy * stride, 0);
@@ -422,7 +422,7 @@ pub(crate) fn input_grad(
             (offsets, packed)
         })
         .collect();
-    let mut dx = vec![0f32; dy.batch * h * wd * c];
+    let mut dx = crate::layout::zeros(dy.batch * h * wd * c);
     dx.par_chunks_mut(wd * c)
         .enumerate()
         .for_each(|(row, out)| {

@@ -66,11 +66,28 @@ pub fn via_preferred(
     l.to_nchw(&f(&l.from_nchw(x)?, l)?)
 }
 
+/// `n` zeros, written by the rayon workers: a plain `vec![0.0; n]` of an activation is a
+/// single-threaded memset (and page faults) on the calling thread while the workers wait.
+pub(crate) fn zeros(n: usize) -> Vec<f32> {
+    let mut v: Vec<std::mem::MaybeUninit<f32>> = Vec::with_capacity(n);
+    // SAFETY: `MaybeUninit<f32>` needs no initialisation; the capacity is `n`.
+    unsafe { v.set_len(n) };
+    v.par_chunks_mut(1 << 14).for_each(|c| {
+        for x in c {
+            x.write(0.0);
+        }
+    });
+    let mut v = std::mem::ManuallyDrop::new(v);
+    // SAFETY: every element was written above; `MaybeUninit<f32>` has the layout of `f32`, and
+    // the pointer, length and capacity come from a live `Vec` that is not dropped.
+    unsafe { Vec::from_raw_parts(v.as_mut_ptr().cast::<f32>(), v.len(), v.capacity()) }
+}
+
 /// `src` `[batch, rows, cols]` → `[batch, cols, rows]` (row-major), in 16 × 16 tiles.
 pub(crate) fn transpose(src: &[f32], batch: usize, rows: usize, cols: usize) -> Vec<f32> {
     const T: usize = 16;
     assert_eq!(src.len(), batch * rows * cols, "transpose: length");
-    let mut out = vec![0f32; src.len()];
+    let mut out = zeros(src.len());
     if out.is_empty() {
         return out;
     }
@@ -159,6 +176,16 @@ pub fn to_nchw(x: &Tensor) -> Result<Tensor> {
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
+
+    /// Empty, one value, and lengths around the 16 Ki-element chunks.
+    #[test]
+    fn zeros_are_zeros() {
+        for n in [0usize, 1, (1 << 14) - 1, 1 << 14, (1 << 14) + 1, 100_000] {
+            let z = zeros(n);
+            assert_eq!(z.len(), n);
+            assert!(z.iter().all(|v| *v == 0.0), "n = {n}");
+        }
+    }
 
     /// Tiles: sizes that are and are not multiples of 16, one and several matrices.
     #[test]

@@ -23,7 +23,7 @@ impl CustomOp1 for Relu {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous(s, l, "relu x")?;
-        let mut y = vec![0f32; x.len()];
+        let mut y = crate::layout::zeros(x.len());
         y.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
             .for_each(|(y, x)| {
@@ -64,7 +64,7 @@ impl CustomOp2 for ReluGrad {
         if dy.len() != y.len() {
             candle_core::bail!("relu grad: {} gradients for {} outputs", dy.len(), y.len());
         }
-        let mut dx = vec![0f32; y.len()];
+        let mut dx = crate::layout::zeros(y.len());
         dx.par_chunks_mut(CHUNK)
             .zip(dy.par_chunks(CHUNK).zip(y.par_chunks(CHUNK)))
             .for_each(|(dx, (dy, y))| {

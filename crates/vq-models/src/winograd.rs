@@ -110,7 +110,7 @@ pub(crate) fn conv(x: &Padded, w: &Transformed, ep: Epilogue) -> Vec<f32> {
     let per_block = (12 / tw).max(1);
     // Output rows of tile row r: 2 (1 for the last of an odd height).
     let out_rows = |r: usize| if 2 * (r % th) + 1 < h { 2 } else { 1 };
-    let mut y = vec![0f32; x.batch * h * wd * o];
+    let mut y = crate::layout::zeros(x.batch * h * wd * o);
     if let Some(m) = ep.mask {
         assert_eq!(m.len(), y.len(), "Winograd: mask length");
     }
