@@ -326,13 +326,17 @@ fn mask_by_input(dx: &mut [f32], x: &Tensor) -> Result<()> {
     })
 }
 
-/// `y [rows, O] += bias` per column, then `max(·, 0)` when `relu`.
-fn add_bias_relu(y: &mut [f32], bias: &[f32], relu: bool) {
+/// `y [rows, O] += bias` per column (or `+= add`, a residual shaped like `y`), then `max(·, 0)`
+/// when `relu`.
+fn finish(y: &mut [f32], bias: &[f32], add: Option<&[f32]>, relu: bool) {
     let o = bias.len();
-    y.par_chunks_mut(o * 64).for_each(|block| {
-        for row in block.chunks_exact_mut(o) {
-            for (v, b) in row.iter_mut().zip(bias) {
-                *v = activate(*v + b, relu);
+    let block = o * 64;
+    y.par_chunks_mut(block).enumerate().for_each(|(i, rows)| {
+        let extra = add.map(|a| &a[i * block..i * block + rows.len()]);
+        for (r, row) in rows.chunks_exact_mut(o).enumerate() {
+            for (j, (v, b)) in row.iter_mut().zip(bias).enumerate() {
+                let e = extra.map_or(0.0, |a| a[r * o + j]);
+                *v = activate(*v + b + e, relu);
             }
         }
     });
@@ -433,6 +437,8 @@ struct Conv2dOp {
     direct: bool,
     /// ReLUs on the input and the output.
     relu: Relu,
+    /// The third input is a residual added to the output (shaped like it), not a bias.
+    skip: bool,
     saved: std::sync::Mutex<Option<Saved>>,
 }
 
@@ -467,16 +473,23 @@ impl CustomOp3 for Conv2dOp {
         bl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = &self.g;
-        let (x, w, bias) = (
+        let (x, w, third) = (
             contiguous(xs, xl, "conv2d x")?,
             contiguous(ws, wl, "conv2d w")?,
-            contiguous(bs, bl, "conv2d bias")?,
+            contiguous(bs, bl, "conv2d bias or residual")?,
         );
         let (o, b, c) = (self.out_channels, g.batch, g.channels);
+        let zero_bias = vec![0f32; if self.skip { o } else { 0 }];
+        let (bias, add) = if self.skip {
+            (zero_bias.as_slice(), Some(third))
+        } else {
+            (third, None)
+        };
         let (y, saved) = if self.direct {
             let xp = direct::Padded::from_nhwc(x, self.input_dims(), g.padding, self.source());
             let ep = direct::Epilogue {
-                bias: Some(bias),
+                bias: (!self.skip).then_some(bias),
+                add,
                 relu: self.relu.output,
                 mask: None,
             };
@@ -493,7 +506,7 @@ impl CustomOp3 for Conv2dOp {
             let cols = im2col(g, &transpose(&xr, b, g.height * g.width, c));
             let y2 = matmul(o, n, rows, w, false, &cols, false, threads());
             let mut y = transpose(&y2, 1, o, n);
-            add_bias_relu(&mut y, bias, self.relu.output);
+            finish(&mut y, bias, add, self.relu.output);
             (y, Saved::Matrix(cols))
         };
         *self.saved.lock().expect("saved lock") = Some(saved);
@@ -531,7 +544,7 @@ impl CustomOp3 for Conv2dOp {
                 direct::input_grad_pad(g.kernel, g.stride, g.padding, g.width, g.out_w()),
             );
             let dyp = padded_output_grad(dy, res, self.relu.output, q)?;
-            let db = tracked(bias).then(|| dyp.channel_sums());
+            let db = (tracked(bias) && !self.skip).then(|| dyp.channel_sums());
             let (dw, dx) = with_input_mask(x, self.relu.input, |mask| {
                 // The input gradient's epilogue applies the input ReLU's mask.
                 let ep = direct::Epilogue {
@@ -565,7 +578,7 @@ impl CustomOp3 for Conv2dOp {
                     &transpose(&input_values(&host(x)?, self.relu.input), b, hw, c),
                 ),
             };
-            let db = tracked(bias).then(|| row_sums(&dy2, n));
+            let db = (tracked(bias) && !self.skip).then(|| row_sums(&dy2, n));
             // The kernel and input gradients cost the same GEMM work: run them side by side
             // with one thread each rather than one after the other with every thread.
             let each = split_threads(tracked(w) && wv.is_some());
@@ -588,7 +601,20 @@ impl CustomOp3 for Conv2dOp {
         if let (true, false, Some(dx)) = (self.relu.input, self.direct, dx.as_mut()) {
             mask_by_input(dx, x)?;
         }
-        let db = db.map(|v| Tensor::from_vec(v, o, dev)).transpose()?;
+        let db = if self.skip {
+            // The residual's gradient is the (ReLU-masked) output gradient itself.
+            match (tracked(bias), self.relu.output) {
+                (false, _) => None,
+                (true, false) => Some(dy.clone()),
+                (true, true) => Some(Tensor::from_vec(
+                    output_grad(dy, res, true)?,
+                    dy.shape(),
+                    dev,
+                )?),
+            }
+        } else {
+            db.map(|v| Tensor::from_vec(v, o, dev)).transpose()?
+        };
         let dw = dw
             .map(|v| Tensor::from_vec(v, w.shape(), dev))
             .transpose()?;
@@ -705,6 +731,7 @@ impl CustomOp3 for ConvTranspose2dOp {
             let xp = direct::Padded::from_nhwc(x, dims, pad, self.source());
             let ep = direct::Epilogue {
                 bias: Some(bias),
+                add: None,
                 relu: self.relu.output,
                 mask: None,
             };
@@ -827,7 +854,21 @@ pub fn conv2d_nhwc(
     padding: usize,
     relu: Relu,
 ) -> Result<Tensor> {
-    conv2d_with(x, w, bias, stride, padding, relu, true)
+    conv2d_with(x, w, bias, None, stride, padding, relu, true)
+}
+
+/// `skip + conv2d(x, w)` (then the output ReLU of `relu`, if any) as one op: the residual
+/// connection of a residual block, added in the convolution's output instead of by a separate
+/// node. `skip` is shaped like the output, `[B, H', W', O]`; no bias.
+pub fn conv2d_nhwc_add(
+    x: &Tensor,
+    w: &Tensor,
+    skip: &Tensor,
+    stride: usize,
+    padding: usize,
+    relu: Relu,
+) -> Result<Tensor> {
+    conv2d_with(x, w, None, Some(skip), stride, padding, relu, true)
 }
 
 /// [`conv2d_nhwc`], on the direct kernels only when `allow_direct` (tests compare both paths).
@@ -836,6 +877,7 @@ fn conv2d_with(
     x: &Tensor,
     w: &Tensor,
     bias: Option<&Tensor>,
+    skip: Option<&Tensor>,
     stride: usize,
     padding: usize,
     relu: Relu,
@@ -865,15 +907,28 @@ fn conv2d_with(
         stride,
         padding,
     };
+    let third = match skip {
+        Some(r) if r.dims() != [b, g.out_h(), g.out_w(), o] => candle_core::bail!(
+            "conv2d_nhwc: residual of shape {:?} for an output [{b}, {}, {}, {o}]",
+            r.dims(),
+            g.out_h(),
+            g.out_w()
+        ),
+        Some(r) if bias.is_some() => {
+            candle_core::bail!("conv2d_nhwc: a residual {:?} and a bias", r.dims())
+        }
+        Some(r) => r.contiguous()?,
+        None => bias_or_zeros(bias, o, x)?,
+    };
     let op = Conv2dOp {
         g,
         out_channels: o,
         direct: allow_direct && use_direct(c, o),
         relu,
+        skip: skip.is_some(),
         saved: std::sync::Mutex::new(None),
     };
-    x.contiguous()?
-        .apply_op3(&w.contiguous()?, &bias_or_zeros(bias, o, x)?, op)
+    x.contiguous()?.apply_op3(&w.contiguous()?, &third, op)
 }
 
 /// `conv_transpose2d(x, w) + bias` (with the ReLUs of `relu` around it) for channel-last `x`
@@ -1016,7 +1071,17 @@ mod tests {
             (
                 xin.conv2d(wt, p, s, 1, 1).unwrap(),
                 to_nchw(
-                    &conv2d_with(&to_nhwc(xt).unwrap(), wt, Some(bt), s, p, relu, direct).unwrap(),
+                    &conv2d_with(
+                        &to_nhwc(xt).unwrap(),
+                        wt,
+                        Some(bt),
+                        None,
+                        s,
+                        p,
+                        relu,
+                        direct,
+                    )
+                    .unwrap(),
                 )
                 .unwrap(),
             )
@@ -1099,6 +1164,56 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// `skip + conv(x)` in one op (the residual connection) against candle's convolution plus
+    /// an add, on both paths (1×1 and Winograd 3×3 direct, GEMM), with and without a ReLU after:
+    /// values and the gradients of `x`, `w` and `skip`.
+    #[test]
+    fn residual_add_matches_candle() {
+        for &(b, c, o, h, k, p) in &[
+            (2usize, 32usize, 64usize, 7usize, 1usize, 0usize),
+            (2, 32, 32, 7, 3, 1),
+            (2, 3, 5, 6, 3, 1),
+        ] {
+            let (x, w, skip) = (var(&[b, c, h, h]), var(&[o, c, k, k]), var(&[b, o, h, h]));
+            for (direct, relu) in [
+                (true, Relu::NONE),
+                (false, Relu::NONE),
+                (true, Relu::OUTPUT),
+            ] {
+                let (xt, wt, st) = (x.as_tensor(), w.as_tensor(), skip.as_tensor());
+                let mut plain = (xt.conv2d(wt, p, 1, 1, 1).unwrap() + st).unwrap();
+                if relu.output {
+                    plain = plain.relu().unwrap();
+                }
+                let fast = conv2d_with(
+                    &to_nhwc(xt).unwrap(),
+                    wt,
+                    None,
+                    Some(&to_nhwc(st).unwrap()),
+                    1,
+                    p,
+                    relu,
+                    direct,
+                )
+                .unwrap();
+                let what = format!(
+                    "skip + conv {:?} * {:?} {relu:?} direct {direct}",
+                    xt.dims(),
+                    wt.dims()
+                );
+                let vars = [(&x, "dx"), (&w, "dw"), (&skip, "dskip")];
+                compare(&to_nchw(&fast).unwrap(), &plain, vars, &what);
+            }
+        }
+        // A residual of the wrong shape, or with a bias, is an error.
+        let d = Device::Cpu;
+        let x = Tensor::zeros((1, 4, 4, 2), candle_core::DType::F32, &d).unwrap();
+        let w = Tensor::zeros((3, 2, 1, 1), candle_core::DType::F32, &d).unwrap();
+        let bad = Tensor::zeros((1, 4, 4, 2), candle_core::DType::F32, &d).unwrap();
+        let err = conv2d_nhwc_add(&x, &w, &bad, 1, 0, Relu::NONE).unwrap_err();
+        assert!(err.to_string().contains("residual"), "{err}");
     }
 
     /// Geometries that do not fit are errors, not panics or huge allocations.

@@ -133,12 +133,13 @@ impl Padded {
     }
 }
 
-/// What a forward tile does to its sums before storing them: `+ bias`, then `max(·, 0)`, then
-/// `· [mask > 0]` (the backward pass of a ReLU on the input whose gradient this is; `mask` is
-/// laid out like the output).
+/// What a forward tile does to its sums before storing them: `+ bias`, `+ add` (a residual
+/// laid out like the output), then `max(·, 0)`, then `· [mask > 0]` (the backward pass of a
+/// ReLU on the input whose gradient this is; `mask` is laid out like the output).
 #[derive(Clone, Copy)]
 pub(crate) struct Epilogue<'a> {
     pub bias: Option<&'a [f32]>,
+    pub add: Option<&'a [f32]>,
     pub relu: bool,
     pub mask: Option<&'a [f32]>,
 }
@@ -147,6 +148,7 @@ impl<'a> Epilogue<'a> {
     /// Plain sums.
     pub const NONE: Epilogue<'static> = Epilogue {
         bias: None,
+        add: None,
         relu: false,
         mask: None,
     };
@@ -154,13 +156,15 @@ impl<'a> Epilogue<'a> {
     /// This epilogue for the part of the output that starts at `start` and has `len` values.
     pub fn part(self, start: usize, len: usize) -> Epilogue<'a> {
         Epilogue {
+            add: self.add.map(|a| &a[start..start + len]),
             mask: self.mask.map(|m| &m[start..start + len]),
             ..self
         }
     }
 
-    /// `v` (an output value at `i`, bias included) after the ReLU and the mask.
+    /// `v` (an output value at `i`, bias included) after the residual, the ReLU and the mask.
     fn scalar(&self, v: f32, i: usize) -> f32 {
+        let v = v + self.add.map_or(0.0, |a| a[i]);
         let v = if self.relu { v.max(0.0) } else { v };
         match self.mask {
             Some(m) if m[i] <= 0.0 => 0.0,
@@ -252,8 +256,8 @@ pub(crate) fn row_tiles(
     if let Some(b) = ep.bias {
         assert_eq!(b.len(), w.o, "direct conv: bias length");
     }
-    if let Some(m) = ep.mask {
-        assert_eq!(m.len(), out.len(), "direct conv: mask length");
+    for m in [ep.mask, ep.add].into_iter().flatten() {
+        assert_eq!(m.len(), out.len(), "direct conv: mask/residual length");
     }
     if taps.is_empty() {
         // No kernel tap reaches these positions: the sum is 0.
@@ -275,11 +279,12 @@ pub(crate) fn row_tiles(
         let wb = w.block(ob);
         let bias = ep.bias.map_or(std::ptr::null(), |b| b[ob * OB..].as_ptr());
         let mask = ep.mask.map_or(std::ptr::null(), |m| m.as_ptr());
+        let add = ep.add.map_or(std::ptr::null(), |m| m.as_ptr());
         for (j0, r) in chunks(n, MAX_R) {
             // SAFETY: AVX-512F is present; the tile reads x[base + (j0 + j)·xps + taps[t] + ci]
             // for j < r, ci < c (inside `x` by the assertion above), wb[(t·c + ci)·32 + 0..32]
             // (inside the block), bias[0..32] when not null (inside the asserted bias), the mask
-            // at the offsets it writes (the mask is as long as `out`), and writes
+            // and the residual at the offsets it writes (both as long as `out`), and writes
             // out[first + (j0 + j)·yps + ob·32 + 0..32] (inside `out`, asserted).
             unsafe {
                 #[cfg(target_arch = "x86_64")]
@@ -294,11 +299,13 @@ pub(crate) fn row_tiles(
                     yps,
                     bias,
                     ep.relu,
-                    if mask.is_null() {
-                        mask
-                    } else {
-                        mask.add(first + j0 * yps + ob * OB)
-                    },
+                    [mask, add].map(|p| {
+                        if p.is_null() {
+                            p
+                        } else {
+                            p.add(first + j0 * yps + ob * OB)
+                        }
+                    }),
                 );
             }
         }
@@ -571,12 +578,12 @@ unsafe fn fwd_tile(
     yps: usize,
     bias: *const f32,
     relu: bool,
-    mask: *const f32,
+    [mask, add]: [*const f32; 2],
 ) {
     macro_rules! go {
         ($($n:literal)*) => {
             match r {
-                $($n => unsafe { kernels::fwd::<$n>(x, xps, taps, c, w, y, yps, bias, relu, mask) },)*
+                $($n => unsafe { kernels::fwd::<$n>(x, xps, taps, c, w, y, yps, bias, relu, [mask, add]) },)*
                 _ => unreachable!("tile of {r} positions"),
             }
         };
@@ -624,7 +631,8 @@ mod kernels {
 
     /// `y[j·yps + 0..32] = Σ_t Σ_ci x[j·xps + taps[t] + ci] · w[(t·c + ci)·32 + 0..32]` for
     /// `j < R`, with the `R × 2` accumulators in registers; then `+ bias[0..32]` (unless null),
-    /// `max(·, 0)` when `relu`, and `· [mask[j·yps + 0..32] > 0]` (unless null).
+    /// `+ add[j·yps + 0..32]` (unless null), `max(·, 0)` when `relu`, and
+    /// `· [mask[j·yps + 0..32] > 0]` (unless null).
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn fwd<const R: usize>(
@@ -637,7 +645,7 @@ mod kernels {
         yps: usize,
         bias: *const f32,
         relu: bool,
-        mask: *const f32,
+        [mask, add]: [*const f32; 2],
     ) {
         let mut acc = [[_mm512_setzero_ps(); 2]; R];
         if !bias.is_null() {
@@ -658,6 +666,15 @@ mod kernels {
                         a[0] = _mm512_fmadd_ps(v, w0, a[0]);
                         a[1] = _mm512_fmadd_ps(v, w1, a[1]);
                     }
+                }
+            }
+        }
+        if !add.is_null() {
+            for (j, a) in acc.iter_mut().enumerate() {
+                // SAFETY: the residual is laid out like `y`, as documented by the caller.
+                unsafe {
+                    a[0] = _mm512_add_ps(a[0], _mm512_loadu_ps(add.add(j * yps)));
+                    a[1] = _mm512_add_ps(a[1], _mm512_loadu_ps(add.add(j * yps + 16)));
                 }
             }
         }

@@ -3,7 +3,7 @@
 use candle_core::{Module, Tensor};
 use candle_nn::{Conv2dConfig, ConvTranspose2dConfig, VarBuilder};
 
-use crate::conv::{conv2d_nhwc, conv_transpose2d_nhwc, Relu};
+use crate::conv::{conv2d_nhwc, conv2d_nhwc_add, conv_transpose2d_nhwc, Relu};
 use crate::error::Result;
 use crate::layout::{cpu_f32, to_nchw, to_nhwc, via_preferred, Layout};
 use crate::relu::relu as relu_op;
@@ -78,6 +78,25 @@ impl Conv2d {
             None => y,
         };
         layout.from_nchw(&if relu.output { relu_op(&y)? } else { y })
+    }
+}
+
+impl Conv2d {
+    /// `skip + conv(x)` for `x` and `skip` in `layout` (the residual connection; no ReLU after).
+    /// On the CPU in f32 one op ([`conv2d_nhwc_add`]) that adds `skip` in its output, when the
+    /// layer has no bias.
+    pub fn forward_add(
+        &self,
+        x: &Tensor,
+        skip: &Tensor,
+        layout: Layout,
+    ) -> candle_core::Result<Tensor> {
+        if cpu_f32(x) && layout == Layout::ChannelsLast && self.bias.is_none() {
+            let _span = tracing::trace_span!("conv2d").entered();
+            let (s, p) = (self.config.stride, self.config.padding);
+            return conv2d_nhwc_add(x, &self.weight, skip, s, p, Relu::NONE);
+        }
+        skip + self.forward_in(x, layout, Relu::NONE)?
     }
 }
 
@@ -195,7 +214,7 @@ impl Residual {
     /// `x` in `layout` (shape preserving).
     pub fn forward_in(&self, x: &Tensor, layout: Layout) -> candle_core::Result<Tensor> {
         let h = self.conv3.forward_in(x, layout, Relu::BOTH)?;
-        x + self.conv1.forward_in(&h, layout, Relu::NONE)?
+        self.conv1.forward_add(&h, x, layout)
     }
 }
 

@@ -111,8 +111,8 @@ pub(crate) fn conv(x: &Padded, w: &Transformed, ep: Epilogue) -> Vec<f32> {
     // Output rows of tile row r: 2 (1 for the last of an odd height).
     let out_rows = |r: usize| if 2 * (r % th) + 1 < h { 2 } else { 1 };
     let mut y = crate::layout::zeros(x.batch * h * wd * o);
-    if let Some(m) = ep.mask {
-        assert_eq!(m.len(), y.len(), "Winograd: mask length");
+    for m in [ep.mask, ep.add].into_iter().flatten() {
+        assert_eq!(m.len(), y.len(), "Winograd: mask/residual length");
     }
     let mut blocks: Vec<(usize, Epilogue, &mut [f32])> = Vec::new();
     let (mut rest, mut start): (&mut [f32], usize) = (&mut y, 0);
@@ -162,6 +162,7 @@ pub(crate) fn conv(x: &Padded, w: &Transformed, ep: Epilogue) -> Vec<f32> {
             let first_row = tiles[0].0 * h + 2 * tiles[0].1;
             let bias = ep.bias.map_or(std::ptr::null(), |b| b.as_ptr());
             let mask = ep.mask.map_or(std::ptr::null(), |m| m.as_ptr());
+            let add = ep.add.map_or(std::ptr::null(), |m| m.as_ptr());
             for (t, &(b, i, j)) in tiles.iter().enumerate() {
                 let rows = (h - 2 * i).min(2);
                 let cols = (wd - 2 * j).min(2);
@@ -182,7 +183,7 @@ pub(crate) fn conv(x: &Padded, w: &Transformed, ep: Epilogue) -> Vec<f32> {
                         (rows, cols),
                         bias,
                         ep.relu,
-                        if mask.is_null() { mask } else { mask.add(at) },
+                        [mask, add].map(|p| if p.is_null() { p } else { p.add(at) }),
                     );
                 }
             }
@@ -246,9 +247,9 @@ mod kernels {
         }
     }
 
-    /// `Aᵀ M A` of tile `t` (`m[e·stride + t·O + o]`), + bias (unless null), ReLU when `relu`,
-    /// `· [mask > 0]` (unless null; laid out like `y`), written at `y[r·row + q·O + o]` for
-    /// `r < rows.0`, `q < rows.1`.
+    /// `Aᵀ M A` of tile `t` (`m[e·stride + t·O + o]`), + bias (unless null), + the residual
+    /// `add` (unless null), ReLU when `relu`, `· [mask > 0]` (unless null; `add` and `mask` laid
+    /// out like `y`), written at `y[r·row + q·O + o]` for `r < rows.0`, `q < rows.1`.
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn output_tile(
@@ -261,7 +262,7 @@ mod kernels {
         rows: (usize, usize),
         bias: *const f32,
         relu: bool,
-        mask: *const f32,
+        [mask, add]: [*const f32; 2],
     ) {
         let z = _mm512_setzero_ps();
         for o0 in (0..o).step_by(16) {
@@ -277,7 +278,7 @@ mod kernels {
                 add4(&add4(&mm[0], &mm[1]), &mm[2]),
                 sub4(&sub4(&mm[1], &mm[2]), &mm[3]),
             ];
-            let add = if bias.is_null() {
+            let b = if bias.is_null() {
                 z
             } else {
                 // SAFETY: `bias` has `o` values.
@@ -289,7 +290,12 @@ mod kernels {
                     _mm512_sub_ps(_mm512_sub_ps(sr[1], sr[2]), sr[3]),
                 ];
                 for (q, val) in out.iter().enumerate().take(rows.1) {
-                    let mut val = _mm512_add_ps(*val, add);
+                    let mut val = _mm512_add_ps(*val, b);
+                    if !add.is_null() {
+                        // SAFETY: the residual is laid out like `y`.
+                        let av = unsafe { _mm512_loadu_ps(add.add(r * row + q * o + o0)) };
+                        val = _mm512_add_ps(val, av);
+                    }
                     if relu {
                         val = _mm512_max_ps(val, z);
                     }
