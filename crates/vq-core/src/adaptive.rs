@@ -7,9 +7,7 @@ use candle_nn::{Init, Linear, VarBuilder};
 use crate::config::{Granularity, SelectionLogits, ValidAdaptiveConfig, ValidVqConfig};
 use crate::error::{Result, VqError};
 use crate::gumbel::{gumbel_softmax, gumbel_softmax_with_noise, one_hot_argmax, selection_counts};
-use crate::quantizer::{
-    code_shape, from_flat, to_flat, Codes, Quantizer, QuantizerOutput, Selection, Step,
-};
+use crate::quantizer::{from_flat, to_flat, Codes, Quantizer, QuantizerOutput, Selection, Step};
 use crate::search::SearchMethod;
 use crate::vq::{VectorQuantizer, VqOutput};
 
@@ -256,19 +254,25 @@ impl Quantizer for AdaptiveQuantizer {
         self.books.len()
     }
 
-    fn forward(&self, z_e: &Tensor, step: &mut Step<'_>) -> Result<QuantizerOutput> {
+    fn forward_flat(
+        &self,
+        flat: &Tensor,
+        shape: &[usize],
+        step: &mut Step<'_>,
+    ) -> Result<QuantizerOutput> {
         let _span = tracing::trace_span!("adaptive_quantizer", m = self.books.len()).entered();
-        let dims = z_e.dims().to_vec();
-        let flat = to_flat(z_e, self.channels())?;
         let (t, _) = flat.dims2()?;
-        let batch = dims[0];
-        if t == 0 {
-            return Err(VqError::input("z_e", format!("has no vectors: {dims:?}")));
+        let batch = shape.first().copied().unwrap_or(0);
+        if t == 0 || batch == 0 || t != shape.iter().product::<usize>() {
+            return Err(VqError::input(
+                "z_e",
+                format!("has no vectors, or {t} vectors for positions {shape:?}"),
+            ));
         }
         let mut outs = Vec::with_capacity(self.books.len());
         let mut vqs = Vec::with_capacity(self.books.len());
         for book in &self.books {
-            let (o, v) = book.forward(&flat, step.update_codebooks)?;
+            let (o, v) = book.forward(flat, step.update_codebooks)?;
             outs.push(o);
             vqs.push(v);
         }
@@ -277,18 +281,17 @@ impl Quantizer for AdaptiveQuantizer {
         let loss = loss_vec.mean_all()?;
         let ppl: Vec<&Tensor> = vqs.iter().map(|v| &v.perplexity).collect();
         let perplexity = Tensor::stack(&ppl, 0)?.detach();
-        let shape = code_shape(&dims);
-        let logits = self.logits_of_flat(&flat, batch)?;
+        let logits = self.logits_of_flat(flat, batch)?;
         let (z, selection_counts, codes) = match &logits {
             None => {
                 let units = match self.config.granularity() {
                     Granularity::PerVector => t,
                     Granularity::PerImage => batch,
                 };
-                let counts = Tensor::from_vec(vec![units as f32], 1, z_e.device())?;
+                let counts = Tensor::from_vec(vec![units as f32], 1, flat.device())?;
                 let codes = Codes {
-                    codebook: Tensor::zeros(shape.as_slice(), DType::U32, z_e.device())?,
-                    index: vqs[0].indices.reshape(shape.as_slice())?,
+                    codebook: Tensor::zeros(shape, DType::U32, flat.device())?,
+                    index: vqs[0].indices.reshape(shape)?,
                 };
                 (outs.swap_remove(0), counts, codes)
             }
@@ -308,14 +311,14 @@ impl Quantizer for AdaptiveQuantizer {
                 let idx: Vec<&Tensor> = vqs.iter().map(|v| &v.indices).collect();
                 let index = Tensor::stack(&idx, 1)?.gather(&choice, 1)?;
                 let codes = Codes {
-                    codebook: choice.reshape(shape.as_slice())?,
-                    index: index.reshape(shape.as_slice())?,
+                    codebook: choice.reshape(shape)?,
+                    index: index.reshape(shape)?,
                 };
                 (z.expect("m > 1"), counts, codes)
             }
         };
         Ok(QuantizerOutput {
-            z_q: from_flat(&z, &dims)?,
+            z_q: z,
             loss,
             codebook_losses: loss_vec.detach(),
             perplexity,
@@ -394,22 +397,30 @@ impl Quantizer for VectorQuantizer {
         1
     }
 
-    fn forward(&self, z_e: &Tensor, step: &mut Step<'_>) -> Result<QuantizerOutput> {
-        let dims = z_e.dims().to_vec();
-        let flat = to_flat(z_e, self.channels())?;
+    fn forward_flat(
+        &self,
+        flat: &Tensor,
+        shape: &[usize],
+        step: &mut Step<'_>,
+    ) -> Result<QuantizerOutput> {
         let t = flat.dim(0)?;
-        let out = VectorQuantizer::forward(self, &flat, step.update_codebooks)?;
-        let shape = code_shape(&dims);
-        let dev: &Device = z_e.device();
+        if t != shape.iter().product::<usize>() {
+            return Err(VqError::input(
+                "z_e",
+                format!("{t} vectors for positions {shape:?}"),
+            ));
+        }
+        let out = VectorQuantizer::forward(self, flat, step.update_codebooks)?;
+        let dev: &Device = flat.device();
         Ok(QuantizerOutput {
-            z_q: from_flat(&out.quantized, &dims)?,
+            z_q: out.quantized,
             codebook_losses: out.loss.detach().reshape(1)?,
             loss: out.loss,
             perplexity: out.perplexity.detach().reshape(1)?,
             selection_counts: Tensor::from_vec(vec![t as f32], 1, dev)?,
             codes: Codes {
-                codebook: Tensor::zeros(shape.as_slice(), DType::U32, dev)?,
-                index: out.indices.reshape(shape.as_slice())?,
+                codebook: Tensor::zeros(shape, DType::U32, dev)?,
+                index: out.indices.reshape(shape)?,
             },
             logits: None,
         })

@@ -112,7 +112,41 @@ pub trait Quantizer {
     fn num_codebooks(&self) -> usize;
 
     /// Quantizes `z_e` `[B, C, *S]`.
-    fn forward(&self, z_e: &Tensor, step: &mut Step<'_>) -> Result<QuantizerOutput>;
+    fn forward(&self, z_e: &Tensor, step: &mut Step<'_>) -> Result<QuantizerOutput> {
+        let dims = z_e.dims().to_vec();
+        let flat = to_flat(z_e, self.channels())?;
+        let mut out = self.forward_flat(&flat, &code_shape(&dims), step)?;
+        out.z_q = from_flat(&out.z_q, &dims)?;
+        Ok(out)
+    }
+
+    /// Quantizes channel-last latents `z` `[B, *S, C]` (what a model keeping its activations
+    /// channel-last has); the output's `z_q` is channel-last too. No layout change: the
+    /// vectors are `z`'s rows.
+    fn forward_channels_last(&self, z: &Tensor, step: &mut Step<'_>) -> Result<QuantizerOutput> {
+        let dims = z.dims().to_vec();
+        let c = self.channels();
+        if dims.len() < 2 || dims[dims.len() - 1] != c {
+            return Err(VqError::input(
+                "z",
+                format!("expected [B, ..., {c}] (channels last), got {dims:?}"),
+            ));
+        }
+        let flat = z.reshape((z.elem_count() / c, c))?;
+        let mut out = self.forward_flat(&flat, &dims[..dims.len() - 1], step)?;
+        out.z_q = out.z_q.reshape(dims.as_slice())?;
+        Ok(out)
+    }
+
+    /// Quantizes the vectors `flat` `[T, C]` of a batch whose positions have the shape
+    /// `code_shape` (`[B, *S]`, `T = B·|S|`; per-image selection groups the rows by `B`).
+    /// `z_q` is `[T, C]`.
+    fn forward_flat(
+        &self,
+        flat: &Tensor,
+        code_shape: &[usize],
+        step: &mut Step<'_>,
+    ) -> Result<QuantizerOutput>;
 
     /// Codes of `z_e` with deterministic (argmax) selection and no update.
     fn encode(&self, z_e: &Tensor) -> Result<Codes> {

@@ -405,6 +405,77 @@ fn randn(shape: &[usize], seed: u64) -> Tensor {
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 
+/// Channel-last input (`forward_channels_last`) gives exactly what channel-first input gives
+/// (the same rows in the same order, so the same Gumbel noise too): `z_q` (permuted), codes,
+/// losses and the input gradient, per vector and per image.
+#[test]
+fn channels_last_equals_channels_first() {
+    let max_diff = |a: &Tensor, b: &Tensor| {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    for gran in [Granularity::PerVector, Granularity::PerImage] {
+        let q = random_quantizer(gran, 7);
+        let z = Var::from_tensor(&randn(&[3, 16, 4, 5], 8)).unwrap();
+        let zl = Var::from_tensor(&z.permute((0, 2, 3, 1)).unwrap().contiguous().unwrap()).unwrap();
+        let (mut r1, mut r2) = (ChaCha8Rng::seed_from_u64(3), ChaCha8Rng::seed_from_u64(3));
+        let mut s1 = Step {
+            update_codebooks: false,
+            ..Step::train(0.7, &mut r1)
+        };
+        let mut s2 = Step {
+            update_codebooks: false,
+            ..Step::train(0.7, &mut r2)
+        };
+        let a = q.forward(z.as_tensor(), &mut s1).unwrap();
+        let b = q.forward_channels_last(zl.as_tensor(), &mut s2).unwrap();
+        assert_eq!(b.z_q.dims(), &[3, 4, 5, 16]);
+        let bq = b.z_q.permute((0, 3, 1, 2)).unwrap();
+        assert_eq!(max_diff(&a.z_q, &bq), 0.0, "{gran:?} z_q");
+        assert_eq!(max_diff(&a.loss, &b.loss), 0.0, "{gran:?} loss");
+        for (x, y) in [
+            (&a.codes.codebook, &b.codes.codebook),
+            (&a.codes.index, &b.codes.index),
+        ] {
+            assert_eq!(x.dims(), &[3, 4, 5]);
+            assert_eq!(
+                x.flatten_all().unwrap().to_vec1::<u32>().unwrap(),
+                y.flatten_all().unwrap().to_vec1::<u32>().unwrap(),
+                "{gran:?} codes"
+            );
+        }
+        let r = randn(&[3, 16, 4, 5], 9);
+        let ga = ((&a.z_q * &r).unwrap().sum_all().unwrap() + &a.loss)
+            .unwrap()
+            .backward()
+            .unwrap();
+        let rl = r.permute((0, 2, 3, 1)).unwrap();
+        let gb = ((&b.z_q * &rl).unwrap().sum_all().unwrap() + &b.loss)
+            .unwrap()
+            .backward()
+            .unwrap();
+        let dz = ga.get(z.as_tensor()).unwrap();
+        let dzl = gb
+            .get(zl.as_tensor())
+            .unwrap()
+            .permute((0, 3, 1, 2))
+            .unwrap();
+        assert!(max_diff(dz, &dzl) <= 1e-6, "{gran:?} input gradient");
+    }
+    // The last axis must hold the channels.
+    let q = random_quantizer(Granularity::PerVector, 7);
+    let err = q
+        .forward_channels_last(&randn(&[2, 16, 4, 4], 1), &mut Step::eval())
+        .unwrap_err();
+    assert!(err.to_string().contains("channels last"), "{err}");
+}
+
 /// Each output vector is `project_out(e_k)` of the chosen codebook, `k` the brute-force argmin
 /// of the projected input; losses are non-negative; selection counts add up.
 #[test]

@@ -393,11 +393,23 @@ impl<Q: Quantizer> VqVae<Q> {
                 "height and width must be divisible by 4, got {h}×{w}"
             )));
         }
-        // The layers run channel-last on the CPU; the quantizer and the caller see [B, C, H, W].
+        // The layers (and on the CPU the quantizer) run channel-last; the caller sees
+        // [B, C, H, W]: z_e and z_q are converted for the output, off the loss's path.
         let l = Layout::for_tensor(x);
-        let z_e = l.to_nchw(&self.encoder.forward_in(&l.from_nchw(x)?, l)?)?;
-        let quant = self.quantizer.forward(&z_e, step)?;
-        let reconstruction = l.to_nchw(&self.decoder.forward_in(&l.from_nchw(&quant.z_q)?, l)?)?;
+        let z_l = self.encoder.forward_in(&l.from_nchw(x)?, l)?;
+        let (z_e, quant, reconstruction) = match l {
+            Layout::ChannelsLast => {
+                let mut quant = self.quantizer.forward_channels_last(&z_l, step)?;
+                let recon = self.decoder.forward_in(&quant.z_q, l)?;
+                quant.z_q = l.to_nchw(&quant.z_q)?;
+                (l.to_nchw(&z_l)?, quant, l.to_nchw(&recon)?)
+            }
+            Layout::ChannelsFirst => {
+                let quant = self.quantizer.forward(&z_l, step)?;
+                let recon = self.decoder.forward_in(&quant.z_q, l)?;
+                (z_l, quant, recon)
+            }
+        };
         let recon_loss = (&reconstruction - x)?.sqr()?.mean_all()?;
         let loss = (&recon_loss + &quant.loss)?;
         Ok(VqVaeOutput {
