@@ -422,7 +422,8 @@ enum Saved {
 }
 
 /// Whether a convolution from `in_channels` to `out_channels` runs on the direct kernels: the
-/// CPU has them and both channel counts are multiples of their 32-channel tiles.
+/// CPU has them and both channel counts are multiples of their 32-channel tiles (callers pass
+/// 0 input channels when no input gradient is needed: then any count works).
 fn use_direct(in_channels: usize, out_channels: usize) -> bool {
     in_channels.is_multiple_of(direct::OB)
         && out_channels.is_multiple_of(direct::OB)
@@ -923,7 +924,8 @@ fn conv2d_with(
     let op = Conv2dOp {
         g,
         out_channels: o,
-        direct: allow_direct && use_direct(c, o),
+        // The input gradient (C output channels) needs C in 32s; the image, untracked, does not.
+        direct: allow_direct && use_direct(if x.track_op() { c } else { 0 }, o),
         relu,
         skip: skip.is_some(),
         saved: std::sync::Mutex::new(None),
@@ -1241,6 +1243,57 @@ mod tests {
             Relu::NONE
         )
         .is_err());
+    }
+
+    /// The first layer: an untracked image with few channels (1 or 3) into a multiple of 32
+    /// takes the direct kernels (no input gradient is needed), checked against candle for both
+    /// paths: values within 1e-5, kernel and bias gradients within 1e-4.
+    #[test]
+    fn untracked_image_layer_matches_candle() {
+        let d = Device::Cpu;
+        for &(c, o, h) in &[(1usize, 64usize, 12usize), (3, 32, 10)] {
+            let x = Tensor::randn(0f32, 1.0, (2, c, h, h), &d).unwrap();
+            let (w, bias) = (var(&[o, c, 4, 4]), var(&[o]));
+            for (direct, relu) in [
+                (true, Relu::OUTPUT),
+                (false, Relu::OUTPUT),
+                (true, Relu::NONE),
+            ] {
+                let mut plain = x
+                    .conv2d(w.as_tensor(), 1, 2, 1, 1)
+                    .unwrap()
+                    .broadcast_add(&bias.as_tensor().reshape((1, o, 1, 1)).unwrap())
+                    .unwrap();
+                if relu.output {
+                    plain = plain.relu().unwrap();
+                }
+                let xl = to_nhwc(&x).unwrap();
+                let fast = conv2d_with(
+                    &xl,
+                    w.as_tensor(),
+                    Some(bias.as_tensor()),
+                    None,
+                    2,
+                    1,
+                    relu,
+                    direct,
+                )
+                .unwrap();
+                let fast = to_nchw(&fast).unwrap();
+                let what = format!("image C = {c} → {o}, {relu:?}, direct {direct}");
+                close(&fast, &plain, 1e-5, &what);
+                let r = Tensor::randn(0f32, 1.0, plain.dims(), &d).unwrap();
+                let gp = (plain * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                let gf = (fast * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                for (v, name) in [(&w, "dw"), (&bias, "db")] {
+                    let (a, b) = (
+                        gf.get(v.as_tensor()).unwrap(),
+                        gp.get(v.as_tensor()).unwrap(),
+                    );
+                    close(a, b, 1e-4, &format!("{what} {name}"));
+                }
+            }
+        }
     }
 
     /// An untracked input gets no gradient computed (the first layer's image).
