@@ -388,7 +388,7 @@ pub fn train(
             last_val = Some(rec);
         }
         if (tp.checkpoint_every > 0 && done % tp.checkpoint_every == 0) || last {
-            let (opt_tensors, adam_steps) = adam.state();
+            let (opt_tensors, adam_steps) = adam.state()?;
             let state = CheckpointState {
                 format_version: FORMAT_VERSION,
                 step: done,
