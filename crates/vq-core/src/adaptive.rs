@@ -2,11 +2,12 @@
 //! an attention selector and a hard Gumbel-Softmax choice per data point.
 
 use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{Init, Linear, VarBuilder};
+use candle_nn::{Init, VarBuilder};
 
 use crate::config::{Granularity, SelectionLogits, ValidAdaptiveConfig, ValidVqConfig};
 use crate::error::{Result, VqError};
 use crate::gumbel::{gumbel_softmax, gumbel_softmax_with_noise, one_hot_argmax, selection_counts};
+use crate::linear::Linear;
 use crate::quantizer::{from_flat, to_flat, Codes, Quantizer, QuantizerOutput, Selection, Step};
 use crate::search::SearchMethod;
 use crate::vq::{VectorQuantizer, VqOutput};
@@ -26,9 +27,9 @@ impl ProjectedQuantizer {
     pub fn new(channels: usize, config: &ValidVqConfig, vb: VarBuilder) -> Result<Self> {
         let d = config.embedding_dim();
         Ok(Self {
-            project_in: candle_nn::linear(channels, d, vb.pp("project_in"))?,
+            project_in: Linear::new(channels, d, vb.pp("project_in"))?,
             quantizer: VectorQuantizer::new(config, vb.pp("quantizer"))?,
-            project_out: candle_nn::linear(d, channels, vb.pp("project_out"))?,
+            project_out: Linear::new(d, channels, vb.pp("project_out"))?,
         })
     }
 
@@ -91,8 +92,8 @@ impl Selector {
         )?;
         Ok(Self {
             keys,
-            q_proj: candle_nn::linear(channels, channels, vb.pp("q_proj"))?,
-            k_proj: candle_nn::linear(channels, channels, vb.pp("k_proj"))?,
+            q_proj: Linear::new(channels, channels, vb.pp("q_proj"))?,
+            k_proj: Linear::new(channels, channels, vb.pp("k_proj"))?,
             heads,
             mode,
         })

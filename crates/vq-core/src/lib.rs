@@ -47,6 +47,8 @@ pub mod error;
 pub mod gap;
 pub mod gumbel;
 pub mod init;
+pub mod linalg;
+pub mod linear;
 pub mod quantizer;
 pub mod search;
 pub mod structures;

@@ -15,6 +15,8 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use vq_core::linalg::{matmul, threads};
+
 use crate::direct;
 use crate::layout::transpose;
 use crate::winograd;
@@ -143,104 +145,12 @@ fn host(t: &Tensor) -> Result<Vec<f32>> {
     t.flatten_all()?.to_vec1::<f32>()
 }
 
-fn threads() -> usize {
-    rayon::current_num_threads().max(1)
-}
-
 /// GEMM threads for each of two equal-sized products run side by side (`both`), or for one.
 fn split_threads(both: bool) -> usize {
     if both {
         (threads() / 2).max(1)
     } else {
         threads()
-    }
-}
-
-/// `a · b` for `a` `[m, k]` (or `[k, m]` when `a_transposed`) and `b` `[k, n]` (or `[n, k]`
-/// when `b_transposed`), all row-major; returns the row-major `[m, n]` product.
-#[allow(clippy::too_many_arguments)]
-fn matmul(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: &[f32],
-    a_transposed: bool,
-    b: &[f32],
-    b_transposed: bool,
-    threads: usize,
-) -> Vec<f32> {
-    let mut c: Vec<f32> = Vec::with_capacity(m * n);
-    // SAFETY: `c` has room for m·n values and gemm (read_dst = false) writes every one of them
-    // before `set_len` makes them visible.
-    unsafe {
-        sgemm_raw(
-            m,
-            n,
-            k,
-            a,
-            a_transposed,
-            b,
-            b_transposed,
-            c.spare_capacity_mut().as_mut_ptr().cast::<f32>(),
-            threads,
-        );
-        c.set_len(m * n);
-    }
-    c
-}
-
-/// # Safety
-/// `c` must be valid for `m · n` writes.
-#[allow(clippy::too_many_arguments)]
-unsafe fn sgemm_raw(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: &[f32],
-    a_transposed: bool,
-    b: &[f32],
-    b_transposed: bool,
-    c: *mut f32,
-    threads: usize,
-) {
-    assert!(a.len() >= m * k && b.len() >= k * n);
-    let (a_rs, a_cs) = if a_transposed {
-        (1, m as isize)
-    } else {
-        (k as isize, 1)
-    };
-    let (b_rs, b_cs) = if b_transposed {
-        (1, k as isize)
-    } else {
-        (n as isize, 1)
-    };
-    // SAFETY: the asserted lengths cover every element the strides address.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c,
-            1,
-            n as isize,
-            false,
-            a.as_ptr(),
-            a_cs,
-            a_rs,
-            b.as_ptr(),
-            b_cs,
-            b_rs,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            if threads > 1 {
-                gemm::Parallelism::Rayon(threads)
-            } else {
-                gemm::Parallelism::None
-            },
-        );
     }
 }
 
@@ -1026,7 +936,7 @@ mod tests {
     /// respect to each of `vars` within 1e-4, relative to the largest magnitude.
     fn compare(fast: &Tensor, plain: &Tensor, vars: [(&Var, &str); 3], what: &str) {
         close(fast, plain, 1e-5, &format!("{what} forward"));
-        let r = Tensor::randn(0f32, 1.0, plain.dims(), plain.device()).unwrap();
+        let r = randn(plain.dims());
         let gp = (plain * &r).unwrap().sum_all().unwrap().backward().unwrap();
         let gf = (fast * &r).unwrap().sum_all().unwrap().backward().unwrap();
         for (v, name) in vars {
@@ -1107,8 +1017,26 @@ mod tests {
         compare(&fast, &plain, [(x, "dx"), (w, "dw"), (bias, "db")], &what);
     }
 
+    /// Standard-normal test data from a seeded stream: each test thread draws the same numbers
+    /// on every run (candle's CPU `randn` cannot be seeded), so a tolerance that holds, holds.
+    fn randn(shape: &[usize]) -> Tensor {
+        thread_local! {
+            static DRAWS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+        }
+        let k = DRAWS.with(|d| {
+            d.set(d.get() + 1);
+            d.get()
+        });
+        let mut rng = vq_core::init::stream(k, "conv-test");
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n)
+            .map(|_| vq_core::init::standard_normal(&mut rng) as f32)
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
     fn var(shape: &[usize]) -> Var {
-        Var::from_tensor(&Tensor::randn(0f32, 1.0, shape, &Device::Cpu).unwrap()).unwrap()
+        Var::from_tensor(&randn(shape)).unwrap()
     }
 
     /// Both CPU paths, with and without the fused ReLU, against candle's own convolutions and
@@ -1250,9 +1178,8 @@ mod tests {
     /// paths: values within 1e-5, kernel and bias gradients within 1e-4.
     #[test]
     fn untracked_image_layer_matches_candle() {
-        let d = Device::Cpu;
         for &(c, o, h) in &[(1usize, 64usize, 12usize), (3, 32, 10)] {
-            let x = Tensor::randn(0f32, 1.0, (2, c, h, h), &d).unwrap();
+            let x = randn(&[2, c, h, h]);
             let (w, bias) = (var(&[o, c, 4, 4]), var(&[o]));
             for (direct, relu) in [
                 (true, Relu::OUTPUT),
@@ -1282,7 +1209,7 @@ mod tests {
                 let fast = to_nchw(&fast).unwrap();
                 let what = format!("image C = {c} → {o}, {relu:?}, direct {direct}");
                 close(&fast, &plain, 1e-5, &what);
-                let r = Tensor::randn(0f32, 1.0, plain.dims(), &d).unwrap();
+                let r = randn(plain.dims());
                 let gp = (plain * &r).unwrap().sum_all().unwrap().backward().unwrap();
                 let gf = (fast * &r).unwrap().sum_all().unwrap().backward().unwrap();
                 for (v, name) in [(&w, "dw"), (&bias, "db")] {
@@ -1299,9 +1226,8 @@ mod tests {
     /// An untracked input gets no gradient computed (the first layer's image).
     #[test]
     fn untracked_inputs_get_no_gradient() {
-        let d = Device::Cpu;
-        let x = Tensor::randn(0f32, 1.0, (2, 6, 6, 3), &d).unwrap();
-        let w = Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 3, 3, 3), &d).unwrap()).unwrap();
+        let x = randn(&[2, 6, 6, 3]);
+        let w = var(&[4, 3, 3, 3]);
         let g = conv2d_nhwc(&x, w.as_tensor(), None, 1, 1, Relu::NONE)
             .unwrap()
             .sum_all()
