@@ -206,7 +206,8 @@ pub fn nearest_sorted_1d(x: &[f32], codebook: &[f32]) -> Vec<u32> {
         .enumerate()
         .map(|(i, &v)| (v + 0.0, i as u32)) // −0.0 and +0.0: one value, one run
         .collect();
-    order.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    // (value, index) pairs are unique: an unstable parallel sort gives the one order.
+    order.par_sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
     let vals: Vec<f32> = order.iter().map(|p| p.0).collect();
     // For every sorted slot, the lowest codebook index among the codewords of equal value:
     // sorting by (value, index) puts it first in its run, so copy it along the run.
@@ -270,8 +271,7 @@ impl KdTree {
     fn build(codebook: &[f32], d: usize) -> Self {
         let n = codebook.len() / d;
         let mut perm: Vec<u32> = (0..n as u32).collect();
-        let mut nodes = Vec::with_capacity(2 * n / KD_LEAF + 2);
-        Self::build_node(codebook, d, &mut perm, 0, n, &mut nodes);
+        let nodes = Self::build_node(codebook, d, &mut perm, 0, 0);
         let mut points = Vec::with_capacity(n * d);
         for &i in &perm {
             points.extend_from_slice(&codebook[i as usize * d..(i as usize + 1) * d]);
@@ -284,28 +284,24 @@ impl KdTree {
         }
     }
 
-    fn build_node(
-        cb: &[f32],
-        d: usize,
-        perm: &mut [u32],
-        lo: usize,
-        hi: usize,
-        nodes: &mut Vec<KdNode>,
-    ) -> u32 {
-        let me = nodes.len() as u32;
-        nodes.push(KdNode {
+    /// The subtree over `perm` (the codewords `base..base + perm.len()` of the final order),
+    /// root first; children are node indices within the returned vector, leaves hold ranges of
+    /// the final order. The top levels build their halves in parallel.
+    fn build_node(cb: &[f32], d: usize, perm: &mut [u32], base: usize, depth: u32) -> Vec<KdNode> {
+        let (lo, hi) = (base, base + perm.len());
+        let leaf = KdNode {
             dim: u32::MAX,
             split: 0.0,
             a: lo as u32,
             b: hi as u32,
-        });
-        if hi - lo <= KD_LEAF {
-            return me;
+        };
+        if perm.len() <= KD_LEAF {
+            return vec![leaf];
         }
         let val = |i: u32, k: usize| cb[i as usize * d + k];
         let dim = (0..d)
             .map(|k| {
-                let (mn, mx) = perm[lo..hi]
+                let (mn, mx) = perm
                     .iter()
                     .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &i| {
                         (a.min(val(i, k)), b.max(val(i, k)))
@@ -317,18 +313,44 @@ impl KdTree {
                 |best, c| if c.1 > best.1 { c } else { best },
             )
             .0;
-        let mid = (lo + hi) / 2;
-        perm[lo..hi].select_nth_unstable_by(mid - lo, |&p, &q| val(p, dim).total_cmp(&val(q, dim)));
+        let mid = perm.len() / 2;
+        perm.select_nth_unstable_by(mid, |&p, &q| val(p, dim).total_cmp(&val(q, dim)));
         let split = val(perm[mid], dim);
-        let a = Self::build_node(cb, d, perm, lo, mid, nodes);
-        let b = Self::build_node(cb, d, perm, mid, hi, nodes);
-        nodes[me as usize] = KdNode {
+        let (left, right) = perm.split_at_mut(mid);
+        let (a, b) = if depth < 3 {
+            rayon::join(
+                || Self::build_node(cb, d, left, lo, depth + 1),
+                || Self::build_node(cb, d, right, lo + mid, depth + 1),
+            )
+        } else {
+            (
+                Self::build_node(cb, d, left, lo, depth + 1),
+                Self::build_node(cb, d, right, lo + mid, depth + 1),
+            )
+        };
+        // Root, then the left subtree (offset 1), then the right one (offset 1 + |left|).
+        let (oa, ob) = (1u32, 1 + a.len() as u32);
+        let shift = |n: KdNode, off: u32| {
+            if n.dim == u32::MAX {
+                n
+            } else {
+                KdNode {
+                    a: n.a + off,
+                    b: n.b + off,
+                    ..n
+                }
+            }
+        };
+        let mut nodes = Vec::with_capacity(1 + a.len() + b.len());
+        nodes.push(KdNode {
             dim: dim as u32,
             split,
-            a,
-            b,
-        };
-        me
+            a: oa,
+            b: ob,
+        });
+        nodes.extend(a.into_iter().map(|n| shift(n, oa)));
+        nodes.extend(b.into_iter().map(|n| shift(n, ob)));
+        nodes
     }
 
     /// Exact nearest (squared L2 in f32, lowest index on ties). A subtree is skipped only when
