@@ -300,14 +300,7 @@ impl Quantizer for AdaptiveQuantizer {
                 let sel_units = select(logits, &mut step.selection)?;
                 let counts = selection_counts(&sel_units)?;
                 let sel = self.expand_selection(&sel_units, t, batch)?; // [T, m]
-                let mut z: Option<Tensor> = None;
-                for (i, o) in outs.iter().enumerate() {
-                    let term = sel.narrow(1, i, 1)?.broadcast_mul(o)?;
-                    z = Some(match z {
-                        None => term,
-                        Some(acc) => (acc + term)?,
-                    });
-                }
+                let z = crate::mix::weighted_sum(&outs, &sel)?;
                 let choice = sel.detach().argmax_keepdim(1)?; // [T, 1]
                 let idx: Vec<&Tensor> = vqs.iter().map(|v| &v.indices).collect();
                 let index = Tensor::stack(&idx, 1)?.gather(&choice, 1)?;
@@ -315,7 +308,7 @@ impl Quantizer for AdaptiveQuantizer {
                     codebook: choice.reshape(shape)?,
                     index: index.reshape(shape)?,
                 };
-                (z.expect("m > 1"), counts, codes)
+                (z, counts, codes)
             }
         };
         Ok(QuantizerOutput {

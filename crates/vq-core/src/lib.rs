@@ -49,6 +49,7 @@ pub mod gumbel;
 pub mod init;
 pub mod linalg;
 pub mod linear;
+pub mod mix;
 pub mod quantizer;
 pub mod search;
 pub mod structures;
