@@ -68,6 +68,21 @@ pub fn stream(seed: u64, path: &str) -> ChaCha8Rng {
     ChaCha8Rng::seed_from_u64(seed ^ stable_hash(path.as_bytes()))
 }
 
+/// A tensor of standard normal values drawn from the stream of `path` under `seed`: the same
+/// numbers on every run (candle's CPU `randn` cannot be seeded). For inputs of tests and
+/// benchmarks.
+pub fn randn(
+    seed: u64,
+    path: &str,
+    shape: &[usize],
+    device: &Device,
+) -> candle_core::Result<Tensor> {
+    let mut rng = stream(seed, path);
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| standard_normal(&mut rng) as f32).collect();
+    Tensor::from_vec(v, shape, device)
+}
+
 /// One standard normal draw (Box–Muller on the RNG's uniform stream).
 pub fn standard_normal(rng: &mut impl Rng) -> f64 {
     loop {

@@ -10,7 +10,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Module, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
 use rayon::prelude::*;
 
-use crate::linalg::{matmul, threads};
+use crate::linalg::{cpu_f32, host_f32 as host, matmul, threads};
 
 /// `y = x·Wᵀ + b`.
 ///
@@ -70,19 +70,6 @@ impl Module for Linear {
     }
 }
 
-/// The f32 data of a contiguous CPU tensor's storage.
-fn data<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("linear: {what} must be a contiguous f32 CPU tensor"),
-    }
-}
-
-/// A CPU tensor's values (contiguous copy).
-fn host(t: &Tensor) -> candle_core::Result<Vec<f32>> {
-    t.flatten_all()?.to_vec1::<f32>()
-}
-
 /// `x·Wᵀ + b` as one op.
 struct LinearOp;
 
@@ -101,9 +88,9 @@ impl CustomOp3 for LinearOp {
         bl: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (x, w, b) = (
-            data(xs, xl, "x")?,
-            data(ws, wl, "weight")?,
-            data(bs, bl, "bias")?,
+            cpu_f32(xs, xl, "linear x")?,
+            cpu_f32(ws, wl, "linear weight")?,
+            cpu_f32(bs, bl, "linear bias")?,
         );
         let (t, k) = xl.shape().dims2()?;
         let (n, k2) = wl.shape().dims2()?;

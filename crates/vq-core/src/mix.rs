@@ -9,6 +9,8 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::linalg::{cpu_f32, host_f32 as host};
+
 /// Rows per parallel task.
 const ROWS: usize = 256;
 
@@ -43,18 +45,6 @@ pub fn weighted_sum(outs: &[Tensor], sel: &Tensor) -> Result<Tensor> {
         z = z.apply_op3(&o.contiguous()?, &sel, AddTerm { col: i })?;
     }
     Ok(z)
-}
-
-/// The f32 data of a contiguous CPU storage.
-fn data<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("weighted sum: {what} must be a contiguous f32 CPU tensor"),
-    }
-}
-
-fn host(t: &Tensor) -> Result<Vec<f32>> {
-    t.flatten_all()?.to_vec1::<f32>()
 }
 
 /// `acc + sel[:, col] ⊙ out` (`acc` absent for the first term), rows in parallel.
@@ -141,7 +131,10 @@ impl CustomOp2 for FirstTerm {
         ss: &CpuStorage,
         sl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (out, sel) = (data(os, ol, "output")?, data(ss, sl, "selection")?);
+        let (out, sel) = (
+            cpu_f32(os, ol, "weighted sum output")?,
+            cpu_f32(ss, sl, "weighted sum selection")?,
+        );
         let (_, c) = ol.shape().dims2()?;
         let (_, m) = sl.shape().dims2()?;
         Ok((
@@ -184,8 +177,11 @@ impl CustomOp3 for AddTerm {
         ss: &CpuStorage,
         sl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let acc = data(as_, al, "partial sum")?;
-        let (out, sel) = (data(os, ol, "output")?, data(ss, sl, "selection")?);
+        let acc = cpu_f32(as_, al, "weighted sum partial sum")?;
+        let (out, sel) = (
+            cpu_f32(os, ol, "weighted sum output")?,
+            cpu_f32(ss, sl, "weighted sum selection")?,
+        );
         let (_, c) = ol.shape().dims2()?;
         let (_, m) = sl.shape().dims2()?;
         if al.shape() != ol.shape() {
@@ -223,11 +219,8 @@ mod tests {
     use candle_core::{Device, Var};
 
     fn seeded(shape: (usize, usize), seed: u64) -> Var {
-        let mut rng = crate::init::stream(seed, "mix-test");
-        let v: Vec<f32> = (0..shape.0 * shape.1)
-            .map(|_| crate::init::standard_normal(&mut rng) as f32)
-            .collect();
-        Var::from_tensor(&Tensor::from_vec(v, shape, &Device::Cpu).unwrap()).unwrap()
+        let t = crate::init::randn(seed, "mix-test", &[shape.0, shape.1], &Device::Cpu).unwrap();
+        Var::from_tensor(&t).unwrap()
     }
 
     /// Values and the gradients of every output and of the selection against the candle

@@ -397,12 +397,7 @@ fn random_quantizer(granularity: Granularity, seed: u64) -> AdaptiveQuantizer {
 }
 
 fn randn(shape: &[usize], seed: u64) -> Tensor {
-    let mut rng = vq_core::init::stream(seed, "input");
-    let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n)
-        .map(|_| vq_core::init::standard_normal(&mut rng) as f32)
-        .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    vq_core::init::randn(seed, "input", shape, &Device::Cpu).unwrap()
 }
 
 /// Channel-last input (`forward_channels_last`) gives exactly what channel-first input gives

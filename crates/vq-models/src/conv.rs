@@ -15,7 +15,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use vq_core::linalg::{matmul, threads};
+use vq_core::linalg::{cpu_f32 as contiguous, host_f32 as host, matmul, threads};
 
 use crate::direct;
 use crate::layout::transpose;
@@ -51,15 +51,6 @@ impl Geometry {
     }
     fn input_len(&self) -> usize {
         self.batch * self.channels * self.height * self.width
-    }
-}
-
-/// The `f32` data of a contiguous CPU tensor, or an error naming `what`.
-pub(crate) fn contiguous<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("{what}: expected a contiguous f32 tensor"),
     }
 }
 
@@ -140,11 +131,6 @@ fn col2im(g: &Geometry, cols_data: &[f32]) -> Vec<f32> {
     out
 }
 
-/// The CPU data of a tensor (made contiguous first when needed).
-fn host(t: &Tensor) -> Result<Vec<f32>> {
-    t.flatten_all()?.to_vec1::<f32>()
-}
-
 /// GEMM threads for each of two equal-sized products run side by side (`both`), or for one.
 fn split_threads(both: bool) -> usize {
     if both {
@@ -201,6 +187,17 @@ impl Relu {
     };
 }
 
+impl Relu {
+    /// How the direct kernels copy the op's input: through the input ReLU, if any.
+    fn source(self) -> direct::Source<'static> {
+        if self.input {
+            direct::Source::Relu
+        } else {
+            direct::Source::Copy
+        }
+    }
+}
+
 /// `x`, or `max(x, 0)` when `relu`.
 fn input_values(x: &[f32], relu: bool) -> std::borrow::Cow<'_, [f32]> {
     if relu {
@@ -236,15 +233,15 @@ fn mask_by_input(dx: &mut [f32], x: &Tensor) -> Result<()> {
     })
 }
 
-/// `y [rows, O] += bias` per column (or `+= add`, a residual shaped like `y`), then `max(·, 0)`
+/// `y [rows, O] += bias` per column and `+= add` (a residual shaped like `y`), then `max(·, 0)`
 /// when `relu`.
-fn finish(y: &mut [f32], bias: &[f32], add: Option<&[f32]>, relu: bool) {
-    let o = bias.len();
+fn finish(y: &mut [f32], o: usize, bias: Option<&[f32]>, add: Option<&[f32]>, relu: bool) {
     let block = o * 64;
     y.par_chunks_mut(block).enumerate().for_each(|(i, rows)| {
         let extra = add.map(|a| &a[i * block..i * block + rows.len()]);
         for (r, row) in rows.chunks_exact_mut(o).enumerate() {
-            for (j, (v, b)) in row.iter_mut().zip(bias).enumerate() {
+            for (j, v) in row.iter_mut().enumerate() {
+                let b = bias.map_or(0.0, |b| b[j]);
                 let e = extra.map_or(0.0, |a| a[r * o + j]);
                 *v = activate(*v + b + e, relu);
             }
@@ -332,10 +329,10 @@ enum Saved {
 }
 
 /// Whether a convolution from `in_channels` to `out_channels` runs on the direct kernels: the
-/// CPU has them and both channel counts are multiples of their 32-channel tiles (callers pass
-/// 0 input channels when no input gradient is needed: then any count works).
-fn use_direct(in_channels: usize, out_channels: usize) -> bool {
-    in_channels.is_multiple_of(direct::OB)
+/// CPU has them, the output channels come in their 32-channel tiles, and so do the input
+/// channels when an input gradient is needed (it is a convolution into them).
+fn use_direct(in_channels: usize, out_channels: usize, input_grad: bool) -> bool {
+    (!input_grad || in_channels.is_multiple_of(direct::OB))
         && out_channels.is_multiple_of(direct::OB)
         && direct::available()
 }
@@ -354,15 +351,6 @@ struct Conv2dOp {
 }
 
 impl Conv2dOp {
-    /// How the input is copied for the direct kernels.
-    fn source(&self) -> direct::Source<'static> {
-        if self.relu.input {
-            direct::Source::Relu
-        } else {
-            direct::Source::Copy
-        }
-    }
-
     /// `(B, H, W, C)` of the input.
     fn input_dims(&self) -> (usize, usize, usize, usize) {
         let g = &self.g;
@@ -390,16 +378,15 @@ impl CustomOp3 for Conv2dOp {
             contiguous(bs, bl, "conv2d bias or residual")?,
         );
         let (o, b, c) = (self.out_channels, g.batch, g.channels);
-        let zero_bias = vec![0f32; if self.skip { o } else { 0 }];
         let (bias, add) = if self.skip {
-            (zero_bias.as_slice(), Some(third))
+            (None, Some(third))
         } else {
-            (third, None)
+            (Some(third), None)
         };
         let (y, saved) = if self.direct {
-            let xp = direct::Padded::from_nhwc(x, self.input_dims(), g.padding, self.source());
+            let xp = direct::Padded::from_nhwc(x, self.input_dims(), g.padding, self.relu.source());
             let ep = direct::Epilogue {
-                bias: (!self.skip).then_some(bias),
+                bias,
                 add,
                 relu: self.relu.output,
                 mask: None,
@@ -417,7 +404,7 @@ impl CustomOp3 for Conv2dOp {
             let cols = im2col(g, &transpose(&xr, b, g.height * g.width, c));
             let y2 = matmul(o, n, rows, w, false, &cols, false, threads());
             let mut y = transpose(&y2, 1, o, n);
-            finish(&mut y, bias, add, self.relu.output);
+            finish(&mut y, o, bias, add, self.relu.output);
             (y, Saved::Matrix(cols))
         };
         *self.saved.lock().expect("saved lock") = Some(saved);
@@ -447,7 +434,7 @@ impl CustomOp3 for Conv2dOp {
                     &host(x)?,
                     self.input_dims(),
                     g.padding,
-                    self.source(),
+                    self.relu.source(),
                 ),
             };
             // Padded as the input gradient needs (k − 1 − p for stride 1).
@@ -508,10 +495,6 @@ impl CustomOp3 for Conv2dOp {
             );
             (dw, dx, db)
         };
-        let mut dx = dx;
-        if let (true, false, Some(dx)) = (self.relu.input, self.direct, dx.as_mut()) {
-            mask_by_input(dx, x)?;
-        }
         let db = if self.skip {
             // The residual's gradient is the (ReLU-masked) output gradient itself.
             match (tracked(bias), self.relu.output) {
@@ -526,14 +509,31 @@ impl CustomOp3 for Conv2dOp {
         } else {
             db.map(|v| Tensor::from_vec(v, o, dev)).transpose()?
         };
-        let dw = dw
-            .map(|v| Tensor::from_vec(v, w.shape(), dev))
-            .transpose()?;
-        let dx = dx
-            .map(|v| Tensor::from_vec(v, x.shape(), dev))
-            .transpose()?;
+        let (dx, dw) = input_and_kernel_grads(x, w, dx, dw, self.relu.input && !self.direct)?;
         Ok((dx, dw, db))
     }
+}
+
+/// The input and kernel gradients as tensors shaped like `x` and `w`; with `mask_input` (a
+/// ReLU before the op, on the GEMM path: the direct kernels mask in their epilogue) the input
+/// gradient is masked by `[x > 0]` first.
+fn input_and_kernel_grads(
+    x: &Tensor,
+    w: &Tensor,
+    mut dx: Option<Vec<f32>>,
+    dw: Option<Vec<f32>>,
+    mask_input: bool,
+) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    if let (true, Some(dx)) = (mask_input, dx.as_mut()) {
+        mask_by_input(dx, x)?;
+    }
+    let dev = x.device();
+    Ok((
+        dx.map(|v| Tensor::from_vec(v, x.shape(), dev))
+            .transpose()?,
+        dw.map(|v| Tensor::from_vec(v, w.shape(), dev))
+            .transpose()?,
+    ))
 }
 
 /// Per-channel sums of `[B, O, P]`.
@@ -595,15 +595,6 @@ struct ConvTranspose2dOp {
 }
 
 impl ConvTranspose2dOp {
-    /// How the input is copied for the direct kernels.
-    fn source(&self) -> direct::Source<'static> {
-        if self.relu.input {
-            direct::Source::Relu
-        } else {
-            direct::Source::Copy
-        }
-    }
-
     /// `(B, H, W, Ci)` of the input and the padding its direct forward pass needs.
     fn input_dims(&self) -> ((usize, usize, usize, usize), usize) {
         let g = &self.g;
@@ -639,7 +630,7 @@ impl CustomOp3 for ConvTranspose2dOp {
         let y = if self.direct {
             // The transposed convolution is the input gradient of its adjoint convolution.
             let (dims, pad) = self.input_dims();
-            let xp = direct::Padded::from_nhwc(x, dims, pad, self.source());
+            let xp = direct::Padded::from_nhwc(x, dims, pad, self.relu.source());
             let ep = direct::Epilogue {
                 bias: Some(bias),
                 add: None,
@@ -687,7 +678,7 @@ impl CustomOp3 for ConvTranspose2dOp {
                 Some(Saved::Padded(xp)) => xp,
                 _ => {
                     let (dims, pad) = self.input_dims();
-                    direct::Padded::from_nhwc(&host(x)?, dims, pad, self.source())
+                    direct::Padded::from_nhwc(&host(x)?, dims, pad, self.relu.source())
                 }
             };
             // The adjoint convolution's input: dY padded by p.
@@ -728,17 +719,8 @@ impl CustomOp3 for ConvTranspose2dOp {
             );
             (dw, dx2.map(|v| transpose(&v, 1, ci, n)), db)
         };
-        let mut dx = dx;
-        if let (true, false, Some(dx)) = (self.relu.input, self.direct, dx.as_mut()) {
-            mask_by_input(dx, x)?;
-        }
         let db = db.map(|v| Tensor::from_vec(v, co, dev)).transpose()?;
-        let dw = dw
-            .map(|v| Tensor::from_vec(v, w.shape(), dev))
-            .transpose()?;
-        let dx = dx
-            .map(|v| Tensor::from_vec(v, x.shape(), dev))
-            .transpose()?;
+        let (dx, dw) = input_and_kernel_grads(x, w, dx, dw, self.relu.input && !self.direct)?;
         Ok((dx, dw, db))
     }
 }
@@ -834,8 +816,7 @@ fn conv2d_with(
     let op = Conv2dOp {
         g,
         out_channels: o,
-        // The input gradient (C output channels) needs C in 32s; the image, untracked, does not.
-        direct: allow_direct && use_direct(if x.track_op() { c } else { 0 }, o),
+        direct: allow_direct && use_direct(c, o, x.track_op()),
         relu,
         skip: skip.is_some(),
         saved: std::sync::Mutex::new(None),
@@ -908,7 +889,8 @@ fn conv_transpose2d_with(
     let op = ConvTranspose2dOp {
         g,
         in_channels: ci,
-        direct: allow_direct && use_direct(co, ci),
+        // Forward and input gradient both run the output-channel tiles over Co and Ci.
+        direct: allow_direct && use_direct(co, ci, true),
         relu,
         saved: std::sync::Mutex::new(None),
     };
@@ -1027,12 +1009,7 @@ mod tests {
             d.set(d.get() + 1);
             d.get()
         });
-        let mut rng = vq_core::init::stream(k, "conv-test");
-        let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n)
-            .map(|_| vq_core::init::standard_normal(&mut rng) as f32)
-            .collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+        vq_core::init::randn(k, "conv-test", shape, &Device::Cpu).unwrap()
     }
 
     fn var(shape: &[usize]) -> Var {
@@ -1046,8 +1023,9 @@ mod tests {
     /// when allowed (and the CPU has them); the others always take the GEMM path.
     #[test]
     fn matches_candle_convolutions() {
-        assert_eq!(use_direct(32, 64), direct::available());
-        assert!(!use_direct(16, 64) && !use_direct(32, 48));
+        assert_eq!(use_direct(32, 64, true), direct::available());
+        assert_eq!(use_direct(3, 64, false), direct::available());
+        assert!(!use_direct(16, 64, true) && !use_direct(32, 48, true));
         for &(b, c, o, h, k, s, p) in &[
             // GEMM path: strides 1 and 2, 1×1, valid and over-padded.
             (2usize, 3usize, 5usize, 8usize, 4usize, 2usize, 1usize),

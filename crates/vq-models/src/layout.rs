@@ -4,7 +4,7 @@
 use candle_core::{CpuStorage, CustomOp1, DType, Layout as Strides, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::conv::contiguous;
+use vq_core::linalg::cpu_f32 as contiguous;
 
 /// Memory layout of 4-D activations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -9,7 +9,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::conv::contiguous;
+use vq_core::linalg::cpu_f32 as contiguous;
 
 /// Elements per parallel task (small maps stay on one thread).
 const CHUNK: usize = 1 << 15;

@@ -79,12 +79,7 @@ impl Reference {
 /// Seeded standard-normal data (the same on every run: ReLU masks near 0 cannot flip between
 /// runs).
 fn randn(shape: &[usize], seed: u64) -> Tensor {
-    let mut rng = vq_core::init::stream(seed, "against-candle");
-    let n: usize = shape.iter().product();
-    let v: Vec<f32> = (0..n)
-        .map(|_| vq_core::init::standard_normal(&mut rng) as f32)
-        .collect();
-    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    vq_core::init::randn(seed, "against-candle", shape, &Device::Cpu).unwrap()
 }
 
 fn max_abs(t: &Tensor) -> f32 {

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Tensor, Var};
 use rayon::prelude::*;
+use vq_core::linalg::cpu_f32;
 
 use crate::error::{Result, TrainError};
 
@@ -25,14 +26,6 @@ pub struct AdamConfig {
 struct Slot {
     mv: Tensor,
     t: u64,
-}
-
-/// The f32 data of a contiguous CPU storage, or an error naming `what`.
-fn cpu_data<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("adam: {what} must be a contiguous f32 CPU tensor"),
-    }
 }
 
 /// `m ← β₁m + (1−β₁)g`, `v ← β₂v + (1−β₂)g²` in place on `[m; v]`, reading the gradient
@@ -55,7 +48,7 @@ impl InplaceOp2 for Moments {
         g: &CpuStorage,
         gl: &Layout,
     ) -> candle_core::Result<()> {
-        let g = cpu_data(g, gl, "gradient")?;
+        let g = cpu_f32(g, gl, "adam gradient")?;
         let (a, b) = ml
             .contiguous_offsets()
             .ok_or_else(|| candle_core::Error::Msg("adam: moments not contiguous".into()))?;
@@ -104,7 +97,7 @@ impl InplaceOp2 for Apply {
         mv: &CpuStorage,
         mvl: &Layout,
     ) -> candle_core::Result<()> {
-        let mv = cpu_data(mv, mvl, "moments")?;
+        let mv = cpu_f32(mv, mvl, "adam moments")?;
         let (a, b) = wl
             .contiguous_offsets()
             .ok_or_else(|| candle_core::Error::Msg("adam: parameter not contiguous".into()))?;
