@@ -68,9 +68,10 @@ enum Cmd {
         report_dir: PathBuf,
         #[arg(long, default_value = "cpu")]
         device: String,
-        /// Codebook initialisation: normal (the authors', default) or data (first batch; the
-        /// report is then named <dataset>-data-init).
-        #[arg(long, default_value = "normal")]
+        /// Codebook initialisation: kmeans (default: k-means++ on projected latents, with
+        /// dead-code restarts), authors (N(0, 1) as in the authors' code, no restarts; the
+        /// report is named <dataset>-authors-init) or data (first batch; <dataset>-data-init).
+        #[arg(long, default_value = "kmeans")]
         init: String,
     },
     /// Runs the cargo-fuzz targets (IDX, CIFAR-10, config parsers) for a bounded time each.
@@ -150,9 +151,10 @@ fn main() -> Result<()> {
             init,
         } => {
             let init = match init.as_str() {
-                "normal" => vq_core::CodebookInit::Normal,
+                "kmeans" => vq_core::CodebookInit::Kmeans,
+                "authors" | "normal" => vq_core::CodebookInit::Normal,
                 "data" => vq_core::CodebookInit::Data,
-                other => anyhow::bail!("--init {other}: expected normal or data"),
+                other => anyhow::bail!("--init {other}: expected kmeans, authors or data"),
             };
             let opts = reproduce::Options {
                 part,

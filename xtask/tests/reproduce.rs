@@ -16,11 +16,12 @@ fn toy_reproduction_writes_report_and_figures() {
         runs_dir: dir.path().join("runs"),
         report_dir: dir.path().join("results"),
         device: "cpu".into(),
-        init: vq_core::CodebookInit::Normal,
+        init: vq_core::CodebookInit::Kmeans,
     };
     let report = reproduce(&opts).unwrap();
     let md = std::fs::read_to_string(&report).unwrap();
-    // One row per setting: two fixed structures in Table 1; best fixed + adaptive in Table 2.
+    // One row per setting: two fixed structures in Table 1; in Table 2 the best fixed, the
+    // paper's adaptive quantizer under sampled and argmax routing, and the min-error router.
     // Each table ends with a blank line (GitHub Markdown reads a following text line as a row).
     let rows_of = |section: &str| -> Vec<String> {
         let start = md.find(section).unwrap();
@@ -44,8 +45,26 @@ fn toy_reproduction_writes_report_and_figures() {
         "{t1:?}"
     );
     let t2 = rows_of("## Table 2");
-    assert_eq!(t2.len(), 2, "{md}");
-    assert!(t2[1].starts_with("| adaptive | 1 |"), "{t2:?}");
+    assert_eq!(t2.len(), 4, "{md}");
+    assert!(
+        t2[1].starts_with("| adaptive, sampled routing (the paper) | 1 |")
+            && t2[2].starts_with("| adaptive, argmax routing | 1 |")
+            && t2[3].starts_with("| adaptive, min-error router (not in the paper) | 1 |"),
+        "{t2:?}"
+    );
+    // Every row has the nine columns: distortion, the paper's figure, quality, rate, usage.
+    assert!(
+        t1.iter().chain(&t2).all(|r| r.matches('|').count() == 10),
+        "{t1:?}"
+    );
+    assert!(
+        md.contains("Codebook health and routing, the paper's selector"),
+        "{md}"
+    );
+    assert!(
+        md.contains("Codebook health and routing, the min-error router"),
+        "{md}"
+    );
     for f in [
         "fig2_gradient_gap.png",
         "fig2_quantization_loss.png",
@@ -64,6 +83,7 @@ fn toy_reproduction_writes_report_and_figures() {
         "table1/fixed-512x128-s0",
         "table1/fixed-65536x1-s0",
         "table2/adaptive-s0",
+        "table2/adaptive-min-error-s0",
     ] {
         let r = dir.path().join("runs/embedded").join(run);
         assert!(

@@ -4,7 +4,7 @@
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
-use crate::config::{Granularity, SelectionLogits, ValidAdaptiveConfig, ValidVqConfig};
+use crate::config::{Granularity, Router, SelectionLogits, ValidAdaptiveConfig, ValidVqConfig};
 use crate::error::{Result, VqError};
 use crate::gumbel::{gumbel_softmax, gumbel_softmax_with_noise, one_hot_argmax, selection_counts};
 use crate::linear::Linear;
@@ -53,6 +53,24 @@ impl ProjectedQuantizer {
     /// `[T]` indices → `[T, C]`.
     pub fn decode(&self, indices: &Tensor) -> Result<Tensor> {
         Ok(self.project_out.forward(&self.quantizer.decode(indices)?)?)
+    }
+
+    /// `[T, D]` codewords (straight-through or not) → `[T, C]` through the back-projection, the
+    /// codewords detached: gradients reach `project_out` only.
+    pub fn back_project_detached(&self, quantized: &Tensor) -> Result<Tensor> {
+        Ok(self.project_out.forward(&quantized.detach())?)
+    }
+
+    /// The codebook's data-driven initialisation from `flat` `[T, C]` projected to its `D`
+    /// (see [`VectorQuantizer::initialise`]).
+    pub fn initialise(
+        &self,
+        flat: &Tensor,
+        rows_per_step: usize,
+        rng: &mut dyn rand::RngCore,
+    ) -> Result<bool> {
+        let z = self.project(&flat.detach())?.detach();
+        self.quantizer.initialise(&z, rows_per_step, rng)
     }
 
     fn with_search(mut self, search: SearchMethod) -> Self {
@@ -132,11 +150,12 @@ impl Selector {
 }
 
 /// Pool of `m` projected codebooks; each data point uses the one picked by a hard
-/// straight-through Gumbel-Softmax over attention logits. With `m = 1` there is no selector and
-/// this is the fixed-codebook VQ of the paper's Table 1.
+/// straight-through Gumbel-Softmax over attention logits (or, with [`Router::MinError`], the
+/// one whose output is nearest to it). With `m = 1` there is no selector and this is the
+/// fixed-codebook VQ of the paper's Table 1.
 ///
-/// Variables: `books.{i}.*` ([`ProjectedQuantizer`]) and, for `m > 1`,
-/// `selector.{keys,q_proj,k_proj}`.
+/// Variables: `books.{i}.*` ([`ProjectedQuantizer`]) and, for `m > 1` with the attention
+/// router, `selector.{keys,q_proj,k_proj}`.
 #[derive(Clone, Debug)]
 pub struct AdaptiveQuantizer {
     config: ValidAdaptiveConfig,
@@ -154,7 +173,7 @@ impl AdaptiveQuantizer {
             .enumerate()
             .map(|(i, cb)| ProjectedQuantizer::new(c, cb, vb.pp("books").pp(i)))
             .collect::<Result<Vec<_>>>()?;
-        let selector = if books.len() > 1 {
+        let selector = if books.len() > 1 && config.router() == Router::Attention {
             Some(Selector::new(
                 books.len(),
                 c,
@@ -270,20 +289,50 @@ impl Quantizer for AdaptiveQuantizer {
                 format!("has no vectors, or {t} vectors for positions {shape:?}"),
             ));
         }
-        let mut outs = Vec::with_capacity(self.books.len());
-        let mut vqs = Vec::with_capacity(self.books.len());
+        let m = self.books.len();
+        let min_error = m > 1 && self.config.router() == Router::MinError;
+        let mut outs = Vec::with_capacity(m);
+        let mut vqs = Vec::with_capacity(m);
+        let mut losses = Vec::with_capacity(m);
+        let mut errors = Vec::with_capacity(if min_error { m } else { 0 });
+        let flat_sg = flat.detach();
         for book in &self.books {
             let (o, v) = book.forward(flat, step.update_codebooks)?;
+            if min_error {
+                // β‖project_out(sg[q]) − sg[z_e]‖²; its forward value is the routing distance.
+                let back = book.back_project_detached(&v.quantized)?;
+                let diff = (&back - &flat_sg)?;
+                errors.push(diff.detach().sqr()?.sum(1)?); // [T]
+                let beta = book.quantizer().config().codebook().beta;
+                losses.push((&v.loss + diff.sqr()?.mean_all()?.affine(beta, 0.0)?)?);
+            } else {
+                losses.push(v.loss.clone());
+            }
             outs.push(o);
             vqs.push(v);
         }
-        let losses: Vec<&Tensor> = vqs.iter().map(|v| &v.loss).collect();
         let loss_vec = Tensor::stack(&losses, 0)?;
         let loss = loss_vec.mean_all()?;
         let ppl: Vec<&Tensor> = vqs.iter().map(|v| &v.perplexity).collect();
         let perplexity = Tensor::stack(&ppl, 0)?.detach();
+        let code_counts: Vec<Tensor> = vqs.iter().map(|v| v.counts.clone()).collect();
         let logits = self.logits_of_flat(flat, batch)?;
-        let (z, selection_counts, codes) = match &logits {
+        let sel_units = if m == 1 {
+            None
+        } else if min_error {
+            let err = Tensor::stack(&errors, 1)?; // [T, m]
+            let err = match self.config.granularity() {
+                Granularity::PerVector => err,
+                Granularity::PerImage => err.reshape((batch, t / batch, m))?.sum(1)?,
+            };
+            Some(one_hot_argmax(&err.neg()?)?)
+        } else {
+            let l = logits
+                .as_ref()
+                .expect("the attention router has a selector");
+            Some(select(l, &mut step.selection)?)
+        };
+        let (z, selection_counts, codes) = match sel_units {
             None => {
                 let units = match self.config.granularity() {
                     Granularity::PerVector => t,
@@ -296,8 +345,7 @@ impl Quantizer for AdaptiveQuantizer {
                 };
                 (outs.swap_remove(0), counts, codes)
             }
-            Some(logits) => {
-                let sel_units = select(logits, &mut step.selection)?;
+            Some(sel_units) => {
                 let counts = selection_counts(&sel_units)?;
                 let sel = self.expand_selection(&sel_units, t, batch)?; // [T, m]
                 let z = crate::mix::weighted_sum(&outs, &sel)?;
@@ -316,10 +364,24 @@ impl Quantizer for AdaptiveQuantizer {
             loss,
             codebook_losses: loss_vec.detach(),
             perplexity,
+            code_counts,
             selection_counts,
             codes,
             logits,
         })
+    }
+
+    fn initialise_codebooks(
+        &self,
+        flat: &Tensor,
+        rows_per_step: usize,
+        rng: &mut dyn rand::RngCore,
+    ) -> Result<bool> {
+        let mut any = false;
+        for book in &self.books {
+            any |= book.initialise(flat, rows_per_step, rng)?;
+        }
+        Ok(any)
     }
 
     fn decode(&self, codes: &Codes) -> Result<Tensor> {
@@ -411,6 +473,7 @@ impl Quantizer for VectorQuantizer {
             codebook_losses: out.loss.detach().reshape(1)?,
             loss: out.loss,
             perplexity: out.perplexity.detach().reshape(1)?,
+            code_counts: vec![out.counts.clone()],
             selection_counts: Tensor::from_vec(vec![t as f32], 1, dev)?,
             codes: Codes {
                 codebook: Tensor::zeros(shape, DType::U32, dev)?,
@@ -418,6 +481,15 @@ impl Quantizer for VectorQuantizer {
             },
             logits: None,
         })
+    }
+
+    fn initialise_codebooks(
+        &self,
+        flat: &Tensor,
+        rows_per_step: usize,
+        rng: &mut dyn rand::RngCore,
+    ) -> Result<bool> {
+        self.initialise(&flat.detach(), rows_per_step, rng)
     }
 
     fn decode(&self, codes: &Codes) -> Result<Tensor> {

@@ -26,10 +26,18 @@ pub struct CodebookConfig {
     pub decay: f64,
     /// ε: Laplace smoothing of the EMA cluster sizes.
     pub epsilon: f64,
-    /// How the codewords start (default: the authors' N(0, 1) draw).
+    /// How the codewords start (default: k-means++ on projected latents; `"authors"` /
+    /// `"normal"` is the authors' N(0, 1) draw).
     pub init: CodebookInit,
-    /// Re-initialise every codeword whose EMA cluster size falls below this many vectors to a
-    /// random vector of the current batch (0 = never; EMA codebooks only). Not in the paper.
+    /// Lloyd iterations after the k-means++ seeding ([`CodebookInit::Kmeans`]).
+    pub kmeans_iters: usize,
+    /// Training batches whose latents form the k-means sample (the trainer encodes them once
+    /// before the first step; a quantizer used alone takes its first batch).
+    pub init_batches: usize,
+    /// Dead-codeword restart: every codeword whose EMA cluster size falls below this fraction of
+    /// the mean cluster size (`ΣN / N`, the vectors a codeword receives per step on average) moves
+    /// to a random vector of the current batch, with its EMA statistics reset (cluster size = the
+    /// mean, running sum = the vector times it). 0 = never; EMA codebooks only. Not in the paper.
     pub restart_below: f64,
 }
 
@@ -37,13 +45,29 @@ pub struct CodebookConfig {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CodebookInit {
-    /// Codewords (and EMA sums) drawn from N(0, 1), EMA cluster sizes 0, as in the authors'
-    /// code. When the projected vectors are small against `√D`, every vector picks the same
-    /// codeword and the others are never used.
-    #[default]
+    /// The authors' initialisation (`"normal"` or `"authors"`): codewords (and EMA sums) drawn
+    /// from N(0, 1), EMA cluster sizes 0. When the projected vectors are small against `√D`,
+    /// every vector picks the same codeword and the others are never used.
+    #[serde(alias = "authors")]
     Normal,
     /// Codewords set to random vectors of the first training batch (EMA cluster sizes 1).
     Data,
+    /// k-means++ seeding and Lloyd iterations on the codebook's own projected latents of the
+    /// first `init_batches` batches ([`crate::kmeans`]); EMA cluster sizes from the final
+    /// assignment, scaled to one batch.
+    #[default]
+    Kmeans,
+}
+
+impl CodebookInit {
+    /// Short name for run labels and reports.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Normal => "authors",
+            Self::Data => "data",
+            Self::Kmeans => "kmeans",
+        }
+    }
 }
 
 impl Default for CodebookConfig {
@@ -54,13 +78,25 @@ impl Default for CodebookConfig {
             ema: true,
             decay: 0.99,
             epsilon: 1e-5,
-            init: CodebookInit::Normal,
-            restart_below: 0.0,
+            init: CodebookInit::Kmeans,
+            kmeans_iters: 10,
+            init_batches: 4,
+            restart_below: 0.03,
         }
     }
 }
 
 impl CodebookConfig {
+    /// The authors' settings: N(0, 1) codewords, no k-means, no restarts (the paper as
+    /// published; large-D codebooks collapse to a few codewords, see docs/design.md).
+    pub fn authors() -> Self {
+        Self {
+            init: CodebookInit::Normal,
+            restart_below: 0.0,
+            ..Self::default()
+        }
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         finite_non_negative("commitment", self.commitment)?;
         finite_non_negative("beta", self.beta)?;
@@ -74,6 +110,18 @@ impl CodebookConfig {
             ));
         }
         finite_non_negative("restart_below", self.restart_below)?;
+        if self.restart_below >= 1.0 {
+            return Err(ConfigError::invalid(
+                "restart_below",
+                format!(
+                    "is a fraction of the mean cluster size and must be < 1, got {}",
+                    self.restart_below
+                ),
+            ));
+        }
+        if self.init_batches == 0 {
+            return Err(ConfigError::invalid("init_batches", "must be ≥ 1"));
+        }
         if self.restart_below > 0.0 && !self.ema {
             return Err(ConfigError::invalid(
                 "restart_below",
@@ -190,6 +238,24 @@ pub enum SelectionLogits {
     AttentionProbs,
 }
 
+/// Which codebook of the pool each selection unit uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Router {
+    /// The paper's: attention between the unit and one learned key per codebook gives logits
+    /// (see [`SelectionLogits`]), a hard straight-through Gumbel-Softmax (or the argmax, at
+    /// evaluation) picks the codebook.
+    #[default]
+    Attention,
+    /// Not in the paper: every codebook already quantizes every vector, so each unit takes the
+    /// codebook whose back-projected output `project_out(q_i)` is nearest to `z_e` (squared L2,
+    /// summed over the image's positions for per-image units; ties to the lowest index). No
+    /// selector and no noise. Each codebook's VQ loss gains `β‖project_out(sg[q_i]) − sg[z_e]‖²`
+    /// (mean squared error), which trains the back-projections to return to the encoder's
+    /// space, so that the distances compare like with like.
+    MinError,
+}
+
 /// The pool of codebooks of an [`AdaptiveQuantizer`](crate::AdaptiveQuantizer). A pool of one is
 /// the fixed-codebook model of the paper's Table 1.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -208,6 +274,8 @@ pub struct AdaptiveConfig {
     pub granularity: Granularity,
     /// How attention becomes Gumbel-Softmax logits.
     pub logits: SelectionLogits,
+    /// How a codebook is chosen (the paper's attention selector, or the nearest output).
+    pub router: Router,
     /// Permit codebooks with `N ≤ D`.
     pub allow_n_le_d: bool,
     /// Learning rule shared by every codebook of the pool.
@@ -223,6 +291,7 @@ impl Default for AdaptiveConfig {
             heads: 2,
             granularity: Granularity::PerVector,
             logits: SelectionLogits::LogAttention,
+            router: Router::Attention,
             allow_n_le_d: false,
             codebook: CodebookConfig::default(),
         }
@@ -342,6 +411,10 @@ impl ValidAdaptiveConfig {
     /// Logit mode of the selector.
     pub fn logits(&self) -> SelectionLogits {
         self.config.logits
+    }
+    /// How a codebook is chosen.
+    pub fn router(&self) -> Router {
+        self.config.router
     }
     /// The configuration this was validated from.
     pub fn config(&self) -> &AdaptiveConfig {

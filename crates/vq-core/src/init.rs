@@ -84,7 +84,7 @@ pub fn randn(
 }
 
 /// One standard normal draw (Box–Muller on the RNG's uniform stream).
-pub fn standard_normal(rng: &mut impl Rng) -> f64 {
+pub fn standard_normal(rng: &mut (impl Rng + ?Sized)) -> f64 {
     loop {
         let u: f64 = rng.random();
         if u > 0.0 {

@@ -47,6 +47,7 @@ pub mod error;
 pub mod gap;
 pub mod gumbel;
 pub mod init;
+pub mod kmeans;
 pub mod linalg;
 pub mod linear;
 pub mod mix;
@@ -57,7 +58,7 @@ pub mod vq;
 
 pub use adaptive::{AdaptiveQuantizer, ProjectedQuantizer};
 pub use config::{
-    AdaptiveConfig, CodebookConfig, CodebookInit, Granularity, SelectionLogits,
+    AdaptiveConfig, CodebookConfig, CodebookInit, Granularity, Router, SelectionLogits,
     ValidAdaptiveConfig, ValidVqConfig, VqConfig,
 };
 pub use error::{ConfigError, Result, VqError};

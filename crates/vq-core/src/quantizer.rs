@@ -90,6 +90,9 @@ pub struct QuantizerOutput {
     pub codebook_losses: Tensor,
     /// `[m]` (detached): each codebook's code-usage perplexity on this batch.
     pub perplexity: Tensor,
+    /// `m` tensors `[N_i]` f32 (detached): how many vectors each codeword of codebook `i`
+    /// received (every codebook quantizes every vector, whichever output is selected).
+    pub code_counts: Vec<Tensor>,
     /// `[m]` f32: how many selection units (vectors, or images for per-image selection) chose
     /// each codebook.
     pub selection_counts: Tensor,
@@ -147,6 +150,18 @@ pub trait Quantizer {
         code_shape: &[usize],
         step: &mut Step<'_>,
     ) -> Result<QuantizerOutput>;
+
+    /// The data-driven initialisation of every codebook (k-means or data init; see
+    /// [`VectorQuantizer::initialise`](crate::VectorQuantizer::initialise)) from `flat`
+    /// `[T, C]`, latents of one or more training batches of `rows_per_step` vectors each.
+    /// Returns whether any codebook was initialised (`false` for the authors' N(0, 1) init).
+    /// Call it once, before the first training step.
+    fn initialise_codebooks(
+        &self,
+        flat: &Tensor,
+        rows_per_step: usize,
+        rng: &mut dyn RngCore,
+    ) -> Result<bool>;
 
     /// Codes of `z_e` with deterministic (argmax) selection and no update.
     fn encode(&self, z_e: &Tensor) -> Result<Codes> {

@@ -22,12 +22,15 @@ struct EmaState {
 ///   without EMA it is a trainable parameter.
 /// - `ema_cluster_size` `[N]`, `ema_w` `[N, D]`: EMA buffers (EMA mode only).
 ///
-/// - `updates` `[1]`: number of codebook updates so far (only with data initialisation or
-///   dead-code restarts; it seeds their random choices, so they resume exactly).
+/// - `updates` `[1]`: number of codebook updates so far, the data-driven initialisation counting
+///   as one (only with data or k-means initialisation or dead-code restarts; it seeds their
+///   random choices and says whether the initialisation is done, so runs resume exactly).
 ///
-/// EMA initialisation follows the authors' code (zalando's `VectorQuantizerEMA`): codebook and
-/// running sums drawn independently from N(0, 1), cluster sizes zero. With
-/// [`CodebookInit::Data`](crate::CodebookInit::Data) the first training batch replaces them.
+/// The variables are created as in the authors' code (zalando's `VectorQuantizerEMA`): codebook
+/// and running sums drawn independently from N(0, 1), cluster sizes zero. With
+/// [`CodebookInit::Kmeans`] or [`CodebookInit::Data`] they are replaced from data before the
+/// first update: by [`VectorQuantizer::initialise`] on a sample the caller chooses (the trainer
+/// encodes its first batches), or else from the first training batch.
 #[derive(Clone, Debug)]
 pub struct VectorQuantizer {
     config: ValidVqConfig,
@@ -88,7 +91,7 @@ impl VectorQuantizer {
             };
             (as_var(vb.get_with_hints((n, d), "embedding", init)?)?, None)
         };
-        let updates = (cb.init == CodebookInit::Data || cb.restart_below > 0.0)
+        let updates = (cb.init != CodebookInit::Normal || cb.restart_below > 0.0)
             .then(|| {
                 vb.get_with_hints_dtype(1, "updates", Init::Const(0.0), candle_core::DType::U32)
                     .map_err(VqError::from)
@@ -191,9 +194,13 @@ impl VectorQuantizer {
         };
         // A non-finite batch (a diverging encoder) must not reach the codebook statistics.
         let finite = !update || x_sg.sum_all()?.to_scalar::<f32>()?.is_finite();
-        if update && finite && cb.init == CodebookInit::Data && updates == 0 {
-            self.init_from_data(&x_sg, updates)?;
-        }
+        let updates = if update && finite && cb.init != CodebookInit::Normal && updates == 0 {
+            let mut rng = self.rng(0);
+            self.initialise(&x_sg, x_sg.dim(0)?, &mut rng)?;
+            1
+        } else {
+            updates
+        };
         let codebook = self.codebook();
         let indices = nearest(&x_sg, &codebook.detach(), self.search)?;
         let z_q = codebook.index_select(&indices, 0)?;
@@ -247,37 +254,89 @@ impl VectorQuantizer {
         )
     }
 
-    /// Sets the codewords to random rows of `x` `[T, D]` (distinct rows when `T ≥ N`); EMA sums
-    /// equal to them and cluster sizes 1.
-    fn init_from_data(&self, x: &Tensor, updates: u64) -> Result<()> {
-        use rand::seq::index::sample;
-        use rand::Rng;
-        let t = x.dim(0)?;
-        let n = self.config.num_embeddings();
-        let mut rng = self.rng(updates);
-        let rows: Vec<u32> = if t >= n {
-            sample(&mut rng, t, n)
-                .into_iter()
-                .map(|i| i as u32)
-                .collect()
-        } else {
-            (0..n).map(|_| rng.random_range(0..t as u32)).collect()
-        };
-        let emb = x.index_select(&Tensor::from_vec(rows, n, x.device())?, 0)?;
-        self.embedding.set(&emb)?;
-        if let Some(ema) = &self.ema {
-            ema.ema_w.set(&emb)?;
-            ema.cluster_size.set(&ema.cluster_size.ones_like()?)?;
-        }
-        Ok(())
+    /// Whether the data-driven initialisation is still to be done (k-means or data init, and no
+    /// update or initialisation has happened yet).
+    pub fn needs_init(&self) -> Result<bool> {
+        Ok(match &self.updates {
+            Some(u) if self.config.codebook().init != CodebookInit::Normal => {
+                u.as_tensor().to_vec1::<u32>()?[0] == 0
+            }
+            _ => false,
+        })
     }
 
-    /// Codewords whose EMA cluster size is below `restart_below` move to random rows of `x`
-    /// (with EMA sums equal to them and cluster size 1).
+    /// The configured data-driven initialisation from the vectors `x` `[T, D]`:
+    /// - [`CodebookInit::Kmeans`]: k-means++ and `kmeans_iters` Lloyd iterations
+    ///   ([`crate::kmeans`]); EMA cluster sizes are the final assignment counts scaled to a batch
+    ///   of `rows_per_step` vectors (`count · rows_per_step / T`; a codeword with no vector gets
+    ///   the mean `rows_per_step / N`), running sums the codewords times them;
+    /// - [`CodebookInit::Data`]: random rows of `x` (distinct when `T ≥ N`), cluster sizes 1;
+    /// - [`CodebookInit::Normal`]: nothing (returns `false`).
+    ///
+    /// Counts as the first update (`updates = 1`), so a later training step does not initialise
+    /// again. All choices come from `rng`.
+    pub fn initialise(
+        &self,
+        x: &Tensor,
+        rows_per_step: usize,
+        rng: &mut dyn rand::RngCore,
+    ) -> Result<bool> {
+        use rand::Rng;
+        self.check_input(x)?;
+        let cb = self.config.codebook();
+        let (t, d) = x.dims2()?;
+        let n = self.config.num_embeddings();
+        let dev = x.device().clone();
+        let (emb, cs): (Vec<f32>, Vec<f32>) = match cb.init {
+            CodebookInit::Normal => return Ok(false),
+            CodebookInit::Data => {
+                let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let rows: Vec<usize> = if t >= n {
+                    rand::seq::index::sample(rng, t, n).into_iter().collect()
+                } else {
+                    (0..n).map(|_| rng.random_range(0..t)).collect()
+                };
+                let emb = rows
+                    .iter()
+                    .flat_map(|&r| xs[r * d..(r + 1) * d].iter().copied())
+                    .collect();
+                (emb, vec![1.0; n])
+            }
+            CodebookInit::Kmeans => {
+                let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                let k = crate::kmeans::kmeans(&xs, d, n, cb.kmeans_iters, rng)?;
+                let scale = rows_per_step as f32 / t as f32;
+                let mean = rows_per_step as f32 / n as f32;
+                let cs = k
+                    .counts
+                    .iter()
+                    .map(|&c| if c > 0.0 { c * scale } else { mean })
+                    .collect();
+                (k.centers, cs)
+            }
+        };
+        let emb_t = Tensor::from_vec(emb, (n, d), &dev)?;
+        self.embedding.set(&emb_t)?;
+        if let Some(ema) = &self.ema {
+            let cs_t = Tensor::from_vec(cs, n, &dev)?;
+            ema.ema_w.set(&emb_t.broadcast_mul(&cs_t.unsqueeze(1)?)?)?;
+            ema.cluster_size.set(&cs_t)?;
+        }
+        if let Some(u) = &self.updates {
+            u.set(&Tensor::new(&[1u32], &dev)?)?;
+        }
+        Ok(true)
+    }
+
+    /// Codewords whose EMA cluster size is below `restart_below` times the mean cluster size
+    /// move to random rows of `x`, their statistics reset: cluster size = the mean, running sum =
+    /// the row times it.
     fn restart_dead(&self, ema: &EmaState, x: &Tensor, updates: u64) -> Result<()> {
         use rand::Rng;
-        let thr = self.config.codebook().restart_below as f32;
+        let _span = tracing::trace_span!("restart_dead").entered();
         let cs = ema.cluster_size.as_tensor().to_vec1::<f32>()?;
+        let mean = cs.iter().map(|&c| c as f64).sum::<f64>() / cs.len() as f64;
+        let thr = (self.config.codebook().restart_below * mean) as f32;
         let dead: Vec<usize> = cs
             .iter()
             .enumerate()
@@ -293,11 +352,15 @@ impl VectorQuantizer {
         let mut w = ema.ema_w.as_tensor().flatten_all()?.to_vec1::<f32>()?;
         let mut cs = cs;
         let mut rng = self.rng(updates ^ 0x5EED);
+        let mean = mean as f32;
         for i in dead {
             let r = rng.random_range(0..t);
-            emb[i * d..(i + 1) * d].copy_from_slice(&xs[r * d..(r + 1) * d]);
-            w[i * d..(i + 1) * d].copy_from_slice(&xs[r * d..(r + 1) * d]);
-            cs[i] = 1.0;
+            let row = &xs[r * d..(r + 1) * d];
+            emb[i * d..(i + 1) * d].copy_from_slice(row);
+            for (wv, &xv) in w[i * d..(i + 1) * d].iter_mut().zip(row) {
+                *wv = xv * mean;
+            }
+            cs[i] = mean;
         }
         let n = cs.len();
         let dev = x.device();
@@ -350,7 +413,7 @@ mod tests {
             embedding_dim: d,
             codebook: CodebookConfig {
                 ema,
-                ..CodebookConfig::default()
+                ..CodebookConfig::authors()
             },
         }
         .validate()
@@ -480,7 +543,7 @@ mod tests {
             .map(|_| rng.random_range(-0.05..0.05))
             .collect();
         let x = Tensor::from_vec(x, (256, 32), &Device::Cpu).unwrap();
-        let normal = vq_with(CodebookConfig::default(), 64, 32);
+        let normal = vq_with(CodebookConfig::authors(), 64, 32);
         let p = normal
             .forward(&x, true)
             .unwrap()
@@ -491,7 +554,7 @@ mod tests {
         let data = vq_with(
             CodebookConfig {
                 init: CodebookInit::Data,
-                ..Default::default()
+                ..CodebookConfig::authors()
             },
             64,
             32,
@@ -503,7 +566,7 @@ mod tests {
         let again = vq_with(
             CodebookConfig {
                 init: CodebookInit::Data,
-                ..Default::default()
+                ..CodebookConfig::authors()
             },
             64,
             32,
@@ -513,6 +576,7 @@ mod tests {
             data.codebook().to_vec2::<f32>().unwrap(),
             again.codebook().to_vec2::<f32>().unwrap()
         );
+        // The initialisation and the step's EMA update each count.
         assert_eq!(
             data.updates
                 .as_ref()
@@ -520,7 +584,7 @@ mod tests {
                 .as_tensor()
                 .to_vec1::<u32>()
                 .unwrap(),
-            vec![1]
+            vec![2]
         );
     }
 
@@ -529,7 +593,7 @@ mod tests {
     fn dead_codes_restart_on_batch_vectors() {
         let cb = CodebookConfig {
             restart_below: 0.5,
-            ..Default::default()
+            ..CodebookConfig::authors()
         };
         let cfg = VqConfig {
             num_embeddings: 3,
@@ -561,13 +625,26 @@ mod tests {
             rows.contains(&cb[2]),
             "code 2 restarted on a batch vector: {cb:?}"
         );
-        assert_eq!(
-            vq.ema_cluster_size().unwrap().to_vec1::<f32>().unwrap()[2],
-            1.0
-        );
+        // Mean cluster size (1 + 1 + 0.001) / 3, decayed by the step's EMA update first:
+        // the raw sizes become 0.99·(1, 1, 0.001) + 0.01·counts, counts = (2, 1, 0)
+        // (rows 0 and 2 go to code 0, row 1 to code 1), Laplace smoothing keeps their sum.
+        let raw = [0.99f64 + 0.02, 0.99 + 0.01, 0.99e-3];
+        let mean = raw.iter().sum::<f64>() / 3.0;
+        let cs = vq.ema_cluster_size().unwrap().to_vec1::<f32>().unwrap();
+        assert!((cs[2] as f64 - mean).abs() < 1e-6, "{cs:?} vs {mean}");
+        // Running sum = the row times the cluster size, so the codeword is exactly the row.
+        let w = vq
+            .ema
+            .as_ref()
+            .unwrap()
+            .ema_w
+            .as_tensor()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert!((w[2][0] as f64 - cb[2][0] as f64 * mean).abs() < 1e-6);
         let e = VqConfig {
             codebook: CodebookConfig {
-                restart_below: 1.0,
+                restart_below: 0.5,
                 ema: false,
                 ..Default::default()
             },

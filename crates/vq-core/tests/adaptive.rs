@@ -171,6 +171,7 @@ fn reference_quantizer(logits: SelectionLogits) -> (AdaptiveQuantizer, SeededVar
         pool: POOL.to_vec(),
         heads: 2,
         logits,
+        codebook: vq_core::CodebookConfig::authors(),
         ..AdaptiveConfig::default()
     }
     .validate()
@@ -658,7 +659,7 @@ fn gradient_gap_by_hand() {
     let cfg = vq_core::VqConfig {
         num_embeddings: 2,
         embedding_dim: 2,
-        codebook: Default::default(),
+        codebook: vq_core::CodebookConfig::authors(),
     };
     let cfg = vq_core::VqConfig {
         num_embeddings: 3,
@@ -770,4 +771,88 @@ fn config_errors_name_the_problem() {
     .validate()
     .unwrap_err();
     assert_eq!(e, ConfigError::CapacityNotPowerOfTwo(1000));
+}
+
+/// The min-error router on a pool worked by hand. C = 2; book 0 is `[4, 2]` with identity
+/// projections and codewords (k, k), k = 0..3; book 1 is `[8, 1]` projecting onto the first
+/// coordinate and back as (q, 0), codewords 0..7.
+/// - x = (2.9, 0.1): book 0 gives (2, 2), error 0.81 + 3.61 = 4.42; book 1 gives 3 → (3, 0),
+///   error 0.01 + 0.01 = 0.02 → book 1.
+/// - x = (1.0, 1.1): book 0 gives (1, 1), error 0.01; book 1 gives 1 → (1, 0), error 1.21
+///   → book 0.
+///
+/// Losses (α = 0.25, β = 1): book 0's VQ loss is 1.25 · (4.42 + 0.01)/4 = 1.384375 and its
+/// back-projection term (4.42 + 0.01)/4 = 1.1075; book 1's VQ loss 1.25 · (0.01 + 0)/2 =
+/// 0.00625 and back-projection (0.02 + 1.21)/4 = 0.3075; the pool's loss is their mean,
+/// (2.491875 + 0.31375)/2 = 1.4028125. Per image, the errors add up: book 0 (0.01 + 4.42 =
+/// 4.43) against book 1 (0.02 + 1.21 = 1.23) → book 1 for both.
+#[test]
+fn min_error_router_by_hand() {
+    use std::collections::HashMap;
+    let dev = Device::Cpu;
+    let build = |granularity: Granularity| {
+        let cfg = AdaptiveConfig {
+            channels: 2,
+            capacity: None,
+            pool: vec![[4, 2], [8, 1]],
+            router: vq_core::Router::MinError,
+            granularity,
+            codebook: vq_core::CodebookConfig::authors(),
+            ..AdaptiveConfig::default()
+        }
+        .validate()
+        .unwrap();
+        let t = |v: &[f32], shape: &[usize]| Tensor::from_slice(v, shape, &dev).unwrap();
+        let mut ts: HashMap<String, Tensor> = HashMap::new();
+        let cb0 = [0f32, 0., 1., 1., 2., 2., 3., 3.];
+        let cb1: Vec<f32> = (0..8).map(|k| k as f32).collect();
+        for (name, v) in [
+            ("books.0.project_in.weight", t(&[1., 0., 0., 1.], &[2, 2])),
+            ("books.0.project_in.bias", t(&[0., 0.], &[2])),
+            ("books.0.project_out.weight", t(&[1., 0., 0., 1.], &[2, 2])),
+            ("books.0.project_out.bias", t(&[0., 0.], &[2])),
+            ("books.0.quantizer.embedding", t(&cb0, &[4, 2])),
+            ("books.0.quantizer.ema_w", t(&cb0, &[4, 2])),
+            ("books.0.quantizer.ema_cluster_size", t(&[1.; 4], &[4])),
+            ("books.1.project_in.weight", t(&[1., 0.], &[1, 2])),
+            ("books.1.project_in.bias", t(&[0.], &[1])),
+            ("books.1.project_out.weight", t(&[1., 0.], &[2, 1])),
+            ("books.1.project_out.bias", t(&[0., 0.], &[2])),
+            ("books.1.quantizer.embedding", t(&cb1, &[8, 1])),
+            ("books.1.quantizer.ema_w", t(&cb1, &[8, 1])),
+            ("books.1.quantizer.ema_cluster_size", t(&[1.; 8], &[8])),
+        ] {
+            ts.insert(name.to_string(), v);
+        }
+        AdaptiveQuantizer::new(
+            &cfg,
+            candle_nn::VarBuilder::from_tensors(ts, DType::F32, &dev),
+        )
+        .unwrap()
+    };
+    let x = Tensor::from_slice(&[2.9f32, 0.1, 1.0, 1.1], (2, 2), &dev).unwrap();
+    let q = build(Granularity::PerVector);
+    // Two images of one position each; no noise is drawn (Argmax and Gumbel agree).
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let out = q
+        .forward_flat(&x, &[2, 1], &mut Step::validate(&mut rng))
+        .unwrap();
+    assert_eq!(flat_u32(&out.codes.codebook), vec![1, 0]);
+    assert_eq!(flat_u32(&out.codes.index), vec![3, 1]);
+    assert_eq!(flat(&out.z_q), vec![3., 0., 1., 1.]);
+    assert!(out.logits.is_none());
+    assert_eq!(flat(&out.selection_counts), vec![1., 1.]);
+    let loss = out.loss.to_scalar::<f32>().unwrap();
+    assert!((loss - 1.402_812_5).abs() < 1e-6, "{loss}");
+    let per_book = flat(&out.codebook_losses);
+    assert!((per_book[0] - 2.491_875).abs() < 1e-6 && (per_book[1] - 0.313_75).abs() < 1e-6);
+    // One image of two positions: the summed errors pick book 1 for both.
+    let q = build(Granularity::PerImage);
+    let out = q.forward_flat(&x, &[1, 2], &mut Step::eval()).unwrap();
+    assert_eq!(flat_u32(&out.codes.codebook), vec![1, 1]);
+    assert_eq!(flat(&out.z_q), vec![3., 0., 1., 0.]);
+}
+
+fn flat_u32(t: &Tensor) -> Vec<u32> {
+    t.flatten_all().unwrap().to_vec1::<u32>().unwrap()
 }

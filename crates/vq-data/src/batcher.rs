@@ -73,6 +73,11 @@ impl Normalization {
             }
         }
     }
+    /// Maps a normalised value of channel `c` back to the pixel scale `[0, 1]` (`byte / 255`,
+    /// not clamped), for image-quality metrics.
+    pub fn to_unit(&self, c: usize, x: f32) -> f32 {
+        (x - self.shift[c]) / (self.scale[c] * 255.0)
+    }
     /// Maps normalised values of channel `c` back to bytes (clamped), for pictures.
     pub fn invert(&self, c: usize, x: f32) -> u8 {
         ((x - self.shift[c]) / self.scale[c])

@@ -8,7 +8,7 @@ use candle_nn::VarBuilder;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use vq_core::{
     AdaptiveConfig, AdaptiveQuantizer, CodebookConfig, Granularity, Quantizer, QuantizerOutput,
-    SelectionLogits, Step, ValidAdaptiveConfig,
+    Router, SelectionLogits, Step, ValidAdaptiveConfig,
 };
 
 use crate::conv::Relu;
@@ -105,6 +105,8 @@ pub struct ModelConfig {
     pub granularity: Granularity,
     /// How attention becomes selection logits.
     pub selection_logits: SelectionLogits,
+    /// How the pool's codebook is chosen: `attention` (the paper) or `min-error`.
+    pub router: Router,
     /// Permit codebooks with `N ≤ D`.
     pub allow_n_le_d: bool,
     /// α, β, EMA on/off, γ, ε.
@@ -123,6 +125,7 @@ impl Default for ModelConfig {
             heads: 2,
             granularity: Granularity::PerVector,
             selection_logits: SelectionLogits::LogAttention,
+            router: Router::Attention,
             allow_n_le_d: false,
             codebook: CodebookConfig::default(),
         }
@@ -166,6 +169,7 @@ impl ModelConfig {
             heads: self.heads,
             granularity: self.granularity,
             logits: self.selection_logits,
+            router: self.router,
             allow_n_le_d: self.allow_n_le_d,
             codebook: self.codebook.clone(),
         }
@@ -380,6 +384,31 @@ impl<Q: Quantizer> VqVae<Q> {
     /// The decoder.
     pub fn decoder(&self) -> &Decoder {
         &self.decoder
+    }
+
+    /// The quantizer's data-driven codebook initialisation (see
+    /// [`Quantizer::initialise_codebooks`]) from the latents of the training batches `images`
+    /// (each `[B, C, H, W]`), encoded without gradient. Returns whether anything was initialised.
+    pub fn initialise_codebooks(
+        &self,
+        images: &[Tensor],
+        rng: &mut dyn rand::RngCore,
+    ) -> Result<bool> {
+        let _span = tracing::debug_span!("initialise_codebooks", batches = images.len()).entered();
+        let mut rows = Vec::with_capacity(images.len());
+        let mut per_step = 0;
+        for x in images {
+            let z = self.encoder.forward(x)?.detach(); // [B, h, H', W']
+            let c = z.dim(1)?;
+            let flat = z.permute((0, 2, 3, 1))?.contiguous()?.reshape(((), c))?;
+            per_step = per_step.max(flat.dim(0)?);
+            rows.push(flat);
+        }
+        if rows.is_empty() {
+            return Ok(false);
+        }
+        let flat = Tensor::cat(&rows, 0)?;
+        Ok(self.quantizer.initialise_codebooks(&flat, per_step, rng)?)
     }
 
     /// `x` `[B, C, H, W]` (H, W divisible by 4) → reconstruction, losses and statistics.

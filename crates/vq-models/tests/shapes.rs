@@ -78,7 +78,9 @@ fn adaptive_model_trains_one_step_through_every_part() {
     // Every trainable tensor receives a gradient; EMA buffers do not.
     for (name, var) in vm.named_vars() {
         let has = grads.get(var.as_tensor()).is_some();
-        let buffer = name.contains("ema_") || name.ends_with("quantizer.embedding");
+        let buffer = name.contains("ema_")
+            || name.ends_with("quantizer.embedding")
+            || name.ends_with("quantizer.updates");
         assert_eq!(has, !buffer, "{name}");
     }
 }

@@ -69,6 +69,9 @@ pub struct CheckpointState {
     pub skipped_steps: usize,
     /// Partial sums of the current log interval (so a resumed run logs what it would have).
     pub interval: serde_json::Value,
+    /// Step count of the τ schedule, fixed when the run started (absent in older checkpoints).
+    #[serde(default)]
+    pub tau_horizon: Option<usize>,
 }
 
 /// A checkpoint read back from disk.

@@ -13,6 +13,7 @@ pub mod device;
 pub mod error;
 pub mod metrics;
 pub mod optim;
+pub mod quality;
 pub mod report;
 pub mod session;
 pub mod trainer;

@@ -36,7 +36,10 @@ pub struct TrainRecord {
     pub skipped_steps: usize,
 }
 
-/// One validation pass.
+/// One validation pass. The top-level distortion fields are the paper's validation: codebooks
+/// routed by the τ = 1 Gumbel-Softmax draw (`sampled`); [`ValRecord::argmax`] holds the same
+/// figures with the noiseless argmax routing. Fields after `perplexity` are absent from logs
+/// written before they existed.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ValRecord {
     /// Steps completed.
@@ -52,6 +55,47 @@ pub struct ValRecord {
     pub selection: Vec<f64>,
     /// Code-usage perplexity of each codebook (batch means).
     pub perplexity: Vec<f64>,
+    /// Mean PSNR (dB) of the images, pixels in `[0, 1]`, reconstructions clamped to it.
+    #[serde(default)]
+    pub psnr: Option<f64>,
+    /// Mean SSIM of the images (see [`crate::quality::ssim_plane`]).
+    #[serde(default)]
+    pub ssim: Option<f64>,
+    /// Mean bits per image of the codes (see [`crate::quality::bits_per_image`]).
+    #[serde(default)]
+    pub bits_per_image: Option<f64>,
+    /// Per codebook: fraction of its codewords that received at least one vector over the pass
+    /// (every codebook quantizes every vector, whichever is selected).
+    #[serde(default)]
+    pub codes_in_use: Vec<f64>,
+    /// Per codebook: how many codewords received at least one vector over the pass.
+    #[serde(default)]
+    pub codes_used: Vec<usize>,
+    /// Per codebook: code-usage perplexity over the whole pass (`exp` of the entropy of the
+    /// pass's code histogram).
+    #[serde(default)]
+    pub pass_perplexity: Vec<f64>,
+    /// The same pass with argmax routing (equal to the sampled figures for a single codebook or
+    /// a deterministic router).
+    #[serde(default)]
+    pub argmax: Option<RouteRecord>,
+}
+
+/// Distortion and rate of one routing mode over a validation pass.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RouteRecord {
+    /// Mean squared error over every validation pixel.
+    pub mse: f64,
+    /// Sum over validation batches of the batch-mean MSE.
+    pub recon_sum: f64,
+    /// Mean PSNR (dB).
+    pub psnr: f64,
+    /// Mean SSIM.
+    pub ssim: f64,
+    /// Mean bits per image.
+    pub bits_per_image: f64,
+    /// Selection frequency of each codebook.
+    pub selection: Vec<f64>,
 }
 
 /// A line of `metrics.jsonl`.

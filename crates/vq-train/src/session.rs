@@ -14,7 +14,7 @@ use crate::checkpoint::{self, Checkpoint};
 use crate::config::TrainConfig;
 use crate::device::parse_device;
 use crate::error::{Result, TrainError};
-use crate::metrics::ValRecord;
+use crate::metrics::{RouteRecord, ValRecord};
 
 /// Everything a run needs besides the optimiser.
 pub struct Session {
@@ -89,8 +89,10 @@ impl Session {
         Ok(Batcher::new(ds, cfg, self.data.normalization.clone())?)
     }
 
-    /// One validation pass (or `max_batches` of it) with the paper's τ = 1 Gumbel-Softmax and
-    /// noise from `rng`; no codebook update.
+    /// One validation pass (or `max_batches` of it) with the paper's τ = 1 Gumbel-Softmax
+    /// (noise from `rng`) and, for a pool routed by attention, a second decoding of every batch
+    /// with argmax routing; no codebook update. Also measures PSNR, SSIM, bits per image and,
+    /// per codebook, the codewords in use over the pass.
     pub fn validate(
         &self,
         step: usize,
@@ -100,10 +102,12 @@ impl Session {
         let _span = tracing::debug_span!("validation", step).entered();
         let batcher = self.ordered_batcher(false)?;
         let m = self.pool.len();
-        let (mut sq_sum, mut px, mut recon_sum, mut batches, mut images) =
-            (0f64, 0usize, 0f64, 0usize, 0usize);
-        let mut counts = vec![0f64; m];
+        let deterministic = m == 1 || self.config.model.router == vq_core::Router::MinError;
+        let (mut batches, mut images) = (0usize, 0usize);
+        let mut sampled = RouteAcc::new(m);
+        let mut argmax = RouteAcc::new(m);
         let mut ppl = vec![0f64; m];
+        let mut code_hist: Vec<Vec<f64>> = self.pool.iter().map(|&[n, _]| vec![0f64; n]).collect();
         for batch in batcher.stream(Cursor::default(), true) {
             let batch = batch?;
             if max_batches > 0 && batches == max_batches {
@@ -111,21 +115,23 @@ impl Session {
             }
             let x = batch.images.to_device(&self.device)?;
             let out = self.model.forward(&x, &mut Step::validate(rng))?;
-            let mse = out.recon_loss.to_scalar::<f32>()? as f64;
-            let n = x.elem_count();
-            sq_sum += mse * n as f64;
-            px += n;
-            recon_sum += mse;
+            let x_unit = self.unit_pixels(&x, false)?;
+            sampled.add(&x_unit, &out, self, x.dims4()?)?;
+            if deterministic {
+                argmax.add(&x_unit, &out, self, x.dims4()?)?;
+            } else {
+                let det = self.model.forward(&x, &mut Step::eval())?;
+                argmax.add(&x_unit, &det, self, x.dims4()?)?;
+            }
             batches += 1;
             images += x.dim(0)?;
-            for (c, v) in counts
-                .iter_mut()
-                .zip(out.quant.selection_counts.to_vec1::<f32>()?)
-            {
-                *c += v as f64;
-            }
             for (p, v) in ppl.iter_mut().zip(out.quant.perplexity.to_vec1::<f32>()?) {
                 *p += v as f64;
+            }
+            for (h, c) in code_hist.iter_mut().zip(&out.quant.code_counts) {
+                for (a, v) in h.iter_mut().zip(c.to_vec1::<f32>()?) {
+                    *a += v as f64;
+                }
             }
         }
         if batches == 0 {
@@ -134,16 +140,66 @@ impl Session {
                 "the validation split produced no batch",
             ));
         }
-        let units: f64 = counts.iter().sum();
+        let s = sampled.finish(images);
+        let codes_used: Vec<usize> = code_hist
+            .iter()
+            .map(|h| h.iter().filter(|&&c| c > 0.0).count())
+            .collect();
+        let pass_perplexity = code_hist
+            .iter()
+            .map(|h| {
+                let total: f64 = h.iter().sum();
+                let entropy: f64 = h
+                    .iter()
+                    .filter(|&&c| c > 0.0)
+                    .map(|&c| {
+                        let p = c / total;
+                        -p * p.ln()
+                    })
+                    .sum();
+                entropy.exp()
+            })
+            .collect();
         Ok(ValRecord {
             step,
-            mse: sq_sum / px as f64,
-            recon_sum,
+            mse: s.mse,
+            recon_sum: s.recon_sum,
             batches,
             images,
-            selection: counts.iter().map(|c| c / units.max(1.0)).collect(),
+            selection: s.selection.clone(),
             perplexity: ppl.iter().map(|p| p / batches as f64).collect(),
+            psnr: Some(s.psnr),
+            ssim: Some(s.ssim),
+            bits_per_image: Some(s.bits_per_image),
+            codes_in_use: codes_used
+                .iter()
+                .zip(&self.pool)
+                .map(|(&u, &[n, _])| u as f64 / n as f64)
+                .collect(),
+            codes_used,
+            pass_perplexity,
+            argmax: Some(argmax.finish(images)),
         })
+    }
+
+    /// `[B, C, H, W]` normalised images → host pixels on the `[0, 1]` scale (clamped to it when
+    /// `clamp`, as a reconstruction shown as a picture would be).
+    fn unit_pixels(&self, x: &Tensor, clamp: bool) -> Result<Vec<f32>> {
+        let (_, c, h, w) = x.dims4()?;
+        let plane = h * w;
+        let v = x.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let norm = &self.data.normalization;
+        Ok(v.iter()
+            .enumerate()
+            .map(|(i, &p)| {
+                let u = norm.to_unit((i / plane) % c, p);
+                if clamp {
+                    u.clamp(0.0, 1.0)
+                } else {
+                    u
+                }
+            })
+            .collect())
     }
 
     /// All variables as a map for a checkpoint.
@@ -153,5 +209,81 @@ impl Session {
             .into_iter()
             .map(|(n, v)| (n, v.as_tensor().clone()))
             .collect()
+    }
+}
+
+/// Sums of one routing mode over a validation pass.
+struct RouteAcc {
+    sq_sum: f64,
+    px: usize,
+    recon_sum: f64,
+    psnr_sum: f64,
+    ssim_sum: f64,
+    bits_sum: f64,
+    counts: Vec<f64>,
+}
+
+impl RouteAcc {
+    fn new(m: usize) -> Self {
+        Self {
+            sq_sum: 0.0,
+            px: 0,
+            recon_sum: 0.0,
+            psnr_sum: 0.0,
+            ssim_sum: 0.0,
+            bits_sum: 0.0,
+            counts: vec![0.0; m],
+        }
+    }
+
+    /// Adds one batch: `x_unit` the originals on the `[0, 1]` scale, `out` the model's output.
+    fn add(
+        &mut self,
+        x_unit: &[f32],
+        out: &vq_models::VqVaeOutput,
+        session: &Session,
+        dims: (usize, usize, usize, usize),
+    ) -> Result<()> {
+        let (b, c, h, w) = dims;
+        let mse = out.recon_loss.to_scalar::<f32>()? as f64;
+        let n = b * c * h * w;
+        self.sq_sum += mse * n as f64;
+        self.px += n;
+        self.recon_sum += mse;
+        let r = session.unit_pixels(&out.reconstruction, true)?;
+        let per = c * h * w;
+        for (xi, ri) in x_unit.chunks_exact(per).zip(r.chunks_exact(per)) {
+            let e = xi
+                .iter()
+                .zip(ri)
+                .map(|(p, q)| ((p - q) as f64).powi(2))
+                .sum::<f64>()
+                / per as f64;
+            self.psnr_sum += crate::quality::psnr(e);
+        }
+        self.ssim_sum += crate::quality::ssim_sum(x_unit, &r, [b, c, h, w]);
+        let codes = out.quant.codes.codebook.flatten_all()?.to_vec1::<u32>()?;
+        self.bits_sum += crate::quality::bits_per_image(&codes, &session.pool);
+        for (a, v) in self
+            .counts
+            .iter_mut()
+            .zip(out.quant.selection_counts.to_vec1::<f32>()?)
+        {
+            *a += v as f64;
+        }
+        Ok(())
+    }
+
+    fn finish(&self, images: usize) -> RouteRecord {
+        let units: f64 = self.counts.iter().sum();
+        let per_image = |v: f64| v / images.max(1) as f64;
+        RouteRecord {
+            mse: self.sq_sum / self.px.max(1) as f64,
+            recon_sum: self.recon_sum,
+            psnr: per_image(self.psnr_sum),
+            ssim: per_image(self.ssim_sum),
+            bits_per_image: per_image(self.bits_sum),
+            selection: self.counts.iter().map(|c| c / units.max(1.0)).collect(),
+        }
     }
 }

@@ -134,8 +134,12 @@ pub fn train(
     config.validate()?;
     let cfg_path = run_dir.join("config.toml");
     let config_toml = config.to_toml();
+    // The τ schedule's horizon: the step count the run started with (a resumed run with a new
+    // `train.steps` keeps it; checkpoints older than this field fall back to config.toml's).
+    let mut tau_horizon = config.train.steps;
     if resume {
         let old = TrainConfig::load(&cfg_path, &[])?;
+        tau_horizon = old.train.steps;
         let diff: Vec<String> = config_diff(&old, &config)
             .into_iter()
             .filter(|k| !RESUMABLE_KEYS.contains(&k.as_str()))
@@ -172,7 +176,6 @@ pub fn train(
             eps: tp.eps,
         },
     );
-    let temperature = tp.tau.validate(tp.steps)?;
     let mut gumbel_rng: ChaCha8Rng = vq_core::init::stream(tp.seed, "gumbel");
     let mut start_step = 0usize;
     let mut cursor = Cursor::default();
@@ -205,6 +208,7 @@ pub fn train(
         interval = serde_json::from_value(ck.state.interval).map_err(|e| {
             TrainError::checkpoint(dir.join("state.json"), format!("interval: {e}"))
         })?;
+        tau_horizon = ck.state.tau_horizon.unwrap_or(tau_horizon);
         tracing::info!(step = start_step, "resumed from {}", dir.display());
     }
     std::fs::create_dir_all(run_dir).map_err(|e| TrainError::io(run_dir, e))?;
@@ -224,6 +228,20 @@ pub fn train(
         session.data.normalization.clone(),
     )?;
     let per_epoch = batcher.batches_per_epoch();
+    // Paper schedule: τ_m = (horizon − m) + 1, τ = 1 past the horizon.
+    let temperature = tp.tau.validate(tau_horizon)?;
+    if resumed_from.is_none() && start_step == 0 {
+        // Data-driven codebooks (k-means or data init) from the first training batches, in the
+        // order training will see them; once, before step 1, seeded by the run's seed.
+        let n = cfg.model.codebook.init_batches.min(per_epoch);
+        let images = batcher
+            .stream(Cursor::default(), false)
+            .take(n)
+            .map(|b| Ok(b?.images.to_device(&session.device)?))
+            .collect::<Result<Vec<Tensor>>>()?;
+        let mut rng = vq_core::init::stream(tp.seed, "codebook-init");
+        session.model.initialise_codebooks(&images, &mut rng)?;
+    }
     let mut stream = batcher.stream(cursor, false);
     let bar = if progress && start_step < tp.steps {
         let pb = indicatif::ProgressBar::new(tp.steps as u64);
@@ -399,6 +417,7 @@ pub fn train(
                 timings_bytes: timings.sync()?,
                 skipped_steps: skipped,
                 interval: serde_json::to_value(&interval).expect("serialises"),
+                tau_horizon: Some(tau_horizon),
             };
             checkpoint::save(
                 run_dir,
