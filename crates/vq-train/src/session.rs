@@ -117,9 +117,8 @@ impl Session {
             let out = self.model.forward(&x, &mut Step::validate(rng))?;
             let x_unit = self.unit_pixels(&x, false)?;
             sampled.add(&x_unit, &out, self, x.dims4()?)?;
-            if deterministic {
-                argmax.add(&x_unit, &out, self, x.dims4()?)?;
-            } else {
+            // A deterministic route equals the sampled one: measured once, copied at the end.
+            if !deterministic {
                 let det = self.model.forward(&x, &mut Step::eval())?;
                 argmax.add(&x_unit, &det, self, x.dims4()?)?;
             }
@@ -178,7 +177,11 @@ impl Session {
                 .collect(),
             codes_used,
             pass_perplexity,
-            argmax: Some(argmax.finish(images)),
+            argmax: Some(if deterministic {
+                s.clone()
+            } else {
+                argmax.finish(images)
+            }),
         })
     }
 
