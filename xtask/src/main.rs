@@ -73,6 +73,15 @@ enum Cmd {
         /// report is named <dataset>-authors-init) or data (first batch; <dataset>-data-init).
         #[arg(long, default_value = "kmeans")]
         init: String,
+        /// Table 2 settings, comma-separated: paper (the paper's selector and τ), exp-tau (the
+        /// selector at τ = max(0.5, 2·0.997^m)), authors (the authors' published model),
+        /// min-error (the min-error router). Default: all four.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "paper,exp-tau,authors,min-error"
+        )]
+        settings: Vec<reproduce::Setting>,
     },
     /// Runs the cargo-fuzz targets (IDX, CIFAR-10, config parsers) for a bounded time each.
     Fuzz {
@@ -149,6 +158,7 @@ fn main() -> Result<()> {
             report_dir,
             device,
             init,
+            settings,
         } => {
             let init = match init.as_str() {
                 "kmeans" => vq_core::CodebookInit::Kmeans,
@@ -171,6 +181,7 @@ fn main() -> Result<()> {
                 report_dir,
                 device,
                 init,
+                settings,
             };
             let path = reproduce::reproduce(&opts)?;
             println!("{}", path.display());

@@ -43,10 +43,91 @@ pub const MEDIUM_STEPS: usize = 3000;
 pub const MEDIUM_STRUCTURES: [[usize; 2]; 5] =
     [[512, 128], [4096, 16], [16384, 4], [32768, 2], [65536, 1]];
 
-/// Group of the paper's adaptive quantizer (attention selector).
-const ADAPTIVE: &str = "adaptive";
-/// Group of the min-error router.
-const MIN_ERROR: &str = "adaptive, min-error router";
+/// A Table 2 setting of the adaptive quantizer (each is a group of runs, one per seed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Setting {
+    /// The paper's selector: attention, log-attention logits, τ_m = (steps − m) + 1.
+    Paper,
+    /// The paper's selector trained at τ = max(0.5, 2·0.997^m) (the CLI default; not in the
+    /// paper): the straight-through gradient reaches the selector from the first step instead
+    /// of being scaled by 1/τ ≈ 1/steps.
+    ExpTau,
+    /// The authors' published model (`ModelConfig::into_authors_variant`), τ as the paper.
+    Authors,
+    /// The min-error router (not in the paper).
+    MinError,
+}
+
+impl Setting {
+    /// Every setting, in report order.
+    pub const ALL: [Setting; 4] = [
+        Setting::Paper,
+        Setting::ExpTau,
+        Setting::Authors,
+        Setting::MinError,
+    ];
+
+    /// The group name of its runs.
+    fn group(self) -> &'static str {
+        match self {
+            Setting::Paper => "adaptive",
+            Setting::ExpTau => "adaptive, exponential τ",
+            Setting::Authors => "authors' variant",
+            Setting::MinError => "adaptive, min-error router",
+        }
+    }
+
+    /// Folder prefix of its runs.
+    fn tag(self) -> &'static str {
+        match self {
+            Setting::Paper => "adaptive",
+            Setting::ExpTau => "adaptive-exp-tau",
+            Setting::Authors => "authors-variant",
+            Setting::MinError => "adaptive-min-error",
+        }
+    }
+
+    /// How the report names it.
+    fn title(self) -> &'static str {
+        match self {
+            Setting::Paper => "adaptive (the paper)",
+            Setting::ExpTau => "adaptive, τ = max(0.5, 2·0.997^m) (not in the paper)",
+            Setting::Authors => "authors' variant (their published script)",
+            Setting::MinError => "adaptive, min-error router (not in the paper)",
+        }
+    }
+
+    /// Its routings in the report: a deterministic router has one.
+    fn routes(self) -> &'static [Route] {
+        match self {
+            Setting::MinError => &[Route::Argmax],
+            _ => &[Route::Sampled, Route::Argmax],
+        }
+    }
+
+    /// Whether the paper's adaptive number belongs beside it.
+    fn is_papers_method(self) -> bool {
+        matches!(self, Setting::Paper | Setting::Authors)
+    }
+
+    fn apply(self, c: &mut TrainConfig) {
+        match self {
+            Setting::Paper => {}
+            Setting::ExpTau => {
+                c.train.tau = vq_core::TauSchedule::Exponential {
+                    start: 2.0,
+                    rate: 0.997,
+                    floor: 0.5,
+                }
+            }
+            Setting::Authors => {
+                c.model = c.model.clone().into_authors_variant();
+                c.train.tau = vq_core::TauSchedule::Paper;
+            }
+            Setting::MinError => c.model.router = vq_core::Router::MinError,
+        }
+    }
+}
 
 /// The paper's figures (`../shared/paper/tables.md`): the sum over the validation set of the
 /// batch reconstruction losses, for MNIST and Fashion-MNIST. Table 1 per `[N, D]`.
@@ -94,6 +175,8 @@ pub struct Options {
     /// dead-code restarts off) is reported under `<dataset>-authors-init`, `data` under
     /// `<dataset>-data-init`.
     pub init: vq_core::CodebookInit,
+    /// Table 2 settings to run and report (default: [`Setting::ALL`]).
+    pub settings: Vec<Setting>,
 }
 
 /// One training run of the study.
@@ -240,20 +323,16 @@ impl Options {
         Ok(v)
     }
 
-    /// Table 2's adaptive settings: the paper's attention selector (group `adaptive`, reported
-    /// with sampled and with argmax routing) and the min-error router (beyond the paper).
+    /// Table 2's adaptive settings ([`Options::settings`]), one run per seed each.
     fn adaptive_specs(&self) -> Result<Vec<RunSpec>> {
         let mut v = Vec::new();
-        for (group, tag, router) in [
-            (ADAPTIVE, "adaptive", vq_core::Router::Attention),
-            (MIN_ERROR, "adaptive-min-error", vq_core::Router::MinError),
-        ] {
+        for &setting in &self.settings {
             for s in 0..self.seeds() as u64 {
                 let mut c = self.base(s)?;
-                c.model.router = router;
+                setting.apply(&mut c);
                 v.push(RunSpec {
-                    group: group.into(),
-                    name: format!("{tag}-s{s}"),
+                    group: setting.group().into(),
+                    name: format!("{}-s{s}", setting.tag()),
                     config: c,
                 });
             }
@@ -807,32 +886,32 @@ pub fn reproduce(opts: &Options) -> Result<PathBuf> {
     if !adaptive.is_empty() {
         let _ = writeln!(md, "## Table 2: adaptive vs the best fixed codebook\n");
         let mut both: Vec<Row> = best_fixed.iter().cloned().collect();
-        let candidates: Vec<Row> = [
-            row(
-                &adaptive,
-                ADAPTIVE,
-                Route::Sampled,
-                "adaptive, sampled routing (the paper)",
-            ),
-            row(
-                &adaptive,
-                ADAPTIVE,
-                Route::Argmax,
-                "adaptive, argmax routing",
-            ),
-            row(
-                &adaptive,
-                MIN_ERROR,
-                Route::Argmax,
-                "adaptive, min-error router (not in the paper)",
-            ),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
+        let present: Vec<Setting> = opts
+            .settings
+            .iter()
+            .copied()
+            .filter(|st| adaptive.iter().any(|r| r.group == st.group()))
+            .collect();
+        let candidates: Vec<Row> = present
+            .iter()
+            .flat_map(|&st| {
+                let adaptive = &adaptive;
+                st.routes().iter().filter_map(move |&route| {
+                    let how = match (route, st) {
+                        (_, Setting::MinError) => "",
+                        (Route::Sampled, _) => ", sampled routing",
+                        (Route::Argmax, _) => ", argmax routing",
+                    };
+                    row(adaptive, st.group(), route, &format!("{}{how}", st.title()))
+                })
+            })
+            .collect();
         both.extend(candidates.iter().cloned());
         let paper_adaptive = |r: &Row| -> Option<f64> {
-            if r.group == ADAPTIVE {
+            if present
+                .iter()
+                .any(|st| st.is_papers_method() && st.group() == r.group)
+            {
                 col.map(|c| PAPER_ADAPTIVE[c])
             } else {
                 paper_fixed(r)
@@ -849,24 +928,20 @@ pub fn reproduce(opts: &Options) -> Result<PathBuf> {
             .iter()
             .map(|[n, d]| format!("[{n},{d}]"))
             .collect();
-        for (group, title) in [
-            (ADAPTIVE, "the paper's selector"),
-            (MIN_ERROR, "the min-error router"),
-        ] {
-            if adaptive.iter().any(|r| r.group == group) {
-                let _ = writeln!(md, "Codebook health and routing, {title}:\n");
-                health_table(&mut md, &adaptive, group, &pool);
-            }
+        for st in &present {
+            let _ = writeln!(md, "Codebook health and routing, {}:\n", st.title());
+            health_table(&mut md, &adaptive, st.group(), &pool);
         }
+        let first = present.first().copied().unwrap_or(Setting::Paper);
         let sel: Vec<Series> = (0..pool.len())
             .map(|i| Series {
                 name: pool[i].clone(),
-                points: mean_curve(&adaptive, ADAPTIVE, &|t| t.selection.get(i).copied()),
+                points: mean_curve(&adaptive, first.group(), &|t| t.selection.get(i).copied()),
             })
             .collect();
         line_chart(
             &figs.join("fig3_selection.png"),
-            "Fig. 3: codebook selection frequency (adaptive)",
+            &format!("Fig. 3: codebook selection frequency ({})", first.group()),
             "step",
             "fraction of latent vectors",
             &sel,
@@ -902,7 +977,8 @@ pub fn reproduce(opts: &Options) -> Result<PathBuf> {
         let (e, l) = (argmax(&early), argmax(&late));
         let _ = writeln!(
             md,
-            "Selection over training with the paper's selector (Fig. 3): in the first fifth of the logged steps the most selected codebook is {} ({:.0}%), in the last fifth {} ({:.0}%). {} peaks at step {:.0} ({:.0}%).{}\n",
+            "Selection over training, {} (Fig. 3): in the first fifth of the logged steps the most selected codebook is {} ({:.0}%), in the last fifth {} ({:.0}%). {} peaks at step {:.0} ({:.0}%).{}\n",
+            first.title(),
             pool[e],
             early[e] * 100.0,
             pool[l],
@@ -925,20 +1001,20 @@ pub fn reproduce(opts: &Options) -> Result<PathBuf> {
             fig_rel("fig3_selection.png")
         );
         if let Some(b) = &best_fixed {
-            let mut gap = vec![
-                Series {
-                    name: "adaptive".into(),
-                    points: mean_curve(&adaptive, ADAPTIVE, &|t| t.grad_gap_l2),
-                },
-                Series {
-                    name: "min-error router".into(),
-                    points: mean_curve(&adaptive, MIN_ERROR, &|t| t.grad_gap_l2),
-                },
-                Series {
-                    name: format!("fixed {}", b.label),
-                    points: mean_curve(&fixed, &b.group, &|t| t.grad_gap_l2),
-                },
-            ];
+            let curves = |f: &dyn Fn(&TrainRecord) -> Option<f64>| -> Vec<Series> {
+                present
+                    .iter()
+                    .map(|st| Series {
+                        name: st.group().into(),
+                        points: mean_curve(&adaptive, st.group(), f),
+                    })
+                    .chain(std::iter::once(Series {
+                        name: format!("fixed {}", b.label),
+                        points: mean_curve(&fixed, &b.group, f),
+                    }))
+                    .collect()
+            };
+            let gap = curves(&|t| t.grad_gap_l2);
             line_chart(
                 &figs.join("fig4_gradient_gap.png"),
                 "Fig. 4: gradient gap, adaptive vs best fixed",
@@ -947,9 +1023,7 @@ pub fn reproduce(opts: &Options) -> Result<PathBuf> {
                 &gap,
                 true,
             )?;
-            gap[0].points = mean_curve(&adaptive, ADAPTIVE, &|t| Some(t.vq_loss));
-            gap[1].points = mean_curve(&adaptive, MIN_ERROR, &|t| Some(t.vq_loss));
-            gap[2].points = mean_curve(&fixed, &b.group, &|t| Some(t.vq_loss));
+            let gap = curves(&|t| Some(t.vq_loss));
             line_chart(
                 &figs.join("fig4_quantization_loss.png"),
                 "Fig. 4: quantization loss, adaptive vs best fixed",
@@ -1032,6 +1106,7 @@ mod tests {
             report_dir: PathBuf::from("results"),
             device: "cpu".into(),
             init: vq_core::CodebookInit::Kmeans,
+            settings: Setting::ALL.to_vec(),
         }
     }
 

@@ -1,6 +1,6 @@
 //! The reproduction driver end to end at a toy budget: two structures, one seed, a few steps.
 
-use xtask::reproduce::{reproduce, Budget, Options, Part};
+use xtask::reproduce::{reproduce, Budget, Options, Part, Setting};
 
 #[test]
 fn toy_reproduction_writes_report_and_figures() {
@@ -17,11 +17,13 @@ fn toy_reproduction_writes_report_and_figures() {
         report_dir: dir.path().join("results"),
         device: "cpu".into(),
         init: vq_core::CodebookInit::Kmeans,
+        settings: Setting::ALL.to_vec(),
     };
     let report = reproduce(&opts).unwrap();
     let md = std::fs::read_to_string(&report).unwrap();
-    // One row per setting: two fixed structures in Table 1; in Table 2 the best fixed, the
-    // paper's adaptive quantizer under sampled and argmax routing, and the min-error router.
+    // One row per setting: two fixed structures in Table 1; in Table 2 the best fixed, then the
+    // paper's selector, the selector at exponential τ and the authors' variant each under
+    // sampled and argmax routing, and the (deterministic) min-error router.
     // Each table ends with a blank line (GitHub Markdown reads a following text line as a row).
     let rows_of = |section: &str| -> Vec<String> {
         let start = md.find(section).unwrap();
@@ -45,26 +47,34 @@ fn toy_reproduction_writes_report_and_figures() {
         "{t1:?}"
     );
     let t2 = rows_of("## Table 2");
-    assert_eq!(t2.len(), 4, "{md}");
-    assert!(
-        t2[1].starts_with("| adaptive, sampled routing (the paper) | 1 |")
-            && t2[2].starts_with("| adaptive, argmax routing | 1 |")
-            && t2[3].starts_with("| adaptive, min-error router (not in the paper) | 1 |"),
-        "{t2:?}"
-    );
+    assert_eq!(t2.len(), 8, "{md}");
+    let labels = [
+        "adaptive (the paper), sampled routing",
+        "adaptive (the paper), argmax routing",
+        "adaptive, τ = max(0.5, 2·0.997^m) (not in the paper), sampled routing",
+        "adaptive, τ = max(0.5, 2·0.997^m) (not in the paper), argmax routing",
+        "authors' variant (their published script), sampled routing",
+        "authors' variant (their published script), argmax routing",
+        "adaptive, min-error router (not in the paper)",
+    ];
+    for (row, label) in t2[1..].iter().zip(labels) {
+        assert!(row.starts_with(&format!("| {label} | 1 |")), "{t2:?}");
+    }
     // Every row has the nine columns: distortion, the paper's figure, quality, rate, usage.
     assert!(
         t1.iter().chain(&t2).all(|r| r.matches('|').count() == 10),
         "{t1:?}"
     );
-    assert!(
-        md.contains("Codebook health and routing, the paper's selector"),
-        "{md}"
-    );
-    assert!(
-        md.contains("Codebook health and routing, the min-error router"),
-        "{md}"
-    );
+    for title in [
+        "adaptive (the paper)",
+        "authors' variant (their published script)",
+        "adaptive, min-error router (not in the paper)",
+    ] {
+        assert!(
+            md.contains(&format!("Codebook health and routing, {title}:")),
+            "{title}: {md}"
+        );
+    }
     for f in [
         "fig2_gradient_gap.png",
         "fig2_quantization_loss.png",
@@ -83,6 +93,8 @@ fn toy_reproduction_writes_report_and_figures() {
         "table1/fixed-512x128-s0",
         "table1/fixed-65536x1-s0",
         "table2/adaptive-s0",
+        "table2/adaptive-exp-tau-s0",
+        "table2/authors-variant-s0",
         "table2/adaptive-min-error-s0",
     ] {
         let r = dir.path().join("runs/embedded").join(run);

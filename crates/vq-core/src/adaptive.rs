@@ -4,7 +4,9 @@
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
-use crate::config::{Granularity, Router, SelectionLogits, ValidAdaptiveConfig, ValidVqConfig};
+use crate::config::{
+    BackProjection, Granularity, Router, SelectionLogits, ValidAdaptiveConfig, ValidVqConfig,
+};
 use crate::error::{Result, VqError};
 use crate::gumbel::{gumbel_softmax, gumbel_softmax_with_noise, one_hot_argmax, selection_counts};
 use crate::linear::Linear;
@@ -14,22 +16,95 @@ use crate::vq::{VectorQuantizer, VqOutput};
 
 /// One codebook of the pool with its own projections `C → D` (before) and `D → C` (after).
 ///
-/// Variables: `project_in.{weight,bias}`, `quantizer.*`, `project_out.{weight,bias}`.
+/// Variables: `project_in.{weight,bias}`, `quantizer.*`, `project_out.{weight,bias}`
+/// (`[C, D]` for the linear back-projection, `[C, D, 3, 3]` for the 3×3 convolution).
 #[derive(Clone, Debug)]
 pub struct ProjectedQuantizer {
     project_in: Linear,
     quantizer: VectorQuantizer,
-    project_out: Linear,
+    project_out: ProjectOut,
+}
+
+/// The `D → C` back-projection of one codebook.
+#[derive(Clone, Debug)]
+enum ProjectOut {
+    Linear(Linear),
+    /// 3×3, padding 1, with bias (PyTorch's default `Conv2d` initialisation).
+    Conv3x3 {
+        weight: Tensor,
+        bias: Tensor,
+    },
+}
+
+impl ProjectOut {
+    fn new(d: usize, c: usize, kind: BackProjection, vb: VarBuilder) -> Result<Self> {
+        Ok(match kind {
+            BackProjection::Linear => Self::Linear(Linear::new(d, c, vb)?),
+            BackProjection::Conv3x3 => {
+                let bound = 1.0 / ((d * 9) as f64).sqrt();
+                let init = Init::Uniform {
+                    lo: -bound,
+                    up: bound,
+                };
+                Self::Conv3x3 {
+                    weight: vb.get_with_hints((c, d, 3, 3), "weight", init)?,
+                    bias: vb.get_with_hints(c, "bias", init)?,
+                }
+            }
+        })
+    }
+
+    /// `[T, D]` rows of positions `shape` (`[B, H, W]` for the convolution) → `[T, C]`.
+    fn forward(&self, q: &Tensor, shape: &[usize]) -> Result<Tensor> {
+        match self {
+            Self::Linear(l) => Ok(l.forward(q)?),
+            Self::Conv3x3 { weight, bias } => {
+                let &[b, h, w] = shape else {
+                    return Err(VqError::input(
+                        "z_e",
+                        format!("the 3×3 back-projection needs positions [B, H, W], got {shape:?}"),
+                    ));
+                };
+                let (d, c) = (q.dim(1)?, weight.dim(0)?);
+                let x = q
+                    .reshape((b, h, w, d))?
+                    .permute((0, 3, 1, 2))?
+                    .contiguous()?;
+                let y = x
+                    .conv2d(weight, 1, 1, 1, 1)?
+                    .broadcast_add(&bias.reshape((1, c, 1, 1))?)?;
+                Ok(y.permute((0, 2, 3, 1))?
+                    .contiguous()?
+                    .reshape((b * h * w, c))?)
+            }
+        }
+    }
+
+    /// Whether an output row depends on its own code only (not on neighbouring positions).
+    fn is_pointwise(&self) -> bool {
+        matches!(self, Self::Linear(_))
+    }
 }
 
 impl ProjectedQuantizer {
-    /// Builds the projections and the codebook for `channels` input channels.
+    /// Builds the projections and the codebook for `channels` input channels, with the
+    /// default linear back-projection.
     pub fn new(channels: usize, config: &ValidVqConfig, vb: VarBuilder) -> Result<Self> {
+        Self::with_back_projection(channels, config, BackProjection::Linear, vb)
+    }
+
+    /// Builds the projections and the codebook with the given back-projection.
+    pub fn with_back_projection(
+        channels: usize,
+        config: &ValidVqConfig,
+        back: BackProjection,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let d = config.embedding_dim();
         Ok(Self {
             project_in: Linear::new(channels, d, vb.pp("project_in"))?,
             quantizer: VectorQuantizer::new(config, vb.pp("quantizer"))?,
-            project_out: Linear::new(d, channels, vb.pp("project_out"))?,
+            project_out: ProjectOut::new(d, channels, back, vb.pp("project_out"))?,
         })
     }
 
@@ -43,22 +118,29 @@ impl ProjectedQuantizer {
         Ok(self.project_in.forward(flat)?)
     }
 
-    /// `[T, C]` → (`[T, C]` projected back after quantization, the codebook's output).
-    pub fn forward(&self, flat: &Tensor, update: bool) -> Result<(Tensor, VqOutput)> {
+    /// `[T, C]` rows of positions `shape` (`[B, *S]`, `T = B·|S|`) → (`[T, C]` projected back
+    /// after quantization, the codebook's output).
+    pub fn forward(
+        &self,
+        flat: &Tensor,
+        shape: &[usize],
+        update: bool,
+    ) -> Result<(Tensor, VqOutput)> {
         let z = self.project_in.forward(flat)?;
         let out = self.quantizer.forward(&z, update)?;
-        Ok((self.project_out.forward(&out.quantized)?, out))
+        Ok((self.project_out.forward(&out.quantized, shape)?, out))
     }
 
-    /// `[T]` indices → `[T, C]`.
-    pub fn decode(&self, indices: &Tensor) -> Result<Tensor> {
-        Ok(self.project_out.forward(&self.quantizer.decode(indices)?)?)
+    /// `[T]` indices of positions `shape` → `[T, C]`.
+    pub fn decode(&self, indices: &Tensor, shape: &[usize]) -> Result<Tensor> {
+        self.project_out
+            .forward(&self.quantizer.decode(indices)?, shape)
     }
 
-    /// `[T, D]` codewords (straight-through or not) → `[T, C]` through the back-projection, the
-    /// codewords detached: gradients reach `project_out` only.
-    pub fn back_project_detached(&self, quantized: &Tensor) -> Result<Tensor> {
-        Ok(self.project_out.forward(&quantized.detach())?)
+    /// `[T, D]` codewords (straight-through or not) of positions `shape` → `[T, C]` through the
+    /// back-projection, the codewords detached: gradients reach `project_out` only.
+    pub fn back_project_detached(&self, quantized: &Tensor, shape: &[usize]) -> Result<Tensor> {
+        self.project_out.forward(&quantized.detach(), shape)
     }
 
     /// The codebook's data-driven initialisation from `flat` `[T, C]` projected to its `D`
@@ -171,7 +253,14 @@ impl AdaptiveQuantizer {
             .codebooks()
             .iter()
             .enumerate()
-            .map(|(i, cb)| ProjectedQuantizer::new(c, cb, vb.pp("books").pp(i)))
+            .map(|(i, cb)| {
+                ProjectedQuantizer::with_back_projection(
+                    c,
+                    cb,
+                    config.back_projection(),
+                    vb.pp("books").pp(i),
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         let selector = if books.len() > 1 && config.router() == Router::Attention {
             Some(Selector::new(
@@ -214,35 +303,110 @@ impl AdaptiveQuantizer {
     /// `[units, m]` selection logits of `z_e` (`None` for a single codebook).
     pub fn selection_logits(&self, z_e: &Tensor) -> Result<Option<Tensor>> {
         let flat = to_flat(z_e, self.channels())?;
-        self.logits_of_flat(&flat, z_e.dim(0)?)
+        self.logits_of_flat(&flat, &crate::quantizer::code_shape(z_e.dims()))
     }
 
-    fn logits_of_flat(&self, flat: &Tensor, batch: usize) -> Result<Option<Tensor>> {
+    fn logits_of_flat(&self, flat: &Tensor, shape: &[usize]) -> Result<Option<Tensor>> {
         let Some(selector) = &self.selector else {
             return Ok(None);
         };
+        let batch = shape[0];
         let query = match self.config.granularity() {
             Granularity::PerVector => flat.clone(),
             Granularity::PerImage => {
                 let (t, c) = flat.dims2()?;
                 flat.reshape((batch, t / batch, c))?.mean(1)?
             }
+            Granularity::RawView => raw_view(flat, batch)?,
         };
         Ok(Some(selector.logits(&query)?))
     }
 
-    /// `[units, m]` selection → `[T, m]` (per-image choices repeated over positions).
-    fn expand_selection(&self, sel: &Tensor, t: usize, batch: usize) -> Result<Tensor> {
+    /// The pool's output `[T, C]` (channel-last rows) for the selection units `sel_units`
+    /// `[units, m]`: per-image choices are repeated over the image's positions, raw-view
+    /// choices mix the raw views of the outputs and are put back by the inverse view.
+    fn mix(&self, outs: &[Tensor], sel_units: &Tensor, batch: usize) -> Result<Tensor> {
+        let t = outs[0].dim(0)?;
         Ok(match self.config.granularity() {
-            Granularity::PerVector => sel.clone(),
+            Granularity::PerVector => crate::mix::weighted_sum(outs, sel_units)?,
             Granularity::PerImage => {
-                let m = sel.dim(1)?;
-                sel.unsqueeze(1)?
+                let m = sel_units.dim(1)?;
+                let sel = sel_units
+                    .unsqueeze(1)?
                     .broadcast_as((batch, t / batch, m))?
-                    .reshape((t, m))?
+                    .reshape((t, m))?;
+                crate::mix::weighted_sum(outs, &sel)?
+            }
+            Granularity::RawView => {
+                let raw = outs
+                    .iter()
+                    .map(|o| raw_view(o, batch))
+                    .collect::<Result<Vec<_>>>()?;
+                raw_view_inverse(&crate::mix::weighted_sum(&raw, sel_units)?, batch)?
             }
         })
     }
+
+    /// Whether the codes (one codebook and row per position) determine the output: always for
+    /// a single codebook; for a pool not with raw-view selection or a 3×3 back-projection.
+    pub fn decodable(&self) -> bool {
+        self.books.len() == 1
+            || (self.config.granularity() != Granularity::RawView
+                && self.books.iter().all(|b| b.project_out.is_pointwise()))
+    }
+
+    /// Per-position codes: the chosen codebook of each position and its row there. For
+    /// raw-view selection (whose units are not positions) the codebook id at flat index `r`
+    /// is the choice of raw row `r`.
+    fn codes_of(
+        &self,
+        sel_units: &Tensor,
+        vqs: &[VqOutput],
+        shape: &[usize],
+        batch: usize,
+    ) -> Result<Codes> {
+        let t: usize = shape.iter().product();
+        let m = sel_units.dim(1)?;
+        let choice = match self.config.granularity() {
+            Granularity::PerImage => sel_units
+                .detach()
+                .argmax_keepdim(1)?
+                .broadcast_as((batch, t / batch))?
+                .reshape((t, 1))?,
+            Granularity::PerVector | Granularity::RawView => {
+                sel_units.detach().argmax_keepdim(1)?
+            }
+        };
+        debug_assert_eq!(vqs.len(), m);
+        let idx: Vec<&Tensor> = vqs.iter().map(|v| &v.indices).collect();
+        let index = Tensor::stack(&idx, 1)?.gather(&choice.contiguous()?, 1)?;
+        Ok(Codes {
+            codebook: choice.reshape(shape)?,
+            index: index.reshape(shape)?,
+        })
+    }
+}
+
+/// `[T, C]` channel-last rows of `batch` images → `[T, C]` rows of the authors'
+/// `z.view(-1, C)` of the channel-first tensor: row `r` of image `b` holds its channel-major
+/// elements `r·C .. (r+1)·C`.
+fn raw_view(flat: &Tensor, batch: usize) -> Result<Tensor> {
+    let (t, c) = flat.dims2()?;
+    Ok(flat
+        .reshape((batch, t / batch, c))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((t, c))?)
+}
+
+/// The inverse of [`raw_view`].
+fn raw_view_inverse(raw: &Tensor, batch: usize) -> Result<Tensor> {
+    let (t, c) = raw.dims2()?;
+    Ok(raw
+        .reshape((batch, c, t / batch))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((t, c))?)
 }
 
 fn select(logits: &Tensor, selection: &mut Selection<'_>) -> Result<Tensor> {
@@ -297,10 +461,10 @@ impl Quantizer for AdaptiveQuantizer {
         let mut errors = Vec::with_capacity(if min_error { m } else { 0 });
         let flat_sg = flat.detach();
         for book in &self.books {
-            let (o, v) = book.forward(flat, step.update_codebooks)?;
+            let (o, v) = book.forward(flat, shape, step.update_codebooks)?;
             if min_error {
                 // β‖project_out(sg[q]) − sg[z_e]‖²; its forward value is the routing distance.
-                let back = book.back_project_detached(&v.quantized)?;
+                let back = book.back_project_detached(&v.quantized, shape)?;
                 let diff = (&back - &flat_sg)?;
                 errors.push(diff.detach().sqr()?.sum(1)?); // [T]
                 let beta = book.quantizer().config().codebook().beta;
@@ -316,7 +480,7 @@ impl Quantizer for AdaptiveQuantizer {
         let ppl: Vec<&Tensor> = vqs.iter().map(|v| &v.perplexity).collect();
         let perplexity = Tensor::stack(&ppl, 0)?.detach();
         let code_counts: Vec<Tensor> = vqs.iter().map(|v| v.counts.clone()).collect();
-        let logits = self.logits_of_flat(flat, batch)?;
+        let logits = self.logits_of_flat(flat, shape)?;
         let sel_units = if m == 1 {
             None
         } else if min_error {
@@ -324,6 +488,12 @@ impl Quantizer for AdaptiveQuantizer {
             let err = match self.config.granularity() {
                 Granularity::PerVector => err,
                 Granularity::PerImage => err.reshape((batch, t / batch, m))?.sum(1)?,
+                Granularity::RawView => {
+                    return Err(VqError::input(
+                        "granularity",
+                        "the min-error router does not route raw-view rows",
+                    ))
+                }
             };
             Some(one_hot_argmax(&err.neg()?)?)
         } else {
@@ -335,7 +505,7 @@ impl Quantizer for AdaptiveQuantizer {
         let (z, selection_counts, codes) = match sel_units {
             None => {
                 let units = match self.config.granularity() {
-                    Granularity::PerVector => t,
+                    Granularity::PerVector | Granularity::RawView => t,
                     Granularity::PerImage => batch,
                 };
                 let counts = Tensor::from_vec(vec![units as f32], 1, flat.device())?;
@@ -347,15 +517,8 @@ impl Quantizer for AdaptiveQuantizer {
             }
             Some(sel_units) => {
                 let counts = selection_counts(&sel_units)?;
-                let sel = self.expand_selection(&sel_units, t, batch)?; // [T, m]
-                let z = crate::mix::weighted_sum(&outs, &sel)?;
-                let choice = sel.detach().argmax_keepdim(1)?; // [T, 1]
-                let idx: Vec<&Tensor> = vqs.iter().map(|v| &v.indices).collect();
-                let index = Tensor::stack(&idx, 1)?.gather(&choice, 1)?;
-                let codes = Codes {
-                    codebook: choice.reshape(shape)?,
-                    index: index.reshape(shape)?,
-                };
+                let z = self.mix(&outs, &sel_units, batch)?;
+                let codes = self.codes_of(&sel_units, &vqs, shape, batch)?;
                 (z, counts, codes)
             }
         };
@@ -401,6 +564,14 @@ impl Quantizer for AdaptiveQuantizer {
         let book_ids = codes.codebook.flatten_all()?.to_vec1::<u32>()?;
         let index = codes.index.flatten_all()?.to_vec1::<u32>()?;
         let m = self.books.len();
+        if !self.decodable() {
+            return Err(VqError::input(
+                "codes",
+                "this pool cannot be decoded from per-position codes: with raw-view selection or \
+                 a 3×3 back-projection (the authors' variant) a position's latent depends on \
+                 codes the chosen codebook alone does not hold",
+            ));
+        }
         if let Some(&bad) = book_ids.iter().find(|&&b| b as usize >= m) {
             return Err(VqError::input(
                 "codes",
@@ -431,7 +602,7 @@ impl Quantizer for AdaptiveQuantizer {
             let rows: Vec<u32> = index.iter().map(|&j| j.min(n - 1)).collect();
             let rows = Tensor::from_vec(rows, index.len(), dev)?;
             let mask = Tensor::from_vec(mask, (index.len(), 1), dev)?;
-            let term = book.decode(&rows)?.broadcast_mul(&mask)?;
+            let term = book.decode(&rows, &shape)?.broadcast_mul(&mask)?;
             z = Some(match z {
                 None => term,
                 Some(acc) => (acc + term)?,
@@ -504,5 +675,81 @@ impl Quantizer for VectorQuantizer {
         let mut like = vec![shape[0], self.channels()];
         like.extend(&shape[1..]);
         from_flat(&z, &like)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AdaptiveConfig;
+    use crate::init::SeededVarMap;
+
+    /// One image, positions p0, p1, channels a..d: channel-last rows `[a0 b0 c0 d0]`,
+    /// `[a1 b1 c1 d1]`; the channel-first memory is `a0 a1 b0 b1 c0 c1 d0 d1`, so
+    /// `view(-1, 4)` has rows `[a0 a1 b0 b1]`, `[c0 c1 d0 d1]`.
+    #[test]
+    fn raw_view_is_the_channel_first_memory_in_rows_of_c() {
+        let flat = Tensor::new(&[[0f32, 1., 2., 3.], [10., 11., 12., 13.]], &Device::Cpu).unwrap();
+        let raw = raw_view(&flat, 1).unwrap();
+        assert_eq!(
+            raw.to_vec2::<f32>().unwrap(),
+            vec![vec![0., 10., 1., 11.], vec![2., 12., 3., 13.]]
+        );
+        let back = raw_view_inverse(&raw, 1).unwrap();
+        assert_eq!(
+            back.to_vec2::<f32>().unwrap(),
+            flat.to_vec2::<f32>().unwrap()
+        );
+    }
+
+    #[test]
+    fn raw_view_needs_the_attention_router() {
+        let c = AdaptiveConfig {
+            granularity: Granularity::RawView,
+            router: Router::MinError,
+            ..AdaptiveConfig::adaptive(8, 32)
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("granularity") && e.contains("raw-view"), "{e}");
+    }
+
+    /// A 3×3 back-projection: one codebook decodes its codes (the convolution of its own
+    /// codeword map); a pool refuses, since a position depends on neighbours' codes of every
+    /// codebook.
+    #[test]
+    fn conv_back_projection_decodes_alone_and_refuses_in_a_pool() {
+        let vm = SeededVarMap::new(3);
+        let dev = Device::Cpu;
+        let z = crate::init::randn(3, "z", &[2, 8, 3, 3], &dev).unwrap();
+        for (config, decodes) in [
+            (AdaptiveConfig::fixed(8, 16, 2), true),
+            (AdaptiveConfig::adaptive(8, 32), false),
+        ] {
+            let config = AdaptiveConfig {
+                back_projection: BackProjection::Conv3x3,
+                ..config
+            }
+            .validate()
+            .unwrap();
+            let q = AdaptiveQuantizer::new(
+                &config,
+                vm.var_builder(DType::F32, &dev).pp(decodes.to_string()),
+            )
+            .unwrap();
+            assert_eq!(q.decodable(), decodes);
+            let out = q.forward(&z, &mut Step::eval()).unwrap();
+            let got = q.decode(&out.codes);
+            if decodes {
+                let diff = (got.unwrap() - &out.z_q).unwrap().abs().unwrap();
+                let max = diff.max_all().unwrap().to_scalar::<f32>().unwrap();
+                assert!(
+                    max < 1e-5,
+                    "decode differs from the forward output by {max}"
+                );
+            } else {
+                let e = got.unwrap_err().to_string();
+                assert!(e.contains("cannot be decoded"), "{e}");
+            }
+        }
     }
 }

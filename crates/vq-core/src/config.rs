@@ -213,12 +213,34 @@ impl ValidVqConfig {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Granularity {
-    /// Every latent vector (spatial position) picks its own codebook (the authors' code).
+    /// Every latent vector (spatial position) picks its own codebook (the paper's reading).
     #[default]
     PerVector,
     /// One choice per image for all of its positions; the attention query is the mean of the
     /// image's latent vectors.
     PerImage,
+    /// The authors' published script: the unit is a row of the raw `z_e.view(-1, C)` of the
+    /// channel-first `[B, C, H, W]` tensor, i.e. `C` consecutive elements of one image's
+    /// channel-major memory (for `C = 2·H·W`, one channel pair over all positions), not a
+    /// latent vector. There are `B·H·W` such rows; each codebook's back-projected output is
+    /// viewed the same way and the chosen rows are put back by the inverse view. Codes of this
+    /// selection cannot be decoded position by position.
+    RawView,
+}
+
+/// How each codebook's `D`-dimensional output returns to the encoder's `C` channels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackProjection {
+    /// `D → C` linear map per vector (a 1×1 convolution), the paper's "dimension
+    /// transformation".
+    #[default]
+    Linear,
+    /// A 3×3 convolution `D → C` with bias and padding 1 over the `[H, W]` positions, as in the
+    /// authors' script (where it replaces the decoder's first convolution). Needs latents with
+    /// two spatial dimensions; a codebook's output at one position then depends on its codes
+    /// at the 8 neighbours, so a pool's codes (one codebook per position) cannot be decoded.
+    Conv3x3,
 }
 
 /// How the multi-head attention between the query and the per-codebook keys becomes the logits
@@ -276,6 +298,8 @@ pub struct AdaptiveConfig {
     pub logits: SelectionLogits,
     /// How a codebook is chosen (the paper's attention selector, or the nearest output).
     pub router: Router,
+    /// How each codebook's output returns to `C` channels.
+    pub back_projection: BackProjection,
     /// Permit codebooks with `N ≤ D`.
     pub allow_n_le_d: bool,
     /// Learning rule shared by every codebook of the pool.
@@ -292,6 +316,7 @@ impl Default for AdaptiveConfig {
             granularity: Granularity::PerVector,
             logits: SelectionLogits::LogAttention,
             router: Router::Attention,
+            back_projection: BackProjection::Linear,
             allow_n_le_d: false,
             codebook: CodebookConfig::default(),
         }
@@ -324,6 +349,13 @@ impl AdaptiveConfig {
             return Err(ConfigError::invalid("channels", "must be ≥ 1"));
         }
         self.codebook.validate()?;
+        if self.granularity == Granularity::RawView && self.router == Router::MinError {
+            return Err(ConfigError::invalid(
+                "granularity",
+                "\"raw-view\" (the authors' selection unit) works with the attention router only; \
+                 the min-error router compares whole latent vectors",
+            ));
+        }
         let pool: Vec<[usize; 2]> = if self.pool.is_empty() {
             match self.capacity {
                 Some(w) => structures(w)?,
@@ -415,6 +447,10 @@ impl ValidAdaptiveConfig {
     /// How a codebook is chosen.
     pub fn router(&self) -> Router {
         self.config.router
+    }
+    /// How each codebook's output returns to `C` channels.
+    pub fn back_projection(&self) -> BackProjection {
+        self.config.back_projection
     }
     /// The configuration this was validated from.
     pub fn config(&self) -> &AdaptiveConfig {

@@ -58,8 +58,8 @@ pub mod vq;
 
 pub use adaptive::{AdaptiveQuantizer, ProjectedQuantizer};
 pub use config::{
-    AdaptiveConfig, CodebookConfig, CodebookInit, Granularity, Router, SelectionLogits,
-    ValidAdaptiveConfig, ValidVqConfig, VqConfig,
+    AdaptiveConfig, BackProjection, CodebookConfig, CodebookInit, Granularity, Router,
+    SelectionLogits, ValidAdaptiveConfig, ValidVqConfig, VqConfig,
 };
 pub use error::{ConfigError, Result, VqError};
 pub use gap::{gradient_gap, GradientGap};

@@ -522,7 +522,7 @@ fn invariants_per_vector_and_per_image() {
                     let want_index = nearest_brute_force(&p_in, &flat(&code), d)[0];
                     assert_eq!(index[b][h][w], want_index, "argmin at {b},{h},{w}");
                     let want = flat(
-                        &pq.decode(&Tensor::new(&[index[b][h][w]], &Device::Cpu).unwrap())
+                        &pq.decode(&Tensor::new(&[index[b][h][w]], &Device::Cpu).unwrap(), &[1])
                             .unwrap(),
                     );
                     let got: Vec<f32> = (0..16).map(|c| at(&zq, b, c, h, w)).collect();

@@ -7,8 +7,8 @@ use candle_core::{Module, Tensor};
 use candle_nn::VarBuilder;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use vq_core::{
-    AdaptiveConfig, AdaptiveQuantizer, CodebookConfig, Granularity, Quantizer, QuantizerOutput,
-    Router, SelectionLogits, Step, ValidAdaptiveConfig,
+    AdaptiveConfig, AdaptiveQuantizer, BackProjection, CodebookConfig, Granularity, Quantizer,
+    QuantizerOutput, Router, SelectionLogits, Step, ValidAdaptiveConfig,
 };
 
 use crate::conv::Relu;
@@ -107,6 +107,13 @@ pub struct ModelConfig {
     pub selection_logits: SelectionLogits,
     /// How the pool's codebook is chosen: `attention` (the paper) or `min-error`.
     pub router: Router,
+    /// How each codebook's output returns to `hidden` channels: `linear` (1×1) or `conv3x3`
+    /// (the authors' script).
+    pub back_projection: BackProjection,
+    /// Whether the decoder starts with a 3×3 `hidden → hidden` convolution (the paper and the
+    /// zalando VQ-VAE it builds on); the authors' script removes it, its place taken by the
+    /// per-codebook 3×3 back-projection.
+    pub decoder_conv1: bool,
     /// Permit codebooks with `N ≤ D`.
     pub allow_n_le_d: bool,
     /// α, β, EMA on/off, γ, ε.
@@ -126,8 +133,35 @@ impl Default for ModelConfig {
             granularity: Granularity::PerVector,
             selection_logits: SelectionLogits::LogAttention,
             router: Router::Attention,
+            back_projection: BackProjection::Linear,
+            decoder_conv1: true,
             allow_n_le_d: false,
             codebook: CodebookConfig::default(),
+        }
+    }
+}
+
+impl ModelConfig {
+    /// The model of the authors' published script (caihongch/Adaptive-dynamic-quantization,
+    /// `gumbel.py` at 19e25cf), as far as it differs from [`ModelConfig::default`]:
+    /// `granularity = "raw-view"`, `selection_logits = "attention-probs"`,
+    /// `back_projection = "conv3x3"`, `decoder_conv1 = false` and the authors' codebook
+    /// (`codebook.init = "authors"`, no restarts). `configs/authors-variant.toml` sets the same
+    /// keys; docs/design.md lists every difference.
+    pub fn authors_variant() -> Self {
+        Self::default().into_authors_variant()
+    }
+
+    /// This config with the keys of [`ModelConfig::authors_variant`] set (sizes, encoder,
+    /// quantizer and capacity kept).
+    pub fn into_authors_variant(self) -> Self {
+        Self {
+            granularity: Granularity::RawView,
+            selection_logits: SelectionLogits::AttentionProbs,
+            back_projection: BackProjection::Conv3x3,
+            decoder_conv1: false,
+            codebook: CodebookConfig::authors(),
+            ..self
         }
     }
 }
@@ -170,6 +204,7 @@ impl ModelConfig {
             granularity: self.granularity,
             logits: self.selection_logits,
             router: self.router,
+            back_projection: self.back_projection,
             allow_n_le_d: self.allow_n_le_d,
             codebook: self.codebook.clone(),
         }
@@ -270,10 +305,11 @@ impl Module for Encoder {
 
 /// `[B, h, H/4, W/4] → [B, C_in, H, W]`.
 ///
-/// Variables: `conv1`, then `residual.*` or `inception.*`, `deconv1`, `deconv2`.
+/// Variables: `conv1` (unless `decoder_conv1 = false`), then `residual.*` or `inception.*`,
+/// `deconv1`, `deconv2`.
 #[derive(Clone, Debug)]
 pub struct Decoder {
-    conv1: Conv2d,
+    conv1: Option<Conv2d>,
     residual: Option<ResidualStack>,
     inception: Option<Inception>,
     deconv1: ConvTranspose2d,
@@ -285,7 +321,10 @@ impl Decoder {
         let (c, m) = (cfg.in_channels(), cfg.config());
         let h = m.hidden;
         Ok(Self {
-            conv1: Conv2d::new(h, h, 3, 1, 1, true, vb.pp("conv1"))?,
+            conv1: m
+                .decoder_conv1
+                .then(|| Conv2d::new(h, h, 3, 1, 1, true, vb.pp("conv1")))
+                .transpose()?,
             residual: (m.encoder == EncoderKind::CnnResnet)
                 .then(|| {
                     ResidualStack::new(h, m.residual_hidden, m.residual_layers, vb.pp("residual"))
@@ -304,7 +343,10 @@ impl Decoder {
     /// `z` `[B, h, H/4, W/4]` in `layout` → `[B, C_in, H, W]` in `layout`.
     pub fn forward_in(&self, z: &Tensor, layout: Layout) -> candle_core::Result<Tensor> {
         let _span = tracing::trace_span!("decoder").entered();
-        let h = self.conv1.forward_in(z, layout, Relu::NONE)?;
+        let h = match &self.conv1 {
+            Some(conv1) => conv1.forward_in(z, layout, Relu::NONE)?,
+            None => z.clone(),
+        };
         // ReLU(stack) → deconv1 → ReLU: both ReLUs fused into deconv1 (the residual stack's
         // final ReLU becomes deconv1's input ReLU).
         let (h, relu_in) = match (&self.residual, &self.inception) {

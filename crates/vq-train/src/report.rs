@@ -262,11 +262,14 @@ pub fn reconstruction_grid(session: &Session, path: &Path, n: usize) -> Result<(
     let n = n.min(x.dim(0)?);
     let x = x.narrow(0, 0, n)?.to_device(&session.device)?;
     let z_e = session.model.encoder().forward(&x)?;
-    let codes = session.model.quantizer().encode(&z_e)?;
-    let recon = session
+    // Argmax routing, the decoder fed the quantizer's output (not the codes decoded again: the
+    // authors' variant cannot be decoded from per-position codes).
+    let quant = session
         .model
-        .decoder()
-        .forward(&session.model.quantizer().decode(&codes)?)?;
+        .quantizer()
+        .forward(&z_e, &mut vq_core::Step::eval())?;
+    let codes = quant.codes;
+    let recon = session.model.decoder().forward(&quant.z_q)?;
     let (_, c, h, w) = x.dims4()?;
     let scale = (96 / h).max(1);
     let (th, tw) = (h * scale, w * scale);

@@ -38,3 +38,13 @@ fn shipped_configs_are_valid_and_follow_the_paper() {
         assert_eq!(c.data.image_size % 4, 0);
     }
 }
+
+#[test]
+fn authors_variant_config_is_the_model_preset() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs/authors-variant.toml");
+    let c = TrainConfig::load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(c.model, vq_models::ModelConfig::authors_variant());
+    assert_eq!(c.train.tau, vq_core::TauSchedule::Paper);
+    let model = c.model.validate(c.data.channels).unwrap();
+    assert_eq!(model.quantizer().pool().len(), 8);
+}
