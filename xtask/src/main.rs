@@ -183,9 +183,25 @@ fn main() -> Result<()> {
                 init,
                 settings,
             };
-            let path = reproduce::reproduce(&opts)?;
-            println!("{}", path.display());
-            Ok(())
+            // Ctrl-C / SIGTERM: the run in progress checkpoints its step; re-issuing the same
+            // command resumes it (finished runs are reused).
+            vq_train::signals::install();
+            match reproduce::reproduce(&opts) {
+                Ok(path) => {
+                    println!("{}", path.display());
+                    Ok(())
+                }
+                Err(e) => match e.downcast_ref::<vq_train::TrainError>() {
+                    Some(vq_train::TrainError::Interrupted { step, signal, run }) => {
+                        eprintln!(
+                            "interrupted: {} checkpointed at step {step}; run the same command again to continue",
+                            run.display()
+                        );
+                        std::process::exit(vq_train::signals::exit_status(*signal));
+                    }
+                    _ => Err(e),
+                },
+            }
         }
         Cmd::BenchLayers {
             shape,

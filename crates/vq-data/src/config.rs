@@ -53,6 +53,18 @@ pub enum Subset {
     Full,
 }
 
+/// What a file-backed dataset does with an image that cannot be decoded, found when every image
+/// is checked before training.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BadImagePolicy {
+    /// Refuse the dataset, naming the first bad files.
+    #[default]
+    Error,
+    /// Leave the bad files out ([`LoadedData::skipped`] names them).
+    Skip,
+}
+
 /// A dataset: its name, where it is, and the shape its images are brought to.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -98,6 +110,9 @@ pub struct DataConfig {
     pub max_train: Option<usize>,
     /// Keep at most this many validation examples.
     pub max_val: Option<usize>,
+    /// Image folders, CelebA, Tiny-ImageNet and retinopathy decode every image once before
+    /// training: `error` refuses a dataset with undecodable files, `skip` leaves them out.
+    pub on_bad_image: BadImagePolicy,
 }
 
 impl Default for DataConfig {
@@ -135,6 +150,7 @@ impl Default for DataConfig {
             images_dir: None,
             max_train: None,
             max_val: None,
+            on_bad_image: BadImagePolicy::Error,
         }
     }
 }
@@ -161,6 +177,8 @@ pub struct LoadedData {
     pub source: String,
     /// Input normalisation to use with these images.
     pub normalization: Normalization,
+    /// Files left out by `on_bad_image = "skip"`, with the reason each failed to decode.
+    pub skipped: Vec<(PathBuf, String)>,
 }
 
 impl DataConfig {
@@ -264,15 +282,38 @@ fn fit_memory(ds: InMemoryDataset, spec: &ImageSpec) -> InMemoryDataset {
     InMemoryDataset::new(spec.shape(), pixels.concat(), ds.labels())
 }
 
+/// Training and validation sets, class names, and the files left out as undecodable.
+type FolderData = (
+    Arc<dyn Dataset>,
+    Arc<dyn Dataset>,
+    Vec<String>,
+    Vec<(PathBuf, String)>,
+);
+
+/// The splits of a file-backed dataset, truncated to `max` and with every image checked by a
+/// full decode: an undecodable file is an error naming the first ones, or (with
+/// [`BadImagePolicy::Skip`]) is left out and returned in the third element.
 fn folder_data(
     s: FolderSplits,
     max: (Option<usize>, Option<usize>),
-) -> (Arc<dyn Dataset>, Arc<dyn Dataset>, Vec<String>) {
-    (
-        Arc::new(s.train.truncated(max.0)),
-        Arc::new(s.val.truncated(max.1)),
-        s.classes,
-    )
+    policy: BadImagePolicy,
+) -> Result<FolderData> {
+    let (train, val) = (s.train.truncated(max.0), s.val.truncated(max.1));
+    let bad = crate::dataset::check_images(&[&train, &val]);
+    if !bad.is_empty() && policy == BadImagePolicy::Error {
+        return Err(DataError::BadImages {
+            count: bad.len(),
+            first: bad
+                .iter()
+                .take(5)
+                .map(|(p, why)| format!("{} ({why})", p.display()))
+                .collect::<Vec<_>>()
+                .join("; "),
+        });
+    }
+    let drop: std::collections::HashSet<&Path> = bad.iter().map(|(p, _)| p.as_path()).collect();
+    let (train, val) = (train.without(&drop), val.without(&drop));
+    Ok((Arc::new(train), Arc::new(val), s.classes, bad))
 }
 
 /// Loads the dataset a config names.
@@ -292,6 +333,7 @@ pub fn load(cfg: &DataConfig) -> Result<LoadedData> {
             classes,
             source,
             normalization: normalization.clone(),
+            skipped: Vec::new(),
         }
     };
     let numbered = |n: usize| (0..n).map(|i| i.to_string()).collect::<Vec<_>>();
@@ -337,7 +379,8 @@ pub fn load(cfg: &DataConfig) -> Result<LoadedData> {
     }
     let path = cfg.required_path()?;
     let source = path.display().to_string();
-    let (train, val, classes): (Arc<dyn Dataset>, Arc<dyn Dataset>, Vec<String>) = match name {
+    let policy = cfg.on_bad_image;
+    let (train, val, classes, skipped) = match name {
         "mnist" | "fashion-mnist" => {
             return Ok(memory(
                 crate::idx::load_idx_dir(path)?,
@@ -352,7 +395,7 @@ pub fn load(cfg: &DataConfig) -> Result<LoadedData> {
                 numbered(10),
             ))
         }
-        "tiny-imagenet" => folder_data(load_tiny_imagenet(path, spec)?, max),
+        "tiny-imagenet" => folder_data(load_tiny_imagenet(path, spec)?, max, policy)?,
         "celeba" => {
             let per = (cfg.subset == Subset::Paper).then_some((1000, 80));
             folder_data(
@@ -365,7 +408,8 @@ pub fn load(cfg: &DataConfig) -> Result<LoadedData> {
                     cfg.split_seed,
                 )?,
                 max,
-            )
+                policy,
+            )?
         }
         "retinopathy" => {
             let csv = cfg
@@ -377,12 +421,14 @@ pub fn load(cfg: &DataConfig) -> Result<LoadedData> {
             folder_data(
                 load_retinopathy(&csv, &dir, spec, subset, cfg.val_fraction, cfg.split_seed)?,
                 max,
-            )
+                policy,
+            )?
         }
         "image-folder" => folder_data(
             load_class_folders(path, spec, cfg.val_fraction, cfg.split_seed)?,
             max,
-        ),
+            policy,
+        )?,
         _ => unreachable!("validated"),
     };
     if train.is_empty() || val.is_empty() {
@@ -401,5 +447,6 @@ pub fn load(cfg: &DataConfig) -> Result<LoadedData> {
         classes,
         source,
         normalization,
+        skipped,
     })
 }

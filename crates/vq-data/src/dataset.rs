@@ -1,6 +1,6 @@
 //! The [`Dataset`] trait and the in-memory and lazily decoded image datasets behind every loader.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::Result;
@@ -129,6 +129,23 @@ impl ImageFileDataset {
         }
     }
 
+    /// These files less those in `drop`.
+    pub fn without(self, drop: &std::collections::HashSet<&Path>) -> Self {
+        if drop.is_empty() || !self.files.iter().any(|(p, _)| drop.contains(p.as_path())) {
+            return self;
+        }
+        Self {
+            files: Arc::new(
+                self.files
+                    .iter()
+                    .filter(|(p, _)| !drop.contains(p.as_path()))
+                    .cloned()
+                    .collect(),
+            ),
+            spec: self.spec,
+        }
+    }
+
     /// Decodes every image now (for small sets used many times).
     pub fn into_memory(self) -> Result<InMemoryDataset> {
         use rayon::prelude::*;
@@ -156,4 +173,47 @@ impl Dataset for ImageFileDataset {
             label: *label,
         })
     }
+}
+
+/// Decodes every image of `sets` (in parallel; a decode reads the header, checks the
+/// dimensions and decodes the pixels) and returns the files that fail, in file order, with the
+/// reason. Logs progress every 10,000 images.
+pub fn check_images(sets: &[&ImageFileDataset]) -> Vec<(PathBuf, String)> {
+    use rayon::prelude::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let files: Vec<(&PathBuf, &ImageSpec)> = sets
+        .iter()
+        .flat_map(|s| s.files.iter().map(move |(p, _)| (p, &s.spec)))
+        .collect();
+    let total = files.len();
+    let _span = tracing::info_span!("check_images", total).entered();
+    let done = AtomicUsize::new(0);
+    let t0 = std::time::Instant::now();
+    let bad: Vec<(PathBuf, String)> = files
+        .par_iter()
+        .filter_map(|&(p, spec)| {
+            let r = load_image_file(p, spec);
+            let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_multiple_of(10_000) {
+                tracing::info!(
+                    "checked {n} of {total} images ({:.0} s)",
+                    t0.elapsed().as_secs_f64()
+                );
+            }
+            r.err().map(|e| {
+                let why = match e {
+                    crate::DataError::Image { reason, .. } => reason,
+                    other => other.to_string(),
+                };
+                (p.clone(), why)
+            })
+        })
+        .collect();
+    tracing::debug!(
+        total,
+        bad = bad.len(),
+        "images checked in {:.2} s",
+        t0.elapsed().as_secs_f64()
+    );
+    bad
 }

@@ -31,6 +31,8 @@ pub enum DataError {
     /// A folder without the images the layout expects.
     #[error("{}: {reason}", path.display())]
     Empty { path: PathBuf, reason: String },
+    #[error("{count} image file(s) cannot be decoded, first: {first}; fix or remove them, or set data.on_bad_image = \"skip\" to leave them out")]
+    BadImages { count: usize, first: String },
     /// A file that is neither in the Hugging Face cache nor downloadable.
     #[error("hub dataset {repo} (revision {revision}), file {file}: {reason}; the cache was looked up in {}", cache.display())]
     Hub {

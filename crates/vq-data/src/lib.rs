@@ -32,7 +32,9 @@ pub mod idx;
 pub mod image_ops;
 
 pub use batcher::{Batch, BatchStream, Batcher, BatcherConfig, Cursor, Normalization};
-pub use config::{known_statistics, load, DataConfig, LoadedData, NormalizeKind, Subset, DATASETS};
-pub use dataset::{Dataset, ImageFileDataset, InMemoryDataset, Sample};
+pub use config::{
+    known_statistics, load, BadImagePolicy, DataConfig, LoadedData, NormalizeKind, Subset, DATASETS,
+};
+pub use dataset::{check_images, Dataset, ImageFileDataset, InMemoryDataset, Sample};
 pub use error::{DataError, Result};
 pub use image_ops::ImageSpec;

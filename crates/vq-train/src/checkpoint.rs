@@ -230,6 +230,28 @@ pub fn latest(run: &Path) -> Result<PathBuf> {
     }
 }
 
+/// Reads the newest complete checkpoint of a run that may still be training: a training keeps
+/// the newest two checkpoints, so a reader slower than two checkpoint intervals may find its
+/// folder removed; it then reads the one `LATEST` names now (up to 5 tries). A checkpoint that
+/// is bad for another reason is an error at once.
+pub fn load_latest(run: &Path, device: &Device) -> Result<Checkpoint> {
+    let mut tries = 0;
+    loop {
+        let dir = latest(run)?;
+        match load(&dir, device) {
+            Ok(ck) => return Ok(ck),
+            Err(e) => {
+                tries += 1;
+                let moved = latest(run).is_ok_and(|now| now != dir);
+                if !moved || tries >= 5 {
+                    return Err(e);
+                }
+                tracing::debug!("{} was replaced while reading it; retrying", dir.display());
+            }
+        }
+    }
+}
+
 /// Reads a checkpoint folder onto `device`.
 pub fn load(dir: &Path, device: &Device) -> Result<Checkpoint> {
     let st = |name: &str| -> Result<HashMap<String, Tensor>> {

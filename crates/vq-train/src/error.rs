@@ -29,6 +29,16 @@ pub enum TrainError {
     Vq(Box<vq_core::VqError>),
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// SIGINT or SIGTERM stopped training after a checkpoint of step `step`.
+    #[error("interrupted at step {step}; continue with vq-train train --resume {}", run.display())]
+    Interrupted {
+        step: usize,
+        signal: i32,
+        run: PathBuf,
+    },
+    /// Another process trains into the run folder.
+    #[error("{} is in use by {} (one training per run folder); wait for it to finish or choose another --out", run.display(), match pid { Some(p) => format!("process {p}"), None => "another process".to_string() })]
+    Locked { run: PathBuf, pid: Option<u32> },
     /// Drawing a plot or picture failed.
     #[error("plot {}: {reason}", path.display())]
     Plot { path: PathBuf, reason: String },

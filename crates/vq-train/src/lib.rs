@@ -11,11 +11,13 @@ pub mod commands;
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod lock;
 pub mod metrics;
 pub mod optim;
 pub mod quality;
 pub mod report;
 pub mod session;
+pub mod signals;
 pub mod trainer;
 
 pub use config::{NonFinitePolicy, TrainConfig, TrainParams};

@@ -131,7 +131,15 @@ fn main() -> Result<()> {
             };
             let progress = !quiet && config.train.progress;
             eprintln!("run folder: {}", dir.display());
-            let summary = vq_train::train(config, &dir, resuming, progress)?;
+            // Ctrl-C or SIGTERM: finish the step, checkpoint it, exit 130 / 143.
+            vq_train::signals::install();
+            let summary = match vq_train::train(config, &dir, resuming, progress) {
+                Err(e @ vq_train::TrainError::Interrupted { signal, .. }) => {
+                    eprintln!("{e}");
+                    std::process::exit(vq_train::signals::exit_status(signal));
+                }
+                r => r?,
+            };
             if let Some(v) = &summary.last_val {
                 eprintln!(
                     "done: {} steps in {:.0} s; validation MSE {:.5}, sum of batch MSEs {:.3} over {} batches",

@@ -55,7 +55,7 @@ impl Session {
             config.train.device = d.to_string();
         }
         let session = Self::build(config)?;
-        let ck = checkpoint::load(&checkpoint::latest(run)?, &session.device)?;
+        let ck = checkpoint::load_latest(run, &session.device)?;
         checkpoint::restore_vars(
             &session.params.named_vars(),
             ck.weights.clone(),

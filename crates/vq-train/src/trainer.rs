@@ -13,6 +13,7 @@ use vq_data::{Batcher, BatcherConfig, Cursor};
 use crate::checkpoint::{self, CheckpointState, RngState, FORMAT_VERSION};
 use crate::config::{NonFinitePolicy, TrainConfig};
 use crate::error::{Result, TrainError};
+use crate::lock::RunLock;
 use crate::metrics::{JsonlWriter, Record, TimingRecord, TrainRecord, ValRecord};
 use crate::optim::{Adam, AdamConfig};
 use crate::session::Session;
@@ -132,6 +133,12 @@ pub fn train(
 ) -> Result<RunSummary> {
     let started = Instant::now();
     config.validate()?;
+    // One writer per run folder: an existing folder is locked before anything in it is read.
+    let mut lock = if run_dir.is_dir() {
+        Some(RunLock::acquire(run_dir)?)
+    } else {
+        None
+    };
     let cfg_path = run_dir.join("config.toml");
     let config_toml = config.to_toml();
     // The τ schedule's horizon: the step count the run started with (a resumed run with a new
@@ -163,6 +170,15 @@ pub fn train(
     // Data, model and checkpoint are loaded before anything is written, so a bad input leaves
     // no partial run folder behind.
     let session = Session::build(config)?;
+    if !session.data.skipped.is_empty() {
+        for (path, why) in &session.data.skipped {
+            tracing::warn!("skipped image {}: {why}", path.display());
+        }
+        tracing::warn!(
+            "data.on_bad_image = \"skip\": {} image file(s) left out of the dataset",
+            session.data.skipped.len()
+        );
+    }
     let cfg = &session.config;
     let tp = &cfg.train;
     let m = session.pool.len();
@@ -212,6 +228,17 @@ pub fn train(
         tracing::info!(step = start_step, "resumed from {}", dir.display());
     }
     std::fs::create_dir_all(run_dir).map_err(|e| TrainError::io(run_dir, e))?;
+    if lock.is_none() {
+        lock = Some(RunLock::acquire(run_dir)?);
+        // Another training may have created this folder since the check above.
+        if !resume && cfg_path.exists() {
+            return Err(TrainError::config(
+                run_dir.display().to_string(),
+                "already holds a run (config.toml); resume it with --resume or choose another --out",
+            ));
+        }
+    }
+    let _lock = lock;
     checkpoint::write_atomic(&cfg_path, config_toml.as_bytes())?;
     let mut metrics = JsonlWriter::open(&run_dir.join("metrics.jsonl"), metrics_keep)?;
     let mut timings = JsonlWriter::open(&run_dir.join("timings.jsonl"), timings_keep)?;
@@ -405,7 +432,12 @@ pub fn train(
             metrics.write(&Record::Val(rec.clone()))?;
             last_val = Some(rec);
         }
-        if (tp.checkpoint_every > 0 && done % tp.checkpoint_every == 0) || last {
+        // SIGINT/SIGTERM (when the binary installed the handlers): checkpoint this step, stop.
+        let interrupt = crate::signals::pending().filter(|_| !last);
+        if (tp.checkpoint_every > 0 && done % tp.checkpoint_every == 0)
+            || last
+            || interrupt.is_some()
+        {
             let (opt_tensors, adam_steps) = adam.state()?;
             let state = CheckpointState {
                 format_version: FORMAT_VERSION,
@@ -426,6 +458,16 @@ pub fn train(
                 &opt_tensors,
                 &config_toml,
             )?;
+        }
+        if let Some(signal) = interrupt {
+            if let Some(pb) = &bar {
+                pb.abandon();
+            }
+            return Err(TrainError::Interrupted {
+                step: done,
+                signal,
+                run: run_dir.to_path_buf(),
+            });
         }
         if let Some(pb) = &bar {
             pb.set_position(done as u64);
