@@ -1,7 +1,7 @@
 //! Shared helpers of the vq-train integration tests (included with `mod common;`).
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use vq_train::TrainConfig;
 
@@ -42,4 +42,26 @@ pub fn tiny_config(steps: usize) -> TrainConfig {
     c.train.progress = false;
     c.train.report = false;
     c
+}
+
+/// The `vq-train` binary of this build.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_vq-train"))
+}
+
+/// Final weights, optimizer state and metrics of a run that ended at `step`.
+pub fn final_files(run: &Path, step: usize) -> (Vec<u8>, Vec<u8>, String) {
+    let ck = run.join("checkpoints").join(format!("step-{step:08}"));
+    (
+        std::fs::read(ck.join("model.safetensors")).unwrap(),
+        std::fs::read(ck.join("optimizer.safetensors")).unwrap(),
+        std::fs::read_to_string(run.join("metrics.jsonl")).unwrap(),
+    )
+}
+
+/// Writes `c` as `dir/cfg.toml`.
+pub fn write_config(dir: &Path, c: &TrainConfig) -> PathBuf {
+    let p = dir.join("cfg.toml");
+    std::fs::write(&p, c.to_toml()).unwrap();
+    p
 }

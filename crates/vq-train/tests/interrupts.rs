@@ -5,31 +5,12 @@
 
 mod common;
 
+use common::{bin, final_files, write_config};
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-use vq_train::TrainConfig;
-
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_vq-train"))
-}
-
-fn final_files(run: &Path, step: usize) -> (Vec<u8>, Vec<u8>, String) {
-    let ck = run.join("checkpoints").join(format!("step-{step:08}"));
-    (
-        std::fs::read(ck.join("model.safetensors")).unwrap(),
-        std::fs::read(ck.join("optimizer.safetensors")).unwrap(),
-        std::fs::read_to_string(run.join("metrics.jsonl")).unwrap(),
-    )
-}
-
-fn write_config(dir: &Path, c: &TrainConfig) -> PathBuf {
-    let p = dir.join("cfg.toml");
-    std::fs::write(&p, c.to_toml()).unwrap();
-    p
-}
 
 fn spawn_train(cfg: &Path, run: &Path) -> Child {
     Command::new(bin())

@@ -5,25 +5,13 @@
 
 mod common;
 
+use common::{bin, final_files, write_config};
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use vq_train::metrics::{read_metrics, split};
-use vq_train::TrainConfig;
-
-fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_vq-train"))
-}
-
-fn final_files(run: &Path, step: usize) -> (Vec<u8>, Vec<u8>, String) {
-    let ck = run.join("checkpoints").join(format!("step-{step:08}"));
-    (
-        std::fs::read(ck.join("model.safetensors")).unwrap(),
-        std::fs::read(ck.join("optimizer.safetensors")).unwrap(),
-        std::fs::read_to_string(run.join("metrics.jsonl")).unwrap(),
-    )
-}
 
 #[test]
 fn same_seed_same_bits_other_seed_differs() {
@@ -38,12 +26,6 @@ fn same_seed_same_bits_other_seed_differs() {
     let (a, b, c) = (run("a", 0), run("b", 0), run("c", 1));
     assert!(a == b, "two runs with seed 0 differ");
     assert!(a.0 != c.0 && a.2 != c.2, "seeds 0 and 1 gave the same run");
-}
-
-fn write_config(dir: &Path, c: &TrainConfig) -> PathBuf {
-    let p = dir.join("cfg.toml");
-    std::fs::write(&p, c.to_toml()).unwrap();
-    p
 }
 
 /// A crash inside the step-20 checkpoint write, then a SIGKILL at an arbitrary later moment;
