@@ -209,11 +209,14 @@ pub fn check_images(sets: &[&ImageFileDataset]) -> Vec<(PathBuf, String)> {
             })
         })
         .collect();
-    tracing::debug!(
-        total,
-        bad = bad.len(),
-        "images checked in {:.2} s",
-        t0.elapsed().as_secs_f64()
-    );
+    let secs = t0.elapsed().as_secs_f64();
+    if total >= 10_000 {
+        tracing::info!(
+            "{total} images checked in {secs:.1} s, {} undecodable",
+            bad.len()
+        );
+    } else {
+        tracing::debug!(total, bad = bad.len(), "images checked in {secs:.2} s");
+    }
     bad
 }

@@ -15,8 +15,9 @@ use vq_train::{default_run_dir, TrainConfig};
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `vq_train=debug`.
-    #[arg(long, global = true, default_value = "warn")]
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `vq_train=debug`. The default shows
+    /// warnings, and the progress of the image check on folders of 10,000 images or more.
+    #[arg(long, global = true, default_value = "warn,vq_data=info")]
     log: String,
 }
 
