@@ -75,7 +75,7 @@ pub(crate) fn shape_of(shape: &str) -> Result<(usize, usize, usize)> {
 
 fn quantizer_of(model: &str) -> Result<QuantizerSpec> {
     Ok(match model {
-        "adaptive" => QuantizerSpec::Adaptive,
+        "adaptive" | "adaptive-no-restart" => QuantizerSpec::Adaptive,
         m => {
             let nd = m
                 .strip_prefix("fixed")
@@ -105,6 +105,13 @@ pub fn run_case(
         let z =
             candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, 128, side, side), &dev)?)?;
         let mut rng = vq_core::init::stream(0, "bench");
+        // Healthy codebooks, as in training: k-means on the batch's projected vectors.
+        let flat = z
+            .as_tensor()
+            .permute((0, 2, 3, 1))?
+            .contiguous()?
+            .reshape(((), 128))?;
+        q.initialise_codebooks(&flat, flat.dim(0)?, &mut rng)?;
         let mut times = Vec::new();
         for i in 0..warmup + steps {
             let t0 = Instant::now();
@@ -132,11 +139,15 @@ pub fn run_case(
             threads,
         });
     }
-    let cfg = ModelConfig {
+    let mut mc = ModelConfig {
         quantizer: quantizer_of(model)?,
         ..Default::default()
+    };
+    if model == "adaptive-no-restart" {
+        // The cost of dead-code restarts is this case's difference from `adaptive`.
+        mc.codebook.restart_below = 0.0;
     }
-    .validate(c)?;
+    let cfg = mc.validate(c)?;
     let vm = SeededVarMap::new(0);
     let net = VqVae::new(&cfg, vm.var_builder(DType::F32, &dev))?;
     let mut adam = Adam::new(
@@ -150,6 +161,8 @@ pub fn run_case(
     );
     let x = Tensor::rand(-0.5f32, 0.5, (b, c, s, s), &dev)?;
     let mut rng = vq_core::init::stream(0, "bench");
+    // Healthy codebooks, as in training: k-means on the batch's latents (once, untimed).
+    net.initialise_codebooks(std::slice::from_ref(&x), &mut rng)?;
     let (mut total, mut fwd, mut bwd) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..warmup + steps {
         let t0 = Instant::now();
@@ -195,6 +208,7 @@ pub const CASES: &[(&str, &str)] = &[
     ("fixed512x128", "mnist"),
     ("fixed16384x4", "mnist"),
     ("adaptive", "mnist"),
+    ("adaptive-no-restart", "mnist"),
     ("quantizer", "mnist"),
     ("fixed512x128", "cifar"),
     ("fixed16384x4", "cifar"),
@@ -306,7 +320,7 @@ pub struct BenchOptions {
     /// Paired rounds per case (the median round is reported).
     pub rounds: usize,
     pub compare_torch: bool,
-    /// Only this model (fixed512x128, fixed16384x4, adaptive, quantizer).
+    /// Only this model (fixed512x128, fixed16384x4, adaptive, adaptive-no-restart, quantizer).
     pub only: Option<String>,
     /// Only this input shape (mnist, cifar).
     pub shape: Option<String>,
@@ -337,7 +351,13 @@ pub fn bench(o: &BenchOptions) -> Result<()> {
         for _ in 0..rounds {
             ours.push(run_child(model, shape, steps, warmup, device)?);
             if compare_torch {
-                theirs.push(run_torch(model, shape, steps, warmup, threads)?);
+                // The reference has no restarts: its adaptive case stands beside both of ours.
+                let reference = if model == "adaptive-no-restart" {
+                    "adaptive"
+                } else {
+                    model
+                };
+                theirs.push(run_torch(reference, shape, steps, warmup, threads)?);
             }
         }
         let pick = |v: &mut Vec<CaseResult>| -> Option<CaseResult> {
