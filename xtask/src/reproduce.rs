@@ -220,6 +220,35 @@ impl Options {
         l
     }
 
+    /// The flags beyond part, dataset and budget that this study was run with, for the report.
+    fn command_flags(&self, init: &str) -> String {
+        let mut f = init.to_string();
+        if let Some(s) = self.steps {
+            f.push_str(&format!(" --steps {s}"));
+        }
+        if let Some(s) = self.seeds {
+            f.push_str(&format!(" --seeds {s}"));
+        }
+        if let Some(st) = &self.structures {
+            let v: Vec<String> = st.iter().map(|[n, d]| format!("{n}x{d}")).collect();
+            f.push_str(&format!(" --structures {}", v.join(",")));
+        }
+        if self.settings != Setting::ALL {
+            let v: Vec<String> = self
+                .settings
+                .iter()
+                .map(|s| {
+                    clap::ValueEnum::to_possible_value(s)
+                        .expect("no skipped variants")
+                        .get_name()
+                        .to_string()
+                })
+                .collect();
+            f.push_str(&format!(" --settings {}", v.join(",")));
+        }
+        f
+    }
+
     fn steps(&self) -> usize {
         self.steps.unwrap_or(match self.budget {
             Budget::Toy => 4,
@@ -668,8 +697,8 @@ fn health_table(out: &mut String, f: &[Finished], group: &str, pool: &[String]) 
         out,
         "\nRouting entropy over the validation pass (bits, of at most {:.0}): {:.2} sampled, {:.2} argmax.\n",
         (pool.len() as f64).log2(),
-        entropy(Route::Sampled),
-        entropy(Route::Argmax)
+        entropy(Route::Sampled).max(0.0),
+        entropy(Route::Argmax).max(0.0)
     );
 }
 
@@ -769,7 +798,7 @@ pub fn reproduce(opts: &Options) -> Result<PathBuf> {
         format!("{:?}", opts.part).to_lowercase(),
         opts.dataset,
         format!("{:?}", opts.budget).to_lowercase(),
-        init_note.0,
+        opts.command_flags(init_note.0),
         opts.steps(),
         opts.seeds(),
         machine(),
@@ -926,7 +955,12 @@ pub fn reproduce(opts: &Options) -> Result<PathBuf> {
         table(&mut md, &both, "quantizer", &paper_adaptive);
         if let Some(b) = &best_fixed {
             for c in &candidates {
-                let _ = writeln!(md, "- **{}**: {}", c.label, verdict(b.mse, c.mse));
+                let _ = writeln!(
+                    md,
+                    "- **{}**: {}",
+                    c.label,
+                    verdict(b.mse, c.mse, b.runs.min(c.runs))
+                );
             }
             let _ = writeln!(md);
         }
@@ -1062,10 +1096,12 @@ pub fn reproduce(opts: &Options) -> Result<PathBuf> {
 
 /// The Table 2 sentence: adaptive minus best fixed validation MSE against the seed spread (the
 /// sum of the two standard deviations), for `(mean, std)` of each.
-fn verdict(best_fixed: (f64, f64), adaptive: (f64, f64)) -> String {
+fn verdict(best_fixed: (f64, f64), adaptive: (f64, f64), runs: usize) -> String {
     let diff = adaptive.0 - best_fixed.0;
     let spread = best_fixed.1 + adaptive.1;
-    let reading = if -diff > spread {
+    let reading = if runs < 2 {
+        "One run each: there is no seed spread to weigh the difference against."
+    } else if -diff > spread {
         "The adaptive quantizer beats the best fixed codebook by more than the seed spread."
     } else if diff > spread {
         "The best fixed codebook beats the adaptive quantizer by more than the seed spread."
@@ -1214,21 +1250,27 @@ mod tests {
     /// the fixed codebook; 0.00148 against 0.00213 is no clear winner.
     #[test]
     fn table2_verdict_compares_the_difference_with_the_spread() {
-        let v = verdict((0.00653, 0.00023), (0.00866, 0.00125));
+        let v = verdict((0.00653, 0.00023), (0.00866, 0.00125), 3);
         assert!(v.starts_with("Adaptive − best fixed validation MSE: +0.00213 (adaptive is worse). Seed spread (sum of the two stds): 0.00148."), "{v}");
         assert!(v.ends_with("The best fixed codebook beats the adaptive quantizer by more than the seed spread."), "{v}");
-        let v = verdict((0.01028, 0.00084), (0.01176, 0.00129));
+        let v = verdict((0.01028, 0.00084), (0.01176, 0.00129), 3);
         assert!(
             v.contains("+0.00148 (adaptive is worse)")
                 && v.contains("0.00213")
                 && v.ends_with("no clear winner at this budget."),
             "{v}"
         );
-        let v = verdict((0.0100, 0.0001), (0.0090, 0.0002));
+        let v = verdict((0.0100, 0.0001), (0.0090, 0.0002), 3);
         assert!(
             v.contains("-0.00100 (adaptive is better)")
                 && v.ends_with("by more than the seed spread.")
                 && v.contains("The adaptive quantizer beats"),
+            "{v}"
+        );
+        // One seed: the sign is reported, no verdict.
+        let v = verdict((0.0100, 0.0), (0.0090, 0.0), 1);
+        assert!(
+            v.ends_with("no seed spread to weigh the difference against."),
             "{v}"
         );
     }
