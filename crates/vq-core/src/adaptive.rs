@@ -483,6 +483,16 @@ impl Quantizer for AdaptiveQuantizer {
         let logits = self.logits_of_flat(flat, shape)?;
         let sel_units = if m == 1 {
             None
+        } else if let Router::Only(i) = self.config.router() {
+            let units = match self.config.granularity() {
+                Granularity::PerVector | Granularity::RawView => t,
+                Granularity::PerImage => batch,
+            };
+            let mut hot = vec![0f32; units * m];
+            for u in 0..units {
+                hot[u * m + i] = 1.0;
+            }
+            Some(Tensor::from_vec(hot, (units, m), flat.device())?)
         } else if min_error {
             let err = Tensor::stack(&errors, 1)?; // [T, m]
             let err = match self.config.granularity() {
@@ -751,5 +761,39 @@ mod tests {
                 assert!(e.contains("cannot be decoded"), "{e}");
             }
         }
+    }
+
+    /// `router = { only = i }`: the pool's output is codebook `i`'s own output for every
+    /// vector, every unit is counted for `i`, and an index outside the pool is refused.
+    #[test]
+    fn only_router_routes_everything_to_one_codebook() {
+        let bad = AdaptiveConfig {
+            router: Router::Only(3),
+            ..AdaptiveConfig::adaptive(8, 32)
+        };
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains("only = 3") && e.contains("pool of 3"), "{e}");
+        let config = AdaptiveConfig {
+            router: Router::Only(1),
+            ..AdaptiveConfig::adaptive(8, 32)
+        }
+        .validate()
+        .unwrap();
+        let dev = Device::Cpu;
+        let vm = SeededVarMap::new(5);
+        let q = AdaptiveQuantizer::new(&config, vm.var_builder(DType::F32, &dev)).unwrap();
+        assert!(q.selector.is_none());
+        let z = crate::init::randn(5, "z", &[2, 8, 3, 3], &dev).unwrap();
+        let out = q.forward(&z, &mut Step::eval()).unwrap();
+        let flat = to_flat(&z, 8).unwrap();
+        let (want, _) = q.books()[1].forward(&flat, &[2, 3, 3], false).unwrap();
+        let got = to_flat(&out.z_q, 8).unwrap();
+        let diff = (got - want).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+        assert_eq!(
+            out.selection_counts.to_vec1::<f32>().unwrap(),
+            vec![0.0, 18.0, 0.0]
+        );
+        assert_eq!(out.codebook_losses.dims(), &[3]);
     }
 }

@@ -276,6 +276,19 @@ pub enum Router {
     /// (mean squared error), which trains the back-projections to return to the encoder's
     /// space, so that the distances compare like with like.
     MinError,
+    /// A diagnostic, not a router: every unit takes codebook `index` of the pool
+    /// (`router = { only = 5 }`). The pool is otherwise unchanged (every codebook still
+    /// quantizes every vector, is EMA-updated and adds its VQ loss to the mean), so comparing
+    /// it with the fixed codebook `index` separates the cost of routing from the cost of the
+    /// pool itself.
+    Only(usize),
+}
+
+impl Router {
+    /// Whether the choice is deterministic (no Gumbel noise: sampled and argmax agree).
+    pub fn is_deterministic(self) -> bool {
+        !matches!(self, Router::Attention)
+    }
 }
 
 /// The pool of codebooks of an [`AdaptiveQuantizer`](crate::AdaptiveQuantizer). A pool of one is
@@ -371,6 +384,14 @@ impl AdaptiveConfig {
         };
         if pool.is_empty() {
             return Err(ConfigError::EmptyPool);
+        }
+        if let Router::Only(i) = self.router {
+            if i >= pool.len() {
+                return Err(ConfigError::invalid(
+                    "router",
+                    format!("`only = {i}` names no codebook of a pool of {}", pool.len()),
+                ));
+            }
         }
         let mut codebooks = Vec::with_capacity(pool.len());
         for &[n, d] in &pool {
