@@ -65,17 +65,25 @@ impl ProjectOut {
                         format!("the 3×3 back-projection needs positions [B, H, W], got {shape:?}"),
                     ));
                 };
+                // im2col on the channel-last rows, then one GEMM: column (ky·3 + kx)·D + d
+                // holds the input at offset (ky − 1, kx − 1), channel d, and the kernel
+                // [C, D, 3, 3] is viewed as [C, 3, 3, D] → [C, 9D] to match. (candle's CPU
+                // conv2d backward goes through a direct transposed convolution, several times
+                // slower at these sizes.)
                 let (d, c) = (q.dim(1)?, weight.dim(0)?);
-                let x = q
+                let padded = q
                     .reshape((b, h, w, d))?
-                    .permute((0, 3, 1, 2))?
-                    .contiguous()?;
-                let y = x
-                    .conv2d(weight, 1, 1, 1, 1)?
-                    .broadcast_add(&bias.reshape((1, c, 1, 1))?)?;
-                Ok(y.permute((0, 2, 3, 1))?
-                    .contiguous()?
-                    .reshape((b * h * w, c))?)
+                    .pad_with_zeros(1, 1, 1)?
+                    .pad_with_zeros(2, 1, 1)?;
+                let mut cols = Vec::with_capacity(9);
+                for ky in 0..3 {
+                    for kx in 0..3 {
+                        cols.push(padded.narrow(1, ky, h)?.narrow(2, kx, w)?);
+                    }
+                }
+                let cols = Tensor::cat(&cols, 3)?.reshape((b * h * w, 9 * d))?;
+                let kernel = weight.permute((0, 2, 3, 1))?.reshape((c, 9 * d))?;
+                Ok(crate::linear::linear(&cols, &kernel, bias)?)
             }
         }
     }

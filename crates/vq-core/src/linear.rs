@@ -53,21 +53,23 @@ impl Linear {
 impl Module for Linear {
     /// `x` `[T, in]` → `[T, out]`.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let cpu = x.device().is_cpu()
-            && x.dtype() == DType::F32
-            && self.weight.dtype() == DType::F32
-            && x.rank() == 2;
-        if cpu {
-            let x = x.contiguous()?;
-            return x.apply_op3(
-                &self.weight.contiguous()?,
-                &self.bias.contiguous()?,
-                LinearOp,
-            );
-        }
-        x.broadcast_matmul(&self.weight.t()?)?
-            .broadcast_add(&self.bias)
+        linear(x, &self.weight, &self.bias)
     }
+}
+
+/// `x` `[T, in]`, `weight` `[out, in]`, `bias` `[out]` → `x·Wᵀ + b` `[T, out]`: one op on the
+/// CPU in f32 (for weights that are views of another variable, e.g. a convolution kernel
+/// reshaped for im2col), candle's matmul elsewhere.
+pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+    let cpu = x.device().is_cpu()
+        && x.dtype() == DType::F32
+        && weight.dtype() == DType::F32
+        && x.rank() == 2;
+    if cpu {
+        let x = x.contiguous()?;
+        return x.apply_op3(&weight.contiguous()?, &bias.contiguous()?, LinearOp);
+    }
+    x.broadcast_matmul(&weight.t()?)?.broadcast_add(bias)
 }
 
 /// `x·Wᵀ + b` as one op.

@@ -2,7 +2,7 @@
 //! probabilities as Gumbel logits, per-codebook 3×3 back-projection, no decoder `conv1`) against
 //! the model of the authors' published script, written in PyTorch 2.15 from `gumbel.py`
 //! (caihongch/Adaptive-dynamic-quantization @19e25cf; the comments give its line numbers):
-//! reconstruction, losses, choices and two parameter gradients of one forward pass with given
+//! reconstruction, losses, choices and three parameter gradients of one forward pass with given
 //! Gumbel noise. Script (`pip install torch numpy`; its printout is pasted below):
 //!
 //! ```python
@@ -94,13 +94,14 @@
 //! x_recon = decoder(state)
 //! recon = F.mse_loss(x, x_recon)
 //! loss = recon + sum(vqloss) / 3
-//! gw, gk = torch.autograd.grad(loss, (P["encoder.conv1.weight"], keys))
+//! gw, gk, gp = torch.autograd.grad(loss, (P["encoder.conv1.weight"], keys, P["quantizer.books.1.project_out.weight"]))
 //! r = lambda t, k=6: [float("%.7g" % v) for v in t.flatten().tolist()]
 //! print("choice", y.argmax(-1).tolist())
 //! print("recon", r(x_recon))
 //! print("recon_loss", round(recon.item(), 8), "loss", round(loss.item(), 8), "per_book", r(torch.stack(vqloss), 8))
 //! print("grad_conv1", r(gw, 7))
 //! print("grad_keys", r(gk, 7))
+//! print("grad_project_out_1", r(gp, 7))
 //! ```
 
 use candle_core::{DType, Device, Tensor};
@@ -370,6 +371,153 @@ const GRAD_KEYS: &[f32] = &[
     -7.22879e-07,
 ];
 
+const GRAD_PROJECT_OUT_1: &[f32] = &[
+    -7.684345e-05,
+    -0.0002102434,
+    -0.0001334,
+    -7.684344e-05,
+    -0.0002102434,
+    -0.0001334,
+    0.0,
+    0.0,
+    0.0,
+    0.000638464,
+    0.001746835,
+    0.001108371,
+    0.000638464,
+    0.001746835,
+    0.001108371,
+    0.0,
+    0.0,
+    0.0,
+    4.721831e-05,
+    5.076842e-05,
+    3.550122e-06,
+    4.721831e-05,
+    5.076842e-05,
+    3.550122e-06,
+    0.0,
+    0.0,
+    0.0,
+    -0.0003923196,
+    -0.0004218163,
+    -2.949666e-05,
+    -0.0003923196,
+    -0.0004218163,
+    -2.949666e-05,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+    0.0,
+];
+
 #[test]
 fn authors_variant_matches_the_published_script() {
     let cfg = ModelConfig {
@@ -456,6 +604,13 @@ fn authors_variant_matches_the_published_script() {
         "∂loss/∂keys",
         &g("quantizer.selector.keys"),
         GRAD_KEYS,
+        1e-3,
+    );
+    // The 3×3 back-projection's kernel (codebook [16,2], chosen for one raw row).
+    close(
+        "∂loss/∂books.1.project_out.weight",
+        &g("quantizer.books.1.project_out.weight"),
+        GRAD_PROJECT_OUT_1,
         1e-3,
     );
 }
