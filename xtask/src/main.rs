@@ -75,11 +75,12 @@ enum Cmd {
         init: String,
         /// Table 2 settings, comma-separated: paper (the paper's selector and τ), exp-tau (the
         /// selector at τ = max(0.5, 2·0.997^m)), authors (the authors' published model),
-        /// min-error (the min-error router). Default: all four.
+        /// min-error (the min-error router), only-best (diagnostic: the pool with every vector
+        /// routed to Table 1's best structure). Default: all five.
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "paper,exp-tau,authors,min-error"
+            default_value = "paper,exp-tau,authors,min-error,only-best"
         )]
         settings: Vec<reproduce::Setting>,
     },

@@ -59,15 +59,20 @@ pub enum Setting {
     Authors,
     /// The min-error router (not in the paper).
     MinError,
+    /// A diagnostic: the pool with every vector routed to the best structure of this study's
+    /// Table 1 (`router = { only = i }`); against that fixed codebook it measures what the pool
+    /// costs apart from routing.
+    OnlyBest,
 }
 
 impl Setting {
     /// Every setting, in report order.
-    pub const ALL: [Setting; 4] = [
+    pub const ALL: [Setting; 5] = [
         Setting::Paper,
         Setting::ExpTau,
         Setting::Authors,
         Setting::MinError,
+        Setting::OnlyBest,
     ];
 
     /// The group name of its runs.
@@ -77,6 +82,7 @@ impl Setting {
             Setting::ExpTau => "adaptive, exponential τ",
             Setting::Authors => "authors' variant",
             Setting::MinError => "adaptive, min-error router",
+            Setting::OnlyBest => "pool routed to the best fixed",
         }
     }
 
@@ -87,6 +93,7 @@ impl Setting {
             Setting::ExpTau => "adaptive-exp-tau",
             Setting::Authors => "authors-variant",
             Setting::MinError => "adaptive-min-error",
+            Setting::OnlyBest => "pool-only-best",
         }
     }
 
@@ -97,13 +104,16 @@ impl Setting {
             Setting::ExpTau => "adaptive, τ = max(0.5, 2·0.997^m) (not in the paper)",
             Setting::Authors => "authors' variant (their published script)",
             Setting::MinError => "adaptive, min-error router (not in the paper)",
+            Setting::OnlyBest => {
+                "pool, every vector routed to the best fixed structure (diagnostic)"
+            }
         }
     }
 
     /// Its routings in the report: a deterministic router has one.
     fn routes(self) -> &'static [Route] {
         match self {
-            Setting::MinError => &[Route::Argmax],
+            Setting::MinError | Setting::OnlyBest => &[Route::Argmax],
             _ => &[Route::Sampled, Route::Argmax],
         }
     }
@@ -113,7 +123,9 @@ impl Setting {
         matches!(self, Setting::Paper | Setting::Authors)
     }
 
-    fn apply(self, c: &mut TrainConfig) {
+    /// Sets this setting on a base config; `best` is the index of the best fixed structure in
+    /// the pool (needed by [`Setting::OnlyBest`] only).
+    fn apply(self, c: &mut TrainConfig, best: Option<usize>) -> Result<()> {
         match self {
             Setting::Paper => {}
             Setting::ExpTau => {
@@ -128,7 +140,12 @@ impl Setting {
                 c.train.tau = vq_core::TauSchedule::Paper;
             }
             Setting::MinError => c.model.router = vq_core::Router::MinError,
+            Setting::OnlyBest => {
+                let i = best.context("the only-best setting needs Table 1's best structure")?;
+                c.model.router = vq_core::Router::Only(i);
+            }
         }
+        Ok(())
     }
 }
 
@@ -358,13 +375,24 @@ impl Options {
         Ok(v)
     }
 
-    /// Table 2's adaptive settings ([`Options::settings`]), one run per seed each.
-    fn adaptive_specs(&self) -> Result<Vec<RunSpec>> {
+    /// Table 2's adaptive settings ([`Options::settings`]), one run per seed each. `best` is
+    /// Table 1's best `[N, D]`; without it [`Setting::OnlyBest`] is left out.
+    fn adaptive_specs(&self, best: Option<[usize; 2]>) -> Result<Vec<RunSpec>> {
         let mut v = Vec::new();
         for &setting in &self.settings {
+            let index = match best {
+                Some(nd) => vq_core::structures(self.base(0)?.model.capacity)?
+                    .iter()
+                    .position(|&x| x == nd),
+                None => None,
+            };
+            if setting == Setting::OnlyBest && index.is_none() {
+                eprintln!("  only-best: no Table 1 structure of the pool to route to; left out");
+                continue;
+            }
             for s in 0..self.seeds() as u64 {
                 let mut c = self.base(s)?;
-                setting.apply(&mut c);
+                setting.apply(&mut c, index)?;
                 v.push(RunSpec {
                     group: setting.group().into(),
                     name: format!("{}-s{s}", setting.tag()),
@@ -738,6 +766,18 @@ fn commit() -> String {
         )
 }
 
+/// The `[N, D]` of the fixed group with the lowest mean validation MSE.
+fn best_structure(fixed: &[Finished]) -> Option<[usize; 2]> {
+    rows(fixed)
+        .into_iter()
+        .min_by(|a, b| a.mse.0.total_cmp(&b.mse.0))
+        .and_then(|r| {
+            let s = r.group.trim_start_matches('[').trim_end_matches(']');
+            let (n, d) = s.split_once(',')?;
+            Some([n.trim().parse().ok()?, d.trim().parse().ok()?])
+        })
+}
+
 /// Runs the study and writes the report; returns the report's path.
 pub fn reproduce(opts: &Options) -> Result<PathBuf> {
     let t0 = Instant::now();
@@ -752,7 +792,8 @@ pub fn reproduce(opts: &Options) -> Result<PathBuf> {
         Vec::new()
     };
     let adaptive = if want2 {
-        run_all(&opts.adaptive_specs()?, &root.join("table2"))?
+        let best = best_structure(&fixed);
+        run_all(&opts.adaptive_specs(best)?, &root.join("table2"))?
     } else {
         Vec::new()
     };
@@ -932,10 +973,10 @@ pub fn reproduce(opts: &Options) -> Result<PathBuf> {
             .flat_map(|&st| {
                 let adaptive = &adaptive;
                 st.routes().iter().filter_map(move |&route| {
-                    let how = match (route, st) {
-                        (_, Setting::MinError) => "",
-                        (Route::Sampled, _) => ", sampled routing",
-                        (Route::Argmax, _) => ", argmax routing",
+                    let how = match route {
+                        _ if st.routes().len() == 1 => "",
+                        Route::Sampled => ", sampled routing",
+                        Route::Argmax => ", argmax routing",
                     };
                     row(adaptive, st.group(), route, &format!("{}{how}", st.title()))
                 })
@@ -1166,8 +1207,16 @@ mod tests {
         let c = o.base(0).unwrap();
         assert_eq!(c.model.codebook.restart_below, 0.0);
         assert_eq!(c.model.codebook.init, vq_core::CodebookInit::Normal);
-        let specs = o.adaptive_specs().unwrap();
-        assert_eq!(specs.len(), 12);
+        assert_eq!(
+            o.adaptive_specs(None).unwrap().len(),
+            12,
+            "only-best needs Table 1"
+        );
+        let specs = o.adaptive_specs(Some([16384, 4])).unwrap();
+        assert_eq!(specs.len(), 15);
+        assert!(specs[12..]
+            .iter()
+            .all(|s| s.config.model.router == vq_core::Router::Only(5)));
         assert!(specs[6..9].iter().all(|s| s.config.model
             == o.base(0).unwrap().model.into_authors_variant()
             && s.config.train.tau == vq_core::TauSchedule::Paper));
@@ -1175,7 +1224,7 @@ mod tests {
             specs[3].config.train.tau,
             vq_core::TauSchedule::Exponential { .. }
         ));
-        assert!(specs[9..]
+        assert!(specs[9..12]
             .iter()
             .all(|s| s.config.model.router == vq_core::Router::MinError));
         o.steps = Some(800);

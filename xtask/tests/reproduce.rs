@@ -23,7 +23,8 @@ fn toy_reproduction_writes_report_and_figures() {
     let md = std::fs::read_to_string(&report).unwrap();
     // One row per setting: two fixed structures in Table 1; in Table 2 the best fixed, then the
     // paper's selector, the selector at exponential τ and the authors' variant each under
-    // sampled and argmax routing, and the (deterministic) min-error router.
+    // sampled and argmax routing, the (deterministic) min-error router, and the diagnostic pool
+    // routed to Table 1's best structure.
     // Each table ends with a blank line (GitHub Markdown reads a following text line as a row).
     let rows_of = |section: &str| -> Vec<String> {
         let start = md.find(section).unwrap();
@@ -47,7 +48,7 @@ fn toy_reproduction_writes_report_and_figures() {
         "{t1:?}"
     );
     let t2 = rows_of("## Table 2");
-    assert_eq!(t2.len(), 8, "{md}");
+    assert_eq!(t2.len(), 9, "{md}");
     let labels = [
         "adaptive (the paper), sampled routing",
         "adaptive (the paper), argmax routing",
@@ -56,6 +57,7 @@ fn toy_reproduction_writes_report_and_figures() {
         "authors' variant (their published script), sampled routing",
         "authors' variant (their published script), argmax routing",
         "adaptive, min-error router (not in the paper)",
+        "pool, every vector routed to the best fixed structure (diagnostic)",
     ];
     for (row, label) in t2[1..].iter().zip(labels) {
         assert!(row.starts_with(&format!("| {label} | 1 |")), "{t2:?}");
@@ -96,6 +98,7 @@ fn toy_reproduction_writes_report_and_figures() {
         "table2/adaptive-exp-tau-s0",
         "table2/authors-variant-s0",
         "table2/adaptive-min-error-s0",
+        "table2/pool-only-best-s0",
     ] {
         let r = dir.path().join("runs/embedded").join(run);
         assert!(
