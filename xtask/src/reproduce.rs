@@ -461,6 +461,20 @@ struct Finished {
 /// Runs (or resumes, or skips when finished) one run.
 fn run_one(spec: &RunSpec, dir: &Path) -> Result<Finished> {
     let steps = spec.config.train.steps;
+    // A folder made for another config (an older budget, another best structure for
+    // only-best) is never extended or reported as this one.
+    let cfg_path = dir.join("config.toml");
+    if cfg_path.is_file() {
+        let old = TrainConfig::load(&cfg_path, &[])?;
+        let diff = vq_train::trainer::config_diff(&old, &spec.config);
+        if !diff.is_empty() {
+            bail!(
+                "{} was made with a different config ({}); move it away or choose another --runs-dir",
+                dir.display(),
+                diff.join(", ")
+            );
+        }
+    }
     let finished = checkpoint::latest(dir)
         .ok()
         .and_then(|d| checkpoint::load(&d, &candle_core::Device::Cpu).ok())
@@ -512,6 +526,16 @@ fn run_all(specs: &[RunSpec], root: &Path) -> Result<Vec<Finished>> {
     let t0 = Instant::now();
     let mut out = Vec::new();
     for (i, s) in specs.iter().enumerate() {
+        // A signal that arrived during the previous run's last step (which completes it) stops
+        // the study before the next run.
+        if let Some(signal) = vq_train::signals::pending() {
+            return Err(vq_train::TrainError::Interrupted {
+                step: 0,
+                signal,
+                run: root.join(&s.name),
+            }
+            .into());
+        }
         eprintln!(
             "[{}/{}] {} ({:.0} s so far)",
             i + 1,

@@ -123,4 +123,17 @@ fn toy_reproduction_writes_report_and_figures() {
         .unwrap(),
         before
     );
+    // A run folder made with another config (here: another length) is refused, not extended.
+    let cfg = dir
+        .path()
+        .join("runs/embedded/table1/fixed-512x128-s0/config.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let shorter = text.replacen("steps = 4\n", "steps = 3\n", 1);
+    assert_ne!(shorter, text, "{text}");
+    std::fs::write(&cfg, shorter).unwrap();
+    let e = format!("{:#}", reproduce(&opts).unwrap_err());
+    assert!(
+        e.contains("fixed-512x128-s0") && e.contains("different config") && e.contains("steps"),
+        "{e}"
+    );
 }

@@ -68,6 +68,14 @@ pub fn encode(run: &Path, split: &str, device: Option<&str>) -> Result<EncodeRep
         }
     };
     let (session, _) = Session::open_run(run, device)?;
+    if !session.model.quantizer().decodable() {
+        return Err(TrainError::config(
+            run.join("config.toml").display().to_string(),
+            "this model's codes do not describe its latents position by position (raw-view \
+             selection or a 3×3 back-projection in a pool, as in the authors' variant), so \
+             there is nothing meaningful to encode",
+        ));
+    }
     let batcher = session.ordered_batcher(train)?;
     let (mut books, mut idx, mut labels) = (Vec::new(), Vec::new(), Vec::new());
     for b in batcher.stream(Cursor::default(), true) {

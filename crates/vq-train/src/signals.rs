@@ -22,8 +22,12 @@ extern "C" fn on_signal(sig: libc::c_int) {
         .compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst)
         .is_err()
     {
-        // SAFETY: `_exit` is async-signal-safe; a second signal means "stop now".
-        unsafe { libc::_exit(exit_status(sig)) };
+        const MSG: &[u8] = b"second signal: exiting now; the last complete checkpoint is kept\n";
+        // SAFETY: `write` and `_exit` are async-signal-safe; a second signal means "stop now".
+        unsafe {
+            libc::write(2, MSG.as_ptr().cast(), MSG.len());
+            libc::_exit(exit_status(sig));
+        }
     }
 }
 

@@ -106,6 +106,13 @@ pub fn config_diff(a: &TrainConfig, b: &TrainConfig) -> Vec<String> {
         .collect()
 }
 
+/// `VQ_TRAIN_FAULT_STEP_DELAY_MS`: a pause in every training step (signal tests).
+fn step_delay_ms() -> Option<u64> {
+    std::env::var("VQ_TRAIN_FAULT_STEP_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+}
+
 /// A run folder name for a config: `runs/<dataset>-<quantizer>-s<seed>`, suffixed to be new.
 pub fn default_run_dir(config: &TrainConfig) -> PathBuf {
     let q = config.model.quantizer.to_string().replace([':', ','], "-");
@@ -133,8 +140,9 @@ pub fn train(
 ) -> Result<RunSummary> {
     let started = Instant::now();
     config.validate()?;
-    // One writer per run folder: an existing folder is locked before anything in it is read.
-    let mut lock = if run_dir.is_dir() {
+    // One writer per run folder: an existing run is locked before anything in it is read (any
+    // other folder after the inputs are validated, so that a bad input leaves nothing behind).
+    let mut lock = if run_dir.join("config.toml").is_file() {
         Some(RunLock::acquire(run_dir)?)
     } else {
         None
@@ -291,6 +299,20 @@ pub fn train(
     let mut steps_in_timing = 0usize;
     for step in start_step..tp.steps {
         let _span = tracing::debug_span!("step", step).entered();
+        if step == start_step {
+            // A signal during setup (image check, checkpoint load, k-means): stop before the
+            // first step; the state on disk is the last checkpoint.
+            if let Some(signal) = crate::signals::pending() {
+                if let Some(pb) = &bar {
+                    pb.abandon();
+                }
+                return Err(TrainError::Interrupted {
+                    step,
+                    signal,
+                    run: run_dir.to_path_buf(),
+                });
+            }
+        }
         let batch = stream
             .next()
             .ok_or_else(|| TrainError::config("data", "the batch stream ended"))??;
@@ -299,6 +321,10 @@ pub fn train(
             batch: (batch.cursor.batch + 1) % per_epoch,
         };
         let x = batch.images.to_device(&session.device)?;
+        if let Some(ms) = step_delay_ms() {
+            // Testing aid: slow steps, so that a test's signals land inside one.
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
         let tau = temperature.at(step);
         let out = session
             .model
@@ -477,7 +503,9 @@ pub fn train(
     if let Some(pb) = &bar {
         pb.finish();
     }
-    if tp.report && start_step < tp.steps {
+    // The run is complete; a signal during its last step skips only the plots (`vq-train plot`
+    // draws them later).
+    if tp.report && start_step < tp.steps && crate::signals::pending().is_none() {
         crate::report::write_run_report(&session, run_dir)?;
     }
     Ok(RunSummary {

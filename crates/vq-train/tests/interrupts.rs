@@ -13,7 +13,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn spawn_train(cfg: &Path, run: &Path) -> Child {
+    spawn_train_with(cfg, run, &[])
+}
+
+fn spawn_train_with(cfg: &Path, run: &Path, env: &[(&str, &str)]) -> Child {
     Command::new(bin())
+        .envs(env.iter().copied())
         .args(["train", "--quiet", "--config"])
         .arg(cfg)
         .arg("--out")
@@ -77,7 +82,14 @@ fn signals_checkpoint_and_resume_bit_identically() {
         (libc::SIGTERM, 143, true),
     ] {
         let run = dir.path().join(format!("run-{signal}-{twice}"));
-        let mut child = spawn_train(&cfg, &run);
+        // For two signals, steps of 300 ms: both land inside one step, so the second takes
+        // the immediate exit.
+        let delay: &[(&str, &str)] = if twice {
+            &[("VQ_TRAIN_FAULT_STEP_DELAY_MS", "300")]
+        } else {
+            &[]
+        };
+        let mut child = spawn_train_with(&cfg, &run, delay);
         wait_for_lines(&mut child, &run, 2);
         // SAFETY: signalling our own child process.
         unsafe {
@@ -92,7 +104,12 @@ fn signals_checkpoint_and_resume_bit_identically() {
         let err = stderr_of(&mut child);
         let code = child.wait().unwrap().code();
         assert_eq!(code, Some(status), "signal {signal}: {err}");
-        if !twice {
+        if twice {
+            assert!(
+                err.contains("second signal: exiting now") && !err.contains("interrupted at step"),
+                "the second signal should exit at once: {err}"
+            );
+        } else {
             let step: usize = err
                 .split("interrupted at step ")
                 .nth(1)
