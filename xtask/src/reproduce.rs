@@ -749,9 +749,18 @@ fn health_table(out: &mut String, f: &[Finished], group: &str, pool: &[String]) 
         out,
         "\nRouting entropy over the validation pass (bits, of at most {:.0}): {:.2} sampled, {:.2} argmax.\n",
         (pool.len() as f64).log2(),
-        entropy(Route::Sampled).max(0.0),
-        entropy(Route::Argmax).max(0.0)
+        clamp0(entropy(Route::Sampled)),
+        clamp0(entropy(Route::Argmax))
     );
+}
+
+/// `-0.0` and tiny negative rounding to 0 (NaN stays NaN).
+fn clamp0(v: f64) -> f64 {
+    if v <= 0.0 {
+        0.0
+    } else {
+        v
+    }
 }
 
 fn machine() -> String {
@@ -1165,7 +1174,7 @@ fn verdict(best_fixed: (f64, f64), adaptive: (f64, f64), runs: usize) -> String 
     let diff = adaptive.0 - best_fixed.0;
     let spread = best_fixed.1 + adaptive.1;
     let reading = if runs < 2 {
-        "One run each: there is no seed spread to weigh the difference against."
+        "A single run on one side at least: there is no seed spread to weigh the difference against."
     } else if -diff > spread {
         "The adaptive quantizer beats the best fixed codebook by more than the seed spread."
     } else if diff > spread {
