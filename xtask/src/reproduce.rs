@@ -379,13 +379,13 @@ impl Options {
     /// Table 1's best `[N, D]`; without it [`Setting::OnlyBest`] is left out.
     fn adaptive_specs(&self, best: Option<[usize; 2]>) -> Result<Vec<RunSpec>> {
         let mut v = Vec::new();
+        let index = match best {
+            Some(nd) => vq_core::structures(self.base(0)?.model.capacity)?
+                .iter()
+                .position(|&x| x == nd),
+            None => None,
+        };
         for &setting in &self.settings {
-            let index = match best {
-                Some(nd) => vq_core::structures(self.base(0)?.model.capacity)?
-                    .iter()
-                    .position(|&x| x == nd),
-                None => None,
-            };
             if setting == Setting::OnlyBest && index.is_none() {
                 eprintln!("  only-best: no Table 1 structure of the pool to route to; left out");
                 continue;

@@ -330,6 +330,15 @@ impl AdaptiveQuantizer {
         Ok(Some(selector.logits(&query)?))
     }
 
+    /// Selection units of a batch of `t` vectors from `batch` images: one per vector (or
+    /// raw-view row, as many), or one per image.
+    fn units(&self, t: usize, batch: usize) -> usize {
+        match self.config.granularity() {
+            Granularity::PerVector | Granularity::RawView => t,
+            Granularity::PerImage => batch,
+        }
+    }
+
     /// The pool's output `[T, C]` (channel-last rows) for the selection units `sel_units`
     /// `[units, m]`: per-image choices are repeated over the image's positions, raw-view
     /// choices mix the raw views of the outputs and are put back by the inverse view.
@@ -492,10 +501,7 @@ impl Quantizer for AdaptiveQuantizer {
         let sel_units = if m == 1 {
             None
         } else if let Router::Only(i) = self.config.router() {
-            let units = match self.config.granularity() {
-                Granularity::PerVector | Granularity::RawView => t,
-                Granularity::PerImage => batch,
-            };
+            let units = self.units(t, batch);
             let mut hot = vec![0f32; units * m];
             for u in 0..units {
                 hot[u * m + i] = 1.0;
@@ -522,10 +528,7 @@ impl Quantizer for AdaptiveQuantizer {
         };
         let (z, selection_counts, codes) = match sel_units {
             None => {
-                let units = match self.config.granularity() {
-                    Granularity::PerVector | Granularity::RawView => t,
-                    Granularity::PerImage => batch,
-                };
+                let units = self.units(t, batch);
                 let counts = Tensor::from_vec(vec![units as f32], 1, flat.device())?;
                 let codes = Codes {
                     codebook: Tensor::zeros(shape, DType::U32, flat.device())?,

@@ -5,7 +5,7 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::error::{Result, TrainError};
 
@@ -13,7 +13,6 @@ use crate::error::{Result, TrainError};
 #[derive(Debug)]
 pub struct RunLock {
     _file: File,
-    path: PathBuf,
 }
 
 impl RunLock {
@@ -52,11 +51,6 @@ impl RunLock {
             f.flush()
         };
         write_pid(&mut file).map_err(|e| TrainError::io(&path, e))?;
-        Ok(Self { _file: file, path })
-    }
-
-    /// The lock file.
-    pub fn path(&self) -> &Path {
-        &self.path
+        Ok(Self { _file: file })
     }
 }

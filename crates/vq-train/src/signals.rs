@@ -54,12 +54,3 @@ pub fn pending() -> Option<i32> {
         s => Some(s),
     }
 }
-
-/// The signal's name for messages.
-pub fn name(signal: i32) -> &'static str {
-    match signal {
-        libc::SIGINT => "SIGINT",
-        libc::SIGTERM => "SIGTERM",
-        _ => "a signal",
-    }
-}

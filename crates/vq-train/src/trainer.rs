@@ -297,6 +297,7 @@ pub fn train(
     let mut last_val = None;
     let mut t_interval = Instant::now();
     let mut steps_in_timing = 0usize;
+    let step_delay = step_delay_ms();
     for step in start_step..tp.steps {
         let _span = tracing::debug_span!("step", step).entered();
         if step == start_step {
@@ -321,7 +322,7 @@ pub fn train(
             batch: (batch.cursor.batch + 1) % per_epoch,
         };
         let x = batch.images.to_device(&session.device)?;
-        if let Some(ms) = step_delay_ms() {
+        if let Some(ms) = step_delay {
             // Testing aid: slow steps, so that a test's signals land inside one.
             std::thread::sleep(std::time::Duration::from_millis(ms));
         }
