@@ -458,29 +458,85 @@ struct Finished {
     train_s: f64,
 }
 
-/// Runs (or resumes, or skips when finished) one run.
-fn run_one(spec: &RunSpec, dir: &Path) -> Result<Finished> {
-    let steps = spec.config.train.steps;
-    // A folder made for another config (an older budget, another best structure for
-    // only-best) is never extended or reported as this one.
+/// The files of a run that its report reads. A finished run's copies are archived beside the
+/// report (`<report_dir>/<label>/runs/<table>/<run>/`, a few hundred KiB, no checkpoints), so
+/// that a fresh checkout rebuilds the report and resumes the study without retraining what the
+/// archive holds.
+const RECORD_FILES: [&str; 3] = ["config.toml", "metrics.jsonl", "timings.jsonl"];
+
+/// Refuses a folder whose config.toml was made for another config (an older budget, another
+/// best structure for only-best): it is never extended or reported as this one.
+fn check_config(spec: &RunSpec, dir: &Path) -> Result<bool> {
     let cfg_path = dir.join("config.toml");
-    if cfg_path.is_file() {
-        let old = TrainConfig::load(&cfg_path, &[])?;
-        let diff = vq_train::trainer::config_diff(&old, &spec.config);
-        if !diff.is_empty() {
-            bail!(
-                "{} was made with a different config ({}); move it away or choose another --runs-dir",
-                dir.display(),
-                diff.join(", ")
-            );
-        }
+    if !cfg_path.is_file() {
+        return Ok(false);
     }
-    let finished = checkpoint::latest(dir)
-        .ok()
-        .and_then(|d| checkpoint::load(&d, &candle_core::Device::Cpu).ok())
-        .is_some_and(|ck| ck.state.step == steps);
-    if !finished {
-        let resume = dir.join("config.toml").is_file();
+    let old = TrainConfig::load(&cfg_path, &[])?;
+    let diff = vq_train::trainer::config_diff(&old, &spec.config);
+    if !diff.is_empty() {
+        bail!(
+            "{} was made with a different config ({}); move it away or choose another --runs-dir \
+             / --report-dir",
+            dir.display(),
+            diff.join(", ")
+        );
+    }
+    Ok(true)
+}
+
+/// The final validation record of the run in `dir`, if its metrics reach `steps`.
+fn final_val(dir: &Path, steps: usize) -> Result<Option<ValRecord>> {
+    let path = dir.join("metrics.jsonl");
+    if !path.is_file() {
+        return Ok(None);
+    }
+    Ok(read_metrics(&path)?
+        .into_iter()
+        .rev()
+        .find_map(|r| match r {
+            Record::Val(v) if v.step == steps => Some(v),
+            _ => None,
+        }))
+}
+
+/// Copies a finished run's [`RECORD_FILES`] into `archive` (each through a temporary file and a
+/// rename, so that an interrupted copy never leaves a truncated record).
+fn archive_run(dir: &Path, archive: &Path) -> Result<()> {
+    std::fs::create_dir_all(archive).with_context(|| archive.display().to_string())?;
+    for name in RECORD_FILES {
+        let src = dir.join(name);
+        if !src.is_file() {
+            continue;
+        }
+        let tmp = archive.join(format!(".{name}.tmp"));
+        std::fs::copy(&src, &tmp)
+            .with_context(|| format!("copying {} to {}", src.display(), tmp.display()))?;
+        std::fs::rename(&tmp, archive.join(name))
+            .with_context(|| format!("renaming {}", tmp.display()))?;
+    }
+    Ok(())
+}
+
+/// Runs (or resumes, or skips when finished) one run: `dir` holds the run with its
+/// checkpoints, `archive` the records of a finished run (see [`RECORD_FILES`]). A run counts as
+/// finished when its last checkpoint is at the final step, or when the archive holds its config
+/// and a final validation record.
+fn run_one(spec: &RunSpec, dir: &Path, archive: &Path) -> Result<Finished> {
+    let steps = spec.config.train.steps;
+    let resume = check_config(spec, dir)?;
+    let archived = check_config(spec, archive)? && final_val(archive, steps)?.is_some();
+    let finished_here = resume
+        && checkpoint::latest(dir)
+            .ok()
+            .and_then(|d| checkpoint::load(&d, &candle_core::Device::Cpu).ok())
+            .is_some_and(|ck| ck.state.step == steps);
+    let src = if finished_here {
+        eprintln!("  finished already: {}", dir.display());
+        dir
+    } else if archived {
+        eprintln!("  finished already (archived): {}", archive.display());
+        archive
+    } else {
         let t0 = Instant::now();
         eprintln!(
             "  {} {} ({steps} steps)",
@@ -490,23 +546,16 @@ fn run_one(spec: &RunSpec, dir: &Path) -> Result<Finished> {
         vq_train::train(spec.config.clone(), dir, resume, false)
             .with_context(|| format!("run {}", dir.display()))?;
         eprintln!("  done in {:.0} s", t0.elapsed().as_secs_f64());
-    } else {
-        eprintln!("  finished already: {}", dir.display());
+        dir
+    };
+    if src == dir {
+        archive_run(dir, archive)?;
     }
-    let records = read_metrics(&dir.join("metrics.jsonl"))?;
-    let val = records
-        .iter()
-        .rev()
-        .find_map(|r| {
-            if let Record::Val(v) = r {
-                (v.step == steps).then(|| v.clone())
-            } else {
-                None
-            }
-        })
-        .with_context(|| format!("{}: no final validation record", dir.display()))?;
+    let val = final_val(src, steps)?
+        .with_context(|| format!("{}: no final validation record", src.display()))?;
+    let records = read_metrics(&src.join("metrics.jsonl"))?;
     let (train, _) = vq_train::metrics::split(records);
-    let train_s = std::fs::read_to_string(dir.join("timings.jsonl"))
+    let train_s = std::fs::read_to_string(src.join("timings.jsonl"))
         .ok()
         .and_then(|t| {
             t.lines()
@@ -522,7 +571,7 @@ fn run_one(spec: &RunSpec, dir: &Path) -> Result<Finished> {
     })
 }
 
-fn run_all(specs: &[RunSpec], root: &Path) -> Result<Vec<Finished>> {
+fn run_all(specs: &[RunSpec], root: &Path, archive: &Path) -> Result<Vec<Finished>> {
     let t0 = Instant::now();
     let mut out = Vec::new();
     for (i, s) in specs.iter().enumerate() {
@@ -543,7 +592,7 @@ fn run_all(specs: &[RunSpec], root: &Path) -> Result<Vec<Finished>> {
             s.name,
             t0.elapsed().as_secs_f64()
         );
-        out.push(run_one(s, &root.join(&s.name))?);
+        out.push(run_one(s, &root.join(&s.name), &archive.join(&s.name))?);
     }
     Ok(out)
 }
@@ -816,22 +865,35 @@ pub fn reproduce(opts: &Options) -> Result<PathBuf> {
     let t0 = Instant::now();
     let label = opts.label();
     let root = opts.runs_dir.join(&label);
+    let archive = opts.report_dir.join(&label).join("runs");
     let want1 = matches!(opts.part, Part::Table1 | Part::Table2 | Part::All);
     let want2 = matches!(opts.part, Part::Table2 | Part::All);
     let want3 = matches!(opts.part, Part::Table3 | Part::All);
     let fixed = if want1 {
-        run_all(&opts.table1_specs()?, &root.join("table1"))?
+        run_all(
+            &opts.table1_specs()?,
+            &root.join("table1"),
+            &archive.join("table1"),
+        )?
     } else {
         Vec::new()
     };
     let adaptive = if want2 {
         let best = best_structure(&fixed);
-        run_all(&opts.adaptive_specs(best)?, &root.join("table2"))?
+        run_all(
+            &opts.adaptive_specs(best)?,
+            &root.join("table2"),
+            &archive.join("table2"),
+        )?
     } else {
         Vec::new()
     };
     let ablation = if want3 {
-        run_all(&opts.table3_specs()?, &root.join("table3"))?
+        run_all(
+            &opts.table3_specs()?,
+            &root.join("table3"),
+            &archive.join("table3"),
+        )?
     } else {
         Vec::new()
     };
@@ -868,7 +930,7 @@ pub fn reproduce(opts: &Options) -> Result<PathBuf> {
     let _ = writeln!(
         md,
         "Generated by `cargo xtask reproduce {} --dataset {} --budget {}{}` (steps {}, seeds {}). \
-         Machine: {}. Report written at commit `{}` (finished runs are reused as they are, so a run may have been trained by an earlier commit). Training wall time summed over the {} runs: {:.0} min.\n",
+         Machine: {}. Report written at commit `{}` (finished runs are reused as they are, so a run may have been trained by an earlier commit; each run's config.toml, metrics.jsonl and timings.jsonl are archived in `{}/runs/`). Training wall time summed over the {} runs: {:.0} min.\n",
         format!("{:?}", opts.part).to_lowercase(),
         opts.dataset,
         format!("{:?}", opts.budget).to_lowercase(),
@@ -877,6 +939,7 @@ pub fn reproduce(opts: &Options) -> Result<PathBuf> {
         opts.seeds(),
         machine(),
         commit(),
+        label,
         fixed.len() + adaptive.len() + ablation.len(),
         fixed.iter().chain(&adaptive).chain(&ablation).map(|r| r.train_s).sum::<f64>() / 60.0
     );

@@ -123,10 +123,28 @@ fn toy_reproduction_writes_report_and_figures() {
         .unwrap(),
         before
     );
-    // A run folder made with another config (here: another length) is refused, not extended.
+    // Each finished run's records are archived beside the report; with the run folders gone (a
+    // fresh checkout) the study is finished from the archive alone and gives the same report.
+    let archived = dir.path().join("results/embedded/runs/table2/adaptive-s0");
+    assert_eq!(
+        std::fs::read(archived.join("metrics.jsonl")).unwrap(),
+        before
+    );
+    assert!(archived.join("config.toml").is_file() && archived.join("timings.jsonl").is_file());
+    assert!(!archived.join("checkpoints").exists());
+    let md_before = std::fs::read_to_string(&report).unwrap();
+    std::fs::remove_dir_all(dir.path().join("runs")).unwrap();
+    reproduce(&opts).unwrap();
+    assert!(
+        !dir.path().join("runs/embedded").exists(),
+        "nothing retrained"
+    );
+    assert_eq!(std::fs::read_to_string(&report).unwrap(), md_before);
+    // A run made with another config (here: another length) is refused, not extended or
+    // reported.
     let cfg = dir
         .path()
-        .join("runs/embedded/table1/fixed-512x128-s0/config.toml");
+        .join("results/embedded/runs/table1/fixed-512x128-s0/config.toml");
     let text = std::fs::read_to_string(&cfg).unwrap();
     let shorter = text.replacen("steps = 4\n", "steps = 3\n", 1);
     assert_ne!(shorter, text, "{text}");
