@@ -3,4 +3,6 @@
 pub mod bench;
 pub mod fuzz;
 pub mod layers;
+pub mod report;
 pub mod reproduce;
+pub mod slurm;

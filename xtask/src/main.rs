@@ -66,8 +66,26 @@ enum Cmd {
         runs_dir: PathBuf,
         #[arg(long, default_value = "docs/results")]
         report_dir: PathBuf,
-        #[arg(long, default_value = "cpu")]
-        device: String,
+        /// Training device (default: cpu, or cuda when --slurm-arg asks for GPUs).
+        #[arg(long)]
+        device: Option<String>,
+        /// Where the runs train: local (one after another in this process) or slurm (a job
+        /// array of the unfinished runs, submitted with sbatch; run the same command again to
+        /// submit what has not finished, or with --status to report).
+        #[arg(long, value_enum, default_value = "local")]
+        executor: reproduce::Executor,
+        /// An sbatch argument for the Slurm executor, e.g. --slurm-arg=--partition=gpu
+        /// --slurm-arg=--gres=gpu:1 --slurm-arg=--time=4:00:00 (repeatable).
+        #[arg(long = "slurm-arg", allow_hyphen_values = true, value_name = "ARG")]
+        slurm_args: Vec<String>,
+        /// With --executor slurm: submit nothing; write the report of the finished runs and
+        /// name the others with their Slurm state.
+        #[arg(long)]
+        status: bool,
+        /// With --executor slurm: the vq-train binary the tasks run (default: the one beside
+        /// this binary, built first under `cargo xtask`).
+        #[arg(long)]
+        vq_train: Option<PathBuf>,
         /// Codebook initialisation: kmeans (default: k-means++ on projected latents, with
         /// dead-code restarts), authors (N(0, 1) as in the authors' code, no restarts; the
         /// report is named <dataset>-authors-init) or data (first batch; <dataset>-data-init).
@@ -158,9 +176,27 @@ fn main() -> Result<()> {
             runs_dir,
             report_dir,
             device,
+            executor,
+            slurm_args,
+            status,
+            vq_train,
             init,
             settings,
         } => {
+            if executor == reproduce::Executor::Local
+                && (status || vq_train.is_some() || !slurm_args.is_empty())
+            {
+                anyhow::bail!("--status, --vq-train and --slurm-arg need --executor slurm");
+            }
+            let device = device.unwrap_or_else(|| {
+                if executor == reproduce::Executor::Slurm
+                    && xtask::slurm::requests_gpus(&slurm_args)
+                {
+                    "cuda".into()
+                } else {
+                    "cpu".into()
+                }
+            });
             let init = match init.as_str() {
                 "kmeans" => vq_core::CodebookInit::Kmeans,
                 "authors" | "normal" => vq_core::CodebookInit::Normal,
@@ -183,6 +219,12 @@ fn main() -> Result<()> {
                 device,
                 init,
                 settings,
+                executor,
+                slurm: xtask::slurm::SlurmOptions {
+                    args: slurm_args,
+                    status,
+                    vq_train,
+                },
             };
             // Ctrl-C / SIGTERM: the run in progress checkpoints its step; re-issuing the same
             // command resumes it (finished runs are reused).

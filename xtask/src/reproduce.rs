@@ -1,17 +1,16 @@
 //! `cargo xtask reproduce`: the paper's Tables 1–3 and Figures 2–4 as runs of the vq-train
 //! library, resumable, one folder per run, and a Markdown report with the figures.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use vq_models::{EncoderKind, QuantizerSpec};
 use vq_train::checkpoint;
-use vq_train::metrics::{read_metrics, Record, RouteRecord, TrainRecord, ValRecord};
-use vq_train::report::{line_chart, Series};
+use vq_train::metrics::{read_metrics, Record, TrainRecord, ValRecord};
 use vq_train::TrainConfig;
+
+use crate::report::{self, best_structure, Route};
 
 /// How much compute a reproduction gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -76,7 +75,7 @@ impl Setting {
     ];
 
     /// The group name of its runs.
-    fn group(self) -> &'static str {
+    pub(crate) fn group(self) -> &'static str {
         match self {
             Setting::Paper => "adaptive",
             Setting::ExpTau => "adaptive, exponential τ",
@@ -87,7 +86,7 @@ impl Setting {
     }
 
     /// Folder prefix of its runs.
-    fn tag(self) -> &'static str {
+    pub(crate) fn tag(self) -> &'static str {
         match self {
             Setting::Paper => "adaptive",
             Setting::ExpTau => "adaptive-exp-tau",
@@ -98,7 +97,7 @@ impl Setting {
     }
 
     /// How the report names it.
-    fn title(self) -> &'static str {
+    pub(crate) fn title(self) -> &'static str {
         match self {
             Setting::Paper => "adaptive (the paper)",
             Setting::ExpTau => "adaptive, τ = max(0.5, 2·0.997^m) (not in the paper)",
@@ -111,7 +110,7 @@ impl Setting {
     }
 
     /// Its routings in the report: a deterministic router has one.
-    fn routes(self) -> &'static [Route] {
+    pub(crate) fn routes(self) -> &'static [Route] {
         match self {
             Setting::MinError | Setting::OnlyBest => &[Route::Argmax],
             _ => &[Route::Sampled, Route::Argmax],
@@ -119,7 +118,7 @@ impl Setting {
     }
 
     /// Whether the paper's adaptive number belongs beside it.
-    fn is_papers_method(self) -> bool {
+    pub(crate) fn is_papers_method(self) -> bool {
         matches!(self, Setting::Paper | Setting::Authors)
     }
 
@@ -149,30 +148,6 @@ impl Setting {
     }
 }
 
-/// The paper's figures (`../shared/paper/tables.md`): the sum over the validation set of the
-/// batch reconstruction losses, for MNIST and Fashion-MNIST. Table 1 per `[N, D]`.
-const PAPER_TABLE1: [([usize; 2], [f64; 2]); 8] = [
-    ([512, 128], [0.285, 0.577]),
-    ([1024, 64], [0.294, 0.590]),
-    ([2048, 32], [0.291, 0.602]),
-    ([4096, 16], [0.265, 0.589]),
-    ([8192, 8], [0.240, 0.503]),
-    ([16384, 4], [0.210, 0.489]),
-    ([32768, 2], [0.199, 0.578]),
-    ([65536, 1], [0.377, 0.877]),
-];
-/// The paper's Table 2 adaptive row (MNIST, Fashion-MNIST).
-const PAPER_ADAPTIVE: [f64; 2] = [0.166, 0.410];
-
-/// Column of the paper's tables for a dataset of this study.
-fn paper_column(dataset: &str) -> Option<usize> {
-    match dataset {
-        "mnist" | "mnist-10k" => Some(0),
-        "fashion-mnist" => Some(1),
-        _ => None,
-    }
-}
-
 /// Options of one reproduction.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -197,16 +172,20 @@ pub struct Options {
     pub init: vq_core::CodebookInit,
     /// Table 2 settings to run and report (default: [`Setting::ALL`]).
     pub settings: Vec<Setting>,
+    /// Where the runs train.
+    pub executor: Executor,
+    /// Options of the Slurm executor.
+    pub slurm: crate::slurm::SlurmOptions,
 }
 
 /// One training run of the study.
 #[derive(Clone, Debug)]
-struct RunSpec {
+pub(crate) struct RunSpec {
     /// Group (a row of a table): e.g. `[512,128]`, `adaptive`, `W = 4096`.
-    group: String,
+    pub(crate) group: String,
     /// Folder name.
-    name: String,
-    config: TrainConfig,
+    pub(crate) name: String,
+    pub(crate) config: TrainConfig,
 }
 
 fn shared(name: &str) -> Option<PathBuf> {
@@ -238,7 +217,7 @@ impl Options {
     }
 
     /// The flags beyond part, dataset and budget that this study was run with, for the report.
-    fn command_flags(&self, init: &str) -> String {
+    pub(crate) fn command_flags(&self, init: &str) -> String {
         let mut f = init.to_string();
         if let Some(s) = self.steps {
             f.push_str(&format!(" --steps {s}"));
@@ -266,7 +245,7 @@ impl Options {
         f
     }
 
-    fn steps(&self) -> usize {
+    pub(crate) fn steps(&self) -> usize {
         self.steps.unwrap_or(match self.budget {
             Budget::Toy => 4,
             Budget::Quick => 600,
@@ -275,7 +254,7 @@ impl Options {
         })
     }
 
-    fn seeds(&self) -> usize {
+    pub(crate) fn seeds(&self) -> usize {
         self.seeds.unwrap_or(match self.budget {
             Budget::Toy => 1,
             Budget::Quick | Budget::Medium | Budget::Paper => 3,
@@ -450,12 +429,12 @@ impl Options {
 }
 
 /// Final validation and the training curve of one finished run.
-struct Finished {
-    group: String,
-    val: ValRecord,
-    train: Vec<TrainRecord>,
+pub(crate) struct Finished {
+    pub(crate) group: String,
+    pub(crate) val: ValRecord,
+    pub(crate) train: Vec<TrainRecord>,
     /// Wall-clock seconds of the run's last logged interval end (timings.jsonl).
-    train_s: f64,
+    pub(crate) train_s: f64,
 }
 
 /// The files of a run that its report reads. A finished run's copies are archived beside the
@@ -472,7 +451,12 @@ fn check_config(spec: &RunSpec, dir: &Path) -> Result<bool> {
         return Ok(false);
     }
     let old = TrainConfig::load(&cfg_path, &[])?;
-    let diff = vq_train::trainer::config_diff(&old, &spec.config);
+    // The device and the progress bar change nothing a report reads (a run may resume on another
+    // device).
+    let diff: Vec<String> = vq_train::trainer::config_diff(&old, &spec.config)
+        .into_iter()
+        .filter(|k| k != "train.device" && k != "train.progress")
+        .collect();
     if !diff.is_empty() {
         bail!(
             "{} was made with a different config ({}); move it away or choose another --runs-dir \
@@ -517,40 +501,33 @@ fn archive_run(dir: &Path, archive: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Runs (or resumes, or skips when finished) one run: `dir` holds the run with its
-/// checkpoints, `archive` the records of a finished run (see [`RECORD_FILES`]). A run counts as
-/// finished when its last checkpoint is at the final step, or when the archive holds its config
-/// and a final validation record.
-fn run_one(spec: &RunSpec, dir: &Path, archive: &Path) -> Result<Finished> {
+/// Where a run of the study lives: `dir` holds the run with its checkpoints, `archive` the
+/// records of a finished run (see [`RECORD_FILES`]).
+pub(crate) struct RunPlace {
+    pub(crate) dir: PathBuf,
+    pub(crate) archive: PathBuf,
+}
+
+/// The finished run of `spec`, if there is one (archiving its records when they are only in
+/// the run folder). A run counts as finished when its last checkpoint is at the final step, or
+/// when the archive holds its config and a final validation record. A run folder or archive made
+/// with another config is an error.
+pub(crate) fn finished(spec: &RunSpec, at: &RunPlace) -> Result<Option<Finished>> {
     let steps = spec.config.train.steps;
-    let resume = check_config(spec, dir)?;
-    let archived = check_config(spec, archive)? && final_val(archive, steps)?.is_some();
-    let finished_here = resume
-        && checkpoint::latest(dir)
+    let here = check_config(spec, &at.dir)?
+        && checkpoint::latest(&at.dir)
             .ok()
             .and_then(|d| checkpoint::load(&d, &candle_core::Device::Cpu).ok())
             .is_some_and(|ck| ck.state.step == steps);
-    let src = if finished_here {
-        eprintln!("  finished already: {}", dir.display());
-        dir
+    let archived = check_config(spec, &at.archive)? && final_val(&at.archive, steps)?.is_some();
+    let src = if here {
+        archive_run(&at.dir, &at.archive)?;
+        &at.dir
     } else if archived {
-        eprintln!("  finished already (archived): {}", archive.display());
-        archive
+        &at.archive
     } else {
-        let t0 = Instant::now();
-        eprintln!(
-            "  {} {} ({steps} steps)",
-            if resume { "resuming" } else { "training" },
-            dir.display()
-        );
-        vq_train::train(spec.config.clone(), dir, resume, false)
-            .with_context(|| format!("run {}", dir.display()))?;
-        eprintln!("  done in {:.0} s", t0.elapsed().as_secs_f64());
-        dir
+        return Ok(None);
     };
-    if src == dir {
-        archive_run(dir, archive)?;
-    }
     let val = final_val(src, steps)?
         .with_context(|| format!("{}: no final validation record", src.display()))?;
     let records = read_metrics(&src.join("metrics.jsonl"))?;
@@ -563,25 +540,46 @@ fn run_one(spec: &RunSpec, dir: &Path, archive: &Path) -> Result<Finished> {
                 .and_then(|l| serde_json::from_str::<vq_train::metrics::TimingRecord>(l).ok())
         })
         .map_or(0.0, |t| t.elapsed_s);
-    Ok(Finished {
+    Ok(Some(Finished {
         group: spec.group.clone(),
         val,
         train,
         train_s,
-    })
+    }))
 }
 
-fn run_all(specs: &[RunSpec], root: &Path, archive: &Path) -> Result<Vec<Finished>> {
+/// Runs (or resumes, or skips when finished) one run in this process.
+fn run_one(spec: &RunSpec, at: &RunPlace) -> Result<Finished> {
+    if let Some(f) = finished(spec, at)? {
+        eprintln!("  finished already: {}", at.dir.display());
+        return Ok(f);
+    }
+    let steps = spec.config.train.steps;
+    let resume = at.dir.join("config.toml").is_file();
+    let t0 = Instant::now();
+    eprintln!(
+        "  {} {} ({steps} steps)",
+        if resume { "resuming" } else { "training" },
+        at.dir.display()
+    );
+    vq_train::train(spec.config.clone(), &at.dir, resume, false)
+        .with_context(|| format!("run {}", at.dir.display()))?;
+    eprintln!("  done in {:.0} s", t0.elapsed().as_secs_f64());
+    finished(spec, at)?.with_context(|| format!("{}: no final validation record", at.dir.display()))
+}
+
+fn run_all(study: &Study, table: Table, specs: &[RunSpec]) -> Result<Vec<Finished>> {
     let t0 = Instant::now();
     let mut out = Vec::new();
     for (i, s) in specs.iter().enumerate() {
+        let at = study.place(table, s);
         // A signal that arrived during the previous run's last step (which completes it) stops
         // the study before the next run.
         if let Some(signal) = vq_train::signals::pending() {
             return Err(vq_train::TrainError::Interrupted {
                 step: 0,
                 signal,
-                run: root.join(&s.name),
+                run: at.dir,
             }
             .into());
         }
@@ -592,663 +590,121 @@ fn run_all(specs: &[RunSpec], root: &Path, archive: &Path) -> Result<Vec<Finishe
             s.name,
             t0.elapsed().as_secs_f64()
         );
-        out.push(run_one(s, &root.join(&s.name), &archive.join(&s.name))?);
+        out.push(run_one(s, &at)?);
     }
     Ok(out)
 }
 
-/// Mean and (sample) standard deviation.
-fn mean_std(v: &[f64]) -> (f64, f64) {
-    let n = v.len() as f64;
-    let m = v.iter().sum::<f64>() / n;
-    let s = if v.len() > 1 {
-        (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
-    } else {
-        0.0
-    };
-    (m, s)
+/// Where the runs of a study train.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Executor {
+    /// One run after another in this process.
+    #[default]
+    Local,
+    /// A Slurm job array, one task per unfinished run (see `slurm.rs`).
+    Slurm,
 }
 
-/// Which routing of a pool's validation pass a row shows.
+/// A table of the study.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Route {
-    /// The paper's τ = 1 Gumbel-Softmax draw.
-    Sampled,
-    /// The argmax of the selection logits (noiseless).
-    Argmax,
+pub(crate) enum Table {
+    One,
+    Two,
+    Three,
 }
 
-/// A run's figures under one routing (records written before PSNR, SSIM and bits existed give
-/// NaN for them).
-fn route_of(v: &ValRecord, route: Route) -> RouteRecord {
-    match (route, &v.argmax) {
-        (Route::Argmax, Some(a)) => a.clone(),
-        _ => RouteRecord {
-            mse: v.mse,
-            recon_sum: v.recon_sum,
-            psnr: v.psnr.unwrap_or(f64::NAN),
-            ssim: v.ssim.unwrap_or(f64::NAN),
-            bits_per_image: v.bits_per_image.unwrap_or(f64::NAN),
-            selection: v.selection.clone(),
-        },
-    }
-}
-
-/// One row of a table: a group of runs (seeds) under one routing, mean ± std over the runs.
-#[derive(Clone, Debug)]
-struct Row {
-    /// What the row is called in the table.
-    label: String,
-    /// The group of runs.
-    group: String,
-    mse: (f64, f64),
-    sum: (f64, f64),
-    psnr: (f64, f64),
-    ssim: (f64, f64),
-    bits: f64,
-    runs: usize,
-    /// Fewest codewords in use over the pass, over every codebook and run: (count, fraction).
-    fewest_used: Option<(usize, f64)>,
-}
-
-fn row(f: &[Finished], group: &str, route: Route, label: &str) -> Option<Row> {
-    let rs: Vec<&Finished> = f.iter().filter(|r| r.group == group).collect();
-    if rs.is_empty() {
-        return None;
-    }
-    let rt: Vec<RouteRecord> = rs.iter().map(|r| route_of(&r.val, route)).collect();
-    let of = |g: &dyn Fn(&RouteRecord) -> f64| mean_std(&rt.iter().map(g).collect::<Vec<_>>());
-    let fewest_used = rs
-        .iter()
-        .flat_map(|r| r.val.codes_used.iter().zip(&r.val.codes_in_use))
-        .min_by(|a, b| a.1.total_cmp(b.1))
-        .map(|(&u, &p)| (u, p));
-    Some(Row {
-        label: label.to_string(),
-        group: group.to_string(),
-        mse: of(&|r| r.mse),
-        sum: of(&|r| r.recon_sum),
-        psnr: of(&|r| r.psnr),
-        ssim: of(&|r| r.ssim),
-        bits: of(&|r| r.bits_per_image).0,
-        runs: rs.len(),
-        fewest_used,
-    })
-}
-
-/// Rows of every group in first-seen order (sampled routing; for a single codebook the two
-/// routings are the same).
-fn rows(f: &[Finished]) -> Vec<Row> {
-    let mut order: Vec<&str> = Vec::new();
-    for r in f {
-        if !order.contains(&r.group.as_str()) {
-            order.push(&r.group);
+impl Table {
+    /// Its folder under the study's runs and archive folders.
+    pub(crate) fn dir(self) -> &'static str {
+        match self {
+            Table::One => "table1",
+            Table::Two => "table2",
+            Table::Three => "table3",
         }
     }
-    order
-        .into_iter()
-        .filter_map(|g| row(f, g, Route::Sampled, g))
-        .collect()
 }
 
-/// Mean over the runs of a group of a per-step value (runs share their logging steps).
-fn mean_curve(
-    f: &[Finished],
-    group: &str,
-    value: &dyn Fn(&TrainRecord) -> Option<f64>,
-) -> Vec<(f64, f64)> {
-    let mut acc: BTreeMap<usize, (f64, usize)> = BTreeMap::new();
-    for r in f.iter().filter(|r| r.group == group) {
-        for t in &r.train {
-            if let Some(v) = value(t) {
-                let e = acc.entry(t.step).or_insert((0.0, 0));
-                e.0 += v;
-                e.1 += 1;
-            }
+/// One study: its options, its label, where its runs and their archive live.
+pub(crate) struct Study<'a> {
+    pub(crate) opts: &'a Options,
+    pub(crate) label: String,
+    /// `<runs_dir>/<label>`: the run folders (with checkpoints).
+    pub(crate) root: PathBuf,
+    /// `<report_dir>/<label>/runs`: the finished runs' records.
+    archive: PathBuf,
+}
+
+impl<'a> Study<'a> {
+    pub(crate) fn new(opts: &'a Options) -> Self {
+        let label = opts.label();
+        Study {
+            opts,
+            root: opts.runs_dir.join(&label),
+            archive: opts.report_dir.join(&label).join("runs"),
+            label,
         }
     }
-    acc.into_iter()
-        .map(|(s, (v, n))| (s as f64, v / n as f64))
-        .collect()
-}
 
-fn fmt_ms((m, s): (f64, f64)) -> String {
-    format!("{m:.5} ± {s:.5}")
-}
-
-/// A Markdown table of rows; `paper` gives the paper's figure for a row, if it has one.
-fn table(out: &mut String, rows: &[Row], first: &str, paper: &dyn Fn(&Row) -> Option<f64>) {
-    let _ = writeln!(
-        out,
-        "| {first} | runs | validation MSE (mean ± std) | sum of batch MSEs over the validation set (mean ± std) | paper's sum | PSNR dB | SSIM | bits / image | fewest codewords in use (of a codebook, over runs) |"
-    );
-    let _ = writeln!(
-        out,
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
-    );
-    for r in rows {
-        let used = r.fewest_used.map_or("–".to_string(), |(u, p)| {
-            format!("{u} ({:.1}%)", 100.0 * p)
-        });
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {:.3} ± {:.3} | {} | {:.2} ± {:.2} | {:.4} ± {:.4} | {:.0} | {used} |",
-            r.label,
-            r.runs,
-            fmt_ms(r.mse),
-            r.sum.0,
-            r.sum.1,
-            paper(r).map_or("–".to_string(), |v| format!("{v:.3}")),
-            r.psnr.0,
-            r.psnr.1,
-            r.ssim.0,
-            r.ssim.1,
-            r.bits,
-        );
+    /// The tables of its part, in order (Table 2 compares with Table 1, so it brings it along).
+    pub(crate) fn tables(&self) -> Vec<Table> {
+        match self.opts.part {
+            Part::Table1 => vec![Table::One],
+            Part::Table2 => vec![Table::One, Table::Two],
+            Part::Table3 => vec![Table::Three],
+            Part::All => vec![Table::One, Table::Two, Table::Three],
+        }
     }
-    // A blank line ends the table: GitHub Markdown would read the next line as a row.
-    let _ = writeln!(out);
-}
 
-/// Per codebook of a pool group: codewords in use over the validation pass (fewest over the
-/// runs), the pass perplexity and the selection shares under both routings (means over runs).
-fn health_table(out: &mut String, f: &[Finished], group: &str, pool: &[String]) {
-    let rs: Vec<&Finished> = f.iter().filter(|r| r.group == group).collect();
-    if rs.is_empty() {
-        return;
+    /// The runs of a table; Table 2's only-best setting routes to the best of `fixed` (the
+    /// finished Table 1 runs) and is left out while there is none.
+    pub(crate) fn specs(&self, table: Table, fixed: &[Finished]) -> Result<Vec<RunSpec>> {
+        match table {
+            Table::One => self.opts.table1_specs(),
+            Table::Two => self.opts.adaptive_specs(best_structure(fixed)),
+            Table::Three => self.opts.table3_specs(),
+        }
     }
-    let mean = |g: &dyn Fn(&Finished) -> Option<f64>| -> f64 {
-        let v: Vec<f64> = rs.iter().filter_map(|r| g(r)).collect();
-        v.iter().sum::<f64>() / v.len().max(1) as f64
-    };
-    let _ = writeln!(
-        out,
-        "| codebook | codewords in use (fewest over runs) | perplexity over the pass | selected, sampled routing | selected, argmax routing |"
-    );
-    let _ = writeln!(out, "| --- | --- | --- | --- | --- |");
-    for (i, name) in pool.iter().enumerate() {
-        let used = rs
-            .iter()
-            .filter_map(|r| Some((*r.val.codes_used.get(i)?, *r.val.codes_in_use.get(i)?)))
-            .min_by(|a, b| a.1.total_cmp(&b.1))
-            .map_or("–".to_string(), |(u, p)| {
-                format!("{u} ({:.1}%)", 100.0 * p)
-            });
-        let _ = writeln!(
-            out,
-            "| {name} | {used} | {:.1} | {:.1}% | {:.1}% |",
-            mean(&|r| r.val.pass_perplexity.get(i).copied()),
-            100.0 * mean(&|r| route_of(&r.val, Route::Sampled).selection.get(i).copied()),
-            100.0 * mean(&|r| route_of(&r.val, Route::Argmax).selection.get(i).copied()),
-        );
-    }
-    let entropy = |route: Route| {
-        mean(&|r| {
-            Some(
-                route_of(&r.val, route)
-                    .selection
-                    .iter()
-                    .filter(|&&p| p > 0.0)
-                    .map(|&p| -p * p.log2())
-                    .sum(),
-            )
-        })
-    };
-    let _ = writeln!(
-        out,
-        "\nRouting entropy over the validation pass (bits, of at most {:.0}): {:.2} sampled, {:.2} argmax.\n",
-        (pool.len() as f64).log2(),
-        clamp0(entropy(Route::Sampled)),
-        clamp0(entropy(Route::Argmax))
-    );
-}
 
-/// `-0.0` and tiny negative rounding to 0 (NaN stays NaN).
-fn clamp0(v: f64) -> f64 {
-    if v <= 0.0 {
-        0.0
-    } else {
-        v
+    pub(crate) fn place(&self, table: Table, spec: &RunSpec) -> RunPlace {
+        RunPlace {
+            dir: self.root.join(table.dir()).join(&spec.name),
+            archive: self.archive.join(table.dir()).join(&spec.name),
+        }
     }
 }
 
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .next()
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|k| k.parse::<f64>().ok())
-        })
-        .map_or(String::from("?"), |kib| {
-            format!("{:.0} GiB", kib / 1048576.0)
-        });
-    format!("{cpu}, {cores} cores, {mem}")
+/// The finished runs of each table, in the order of [`Study::tables`].
+#[derive(Default)]
+pub(crate) struct Results {
+    pub(crate) fixed: Vec<Finished>,
+    pub(crate) adaptive: Vec<Finished>,
+    pub(crate) ablation: Vec<Finished>,
 }
 
-fn commit() -> String {
-    std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map_or_else(
-            || "unknown".into(),
-            |o| String::from_utf8_lossy(&o.stdout).trim().to_string(),
-        )
+impl Results {
+    pub(crate) fn table_mut(&mut self, table: Table) -> &mut Vec<Finished> {
+        match table {
+            Table::One => &mut self.fixed,
+            Table::Two => &mut self.adaptive,
+            Table::Three => &mut self.ablation,
+        }
+    }
 }
 
-/// The `[N, D]` of the fixed group with the lowest mean validation MSE.
-fn best_structure(fixed: &[Finished]) -> Option<[usize; 2]> {
-    rows(fixed)
-        .into_iter()
-        .min_by(|a, b| a.mse.0.total_cmp(&b.mse.0))
-        .and_then(|r| {
-            let s = r.group.trim_start_matches('[').trim_end_matches(']');
-            let (n, d) = s.split_once(',')?;
-            Some([n.trim().parse().ok()?, d.trim().parse().ok()?])
-        })
-}
-
-/// Runs the study and writes the report; returns the report's path.
+/// Runs the study (or, with the Slurm executor, submits its unfinished runs) and writes the
+/// report of what has finished; returns the report's path.
 pub fn reproduce(opts: &Options) -> Result<PathBuf> {
     let t0 = Instant::now();
-    let label = opts.label();
-    let root = opts.runs_dir.join(&label);
-    let archive = opts.report_dir.join(&label).join("runs");
-    let want1 = matches!(opts.part, Part::Table1 | Part::Table2 | Part::All);
-    let want2 = matches!(opts.part, Part::Table2 | Part::All);
-    let want3 = matches!(opts.part, Part::Table3 | Part::All);
-    let fixed = if want1 {
-        run_all(
-            &opts.table1_specs()?,
-            &root.join("table1"),
-            &archive.join("table1"),
-        )?
-    } else {
-        Vec::new()
-    };
-    let adaptive = if want2 {
-        let best = best_structure(&fixed);
-        run_all(
-            &opts.adaptive_specs(best)?,
-            &root.join("table2"),
-            &archive.join("table2"),
-        )?
-    } else {
-        Vec::new()
-    };
-    let ablation = if want3 {
-        run_all(
-            &opts.table3_specs()?,
-            &root.join("table3"),
-            &archive.join("table3"),
-        )?
-    } else {
-        Vec::new()
-    };
-
-    let figs = opts.report_dir.join(&label);
-    std::fs::create_dir_all(&figs).with_context(|| figs.display().to_string())?;
-    let fig_rel = |name: &str| format!("{label}/{name}");
-    let col = paper_column(&opts.dataset);
-    let paper_fixed = |r: &Row| -> Option<f64> {
-        let c = col?;
-        PAPER_TABLE1
-            .iter()
-            .find(|(nd, _)| format!("[{},{}]", nd[0], nd[1]) == r.group)
-            .map(|(_, v)| v[c])
-    };
-    let mut md = String::new();
-    let init_note = match opts.init {
-        vq_core::CodebookInit::Kmeans => (
-            "",
-            "codebooks initialised by k-means++ on each codebook's projected latents of the first \
-             4 training batches, dead codewords (EMA cluster size below 3% of the mean) restarted \
-             on batch vectors (neither is in the paper)",
-        ),
-        vq_core::CodebookInit::Normal => (
-            " --init normal",
-            "codewords and EMA sums from N(0, 1) as in the authors' code, no restarts",
-        ),
-        vq_core::CodebookInit::Data => (
-            " --init data",
-            "codewords from the first training batch (not in the paper)",
-        ),
-    };
-    let _ = writeln!(md, "# Reproduction on {}\n", label);
-    let _ = writeln!(
-        md,
-        "Generated by `cargo xtask reproduce {} --dataset {} --budget {}{}` (steps {}, seeds {}). \
-         Machine: {}. Report written at commit `{}` (finished runs are reused as they are, so a run may have been trained by an earlier commit; each run's config.toml, metrics.jsonl and timings.jsonl are archived in `{}/runs/`). Training wall time summed over the {} runs: {:.0} min.\n",
-        format!("{:?}", opts.part).to_lowercase(),
-        opts.dataset,
-        format!("{:?}", opts.budget).to_lowercase(),
-        opts.command_flags(init_note.0),
-        opts.steps(),
-        opts.seeds(),
-        machine(),
-        commit(),
-        label,
-        fixed.len() + adaptive.len() + ablation.len(),
-        fixed.iter().chain(&adaptive).chain(&ablation).map(|r| r.train_s).sum::<f64>() / 60.0
-    );
-    let _ = writeln!(
-        md,
-        "Setup: the paper's CNN+ResNet VQ-VAE (h = 128), Adam lr 1e-4, batch 64, EMA codebooks \
-         (γ = 0.99), α = 0.25, β = 1, τ_m = (steps − m) + 1, per-vector selection with \
-         log-attention logits; {}. Validation = one pass over the whole test split at the end; \
-         \"sampled\" routes each vector by the paper's τ = 1 Gumbel-Softmax draw, \"argmax\" by \
-         the selector's most likely codebook (for a single codebook they agree). \"Sum of batch \
-         MSEs\" is the paper's figure (sum over validation batches of 64 of the batch-mean MSE); \
-         the paper's own number stands beside it (`../shared/paper/tables.md`; the paper trains \
-         20,000 steps, so at this budget ours are higher). PSNR and SSIM are per-image means on \
-         pixels in [0, 1]; bits / image counts log2 N of the codebook used at each of the latent \
-         positions, plus log2 8 = 3 bits per position for naming it in the pool.\n",
-        init_note.1
-    );
-    let mut best_fixed: Option<Row> = None;
-    if !fixed.is_empty() {
-        let r = rows(&fixed);
-        let _ = writeln!(md, "## Table 1: fixed codebooks at W = 65536\n");
-        table(&mut md, &r, "[N, D]", &paper_fixed);
-        let best = r
-            .iter()
-            .enumerate()
-            .min_by(|a, b| a.1.mse.0.total_cmp(&b.1.mse.0))
-            .map(|(i, _)| i)
-            .unwrap_or(0);
-        let interior = best > 0 && best + 1 < r.len();
-        let _ = writeln!(
-            md,
-            "Best fixed structure: **{}** (validation MSE {}). {}{}\n",
-            r[best].label,
-            fmt_ms(r[best].mse),
-            if r.len() < 3 {
-                "Too few structures to speak of an interior optimum.".to_string()
-            } else if interior {
-                format!(
-                    "It is an interior optimum: both ends ({} and {}) reconstruct worse.",
-                    r[0].label,
-                    r[r.len() - 1].label
-                )
-            } else {
-                "The optimum is at an end of the range, not in its interior.".to_string()
-            },
-            match col {
-                Some(c) => {
-                    let (nd, _) = PAPER_TABLE1
-                        .iter()
-                        .min_by(|a, b| a.1[c].total_cmp(&b.1[c]))
-                        .expect("table");
-                    format!(" The paper's best is [{},{}].", nd[0], nd[1])
-                }
-                None => String::new(),
-            }
-        );
-        let collapsed: Vec<String> = r
-            .iter()
-            .filter(|x| x.fewest_used.is_some_and(|(u, p)| u < 16 || p < 0.01))
-            .map(|x| x.label.clone())
-            .collect();
-        let _ = writeln!(
-            md,
-            "{}\n",
-            if collapsed.is_empty() {
-                "No codebook collapsed: every run ends its validation pass with at least 1% of its \
-                 codewords, and at least 16, in use."
-                    .to_string()
-            } else {
-                format!(
-                    "Collapsed (fewer than 1% or 16 codewords in use over the validation pass in \
-                     some run): {}.",
-                    collapsed.join(", ")
-                )
-            }
-        );
-        let groups: Vec<String> = r.iter().map(|x| x.group.clone()).collect();
-        let gap: Vec<Series> = groups
-            .iter()
-            .map(|g| Series {
-                name: g.clone(),
-                points: mean_curve(&fixed, g, &|t| t.grad_gap_l2),
-            })
-            .collect();
-        line_chart(
-            &figs.join("fig2_gradient_gap.png"),
-            "Fig. 2: gradient gap, fixed codebooks",
-            "step",
-            "‖gap‖₂",
-            &gap,
-            true,
-        )?;
-        let ql: Vec<Series> = groups
-            .iter()
-            .map(|g| Series {
-                name: g.clone(),
-                points: mean_curve(&fixed, g, &|t| t.codebook_loss.first().copied()),
-            })
-            .collect();
-        line_chart(
-            &figs.join("fig2_quantization_loss.png"),
-            "Fig. 2: quantization loss, fixed codebooks",
-            "step",
-            "VQ loss",
-            &ql,
-            true,
-        )?;
-        let _ = writeln!(
-            md,
-            "![Fig. 2 gradient gap]({})\n\n![Fig. 2 quantization loss]({})\n",
-            fig_rel("fig2_gradient_gap.png"),
-            fig_rel("fig2_quantization_loss.png")
-        );
-        best_fixed = r.into_iter().nth(best);
+    let study = Study::new(opts);
+    if opts.executor == Executor::Slurm {
+        return crate::slurm::reproduce(&study, t0);
     }
-    if !adaptive.is_empty() {
-        let _ = writeln!(md, "## Table 2: adaptive vs the best fixed codebook\n");
-        let mut both: Vec<Row> = best_fixed.iter().cloned().collect();
-        let present: Vec<Setting> = opts
-            .settings
-            .iter()
-            .copied()
-            .filter(|st| adaptive.iter().any(|r| r.group == st.group()))
-            .collect();
-        let candidates: Vec<Row> = present
-            .iter()
-            .flat_map(|&st| {
-                let adaptive = &adaptive;
-                st.routes().iter().filter_map(move |&route| {
-                    let how = match route {
-                        _ if st.routes().len() == 1 => "",
-                        Route::Sampled => ", sampled routing",
-                        Route::Argmax => ", argmax routing",
-                    };
-                    row(adaptive, st.group(), route, &format!("{}{how}", st.title()))
-                })
-            })
-            .collect();
-        both.extend(candidates.iter().cloned());
-        let paper_adaptive = |r: &Row| -> Option<f64> {
-            if present
-                .iter()
-                .any(|st| st.is_papers_method() && st.group() == r.group)
-            {
-                col.map(|c| PAPER_ADAPTIVE[c])
-            } else {
-                paper_fixed(r)
-            }
-        };
-        table(&mut md, &both, "quantizer", &paper_adaptive);
-        if let Some(b) = &best_fixed {
-            for c in &candidates {
-                let _ = writeln!(
-                    md,
-                    "- **{}**: {}",
-                    c.label,
-                    verdict(b.mse, c.mse, b.runs.min(c.runs))
-                );
-            }
-            let _ = writeln!(md);
-        }
-        let pool: Vec<String> = vq_core::structures(65536)?
-            .iter()
-            .map(|[n, d]| format!("[{n},{d}]"))
-            .collect();
-        for st in &present {
-            let _ = writeln!(md, "Codebook health and routing, {}:\n", st.title());
-            health_table(&mut md, &adaptive, st.group(), &pool);
-        }
-        let first = present.first().copied().unwrap_or(Setting::Paper);
-        let sel: Vec<Series> = (0..pool.len())
-            .map(|i| Series {
-                name: pool[i].clone(),
-                points: mean_curve(&adaptive, first.group(), &|t| t.selection.get(i).copied()),
-            })
-            .collect();
-        line_chart(
-            &figs.join("fig3_selection.png"),
-            &format!("Fig. 3: codebook selection frequency ({})", first.group()),
-            "step",
-            "fraction of latent vectors",
-            &sel,
-            false,
-        )?;
-        let share = |early: bool| -> Vec<f64> {
-            sel.iter()
-                .map(|s| {
-                    let n = s.points.len();
-                    let k = (n / 5).max(1).min(n);
-                    let part = if early {
-                        &s.points[..k]
-                    } else {
-                        &s.points[n - k..]
-                    };
-                    part.iter().map(|p| p.1).sum::<f64>() / part.len().max(1) as f64
-                })
-                .collect()
-        };
-        let (early, late) = (share(true), share(false));
-        let argmax = |v: &[f64]| {
-            v.iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .map_or(0, |(i, _)| i)
-        };
-        let peak = |i: usize| -> (f64, f64) {
-            sel[i].points.iter().fold(
-                (0.0, f64::MIN),
-                |b, p| if p.1 > b.1 { (p.0, p.1) } else { b },
-            )
-        };
-        let (e, l) = (argmax(&early), argmax(&late));
-        let _ = writeln!(
-            md,
-            "Selection over training, {} (Fig. 3): in the first fifth of the logged steps the most selected codebook is {} ({:.0}%), in the last fifth {} ({:.0}%). {} peaks at step {:.0} ({:.0}%).{}\n",
-            first.title(),
-            pool[e],
-            early[e] * 100.0,
-            pool[l],
-            late[l] * 100.0,
-            pool[pool.len() - 1],
-            peak(pool.len() - 1).0,
-            peak(pool.len() - 1).1 * 100.0,
-            match &best_fixed {
-                Some(b) => format!(
-                    " The best fixed codebook is {}: {}.",
-                    b.label,
-                    if pool[l] == b.label { "they agree" } else { "they differ" }
-                ),
-                None => String::new(),
-            }
-        );
-        let _ = writeln!(
-            md,
-            "![Fig. 3 selection frequency]({})\n",
-            fig_rel("fig3_selection.png")
-        );
-        if let Some(b) = &best_fixed {
-            let curves = |f: &dyn Fn(&TrainRecord) -> Option<f64>| -> Vec<Series> {
-                present
-                    .iter()
-                    .map(|st| Series {
-                        name: st.group().into(),
-                        points: mean_curve(&adaptive, st.group(), f),
-                    })
-                    .chain(std::iter::once(Series {
-                        name: format!("fixed {}", b.label),
-                        points: mean_curve(&fixed, &b.group, f),
-                    }))
-                    .collect()
-            };
-            let gap = curves(&|t| t.grad_gap_l2);
-            line_chart(
-                &figs.join("fig4_gradient_gap.png"),
-                "Fig. 4: gradient gap, adaptive vs best fixed",
-                "step",
-                "‖gap‖₂",
-                &gap,
-                true,
-            )?;
-            let gap = curves(&|t| Some(t.vq_loss));
-            line_chart(
-                &figs.join("fig4_quantization_loss.png"),
-                "Fig. 4: quantization loss, adaptive vs best fixed",
-                "step",
-                "VQ loss",
-                &gap,
-                true,
-            )?;
-            let _ = writeln!(
-                md,
-                "![Fig. 4 gradient gap]({})\n\n![Fig. 4 quantization loss]({})\n",
-                fig_rel("fig4_gradient_gap.png"),
-                fig_rel("fig4_quantization_loss.png")
-            );
-        }
+    let mut done = Results::default();
+    for table in study.tables() {
+        let specs = study.specs(table, &done.fixed)?;
+        *done.table_mut(table) = run_all(&study, table, &specs)?;
     }
-    if !ablation.is_empty() {
-        let _ = writeln!(md, "## Table 3: ablations (adaptive quantizer)\n");
-        table(&mut md, &rows(&ablation), "setting", &|_| None);
-    }
-    let path = opts.report_dir.join(format!("{label}.md"));
-    std::fs::write(&path, md).with_context(|| path.display().to_string())?;
-    eprintln!(
-        "report: {} ({:.0} s)",
-        path.display(),
-        t0.elapsed().as_secs_f64()
-    );
-    Ok(path)
-}
-
-/// The Table 2 sentence: adaptive minus best fixed validation MSE against the seed spread (the
-/// sum of the two standard deviations), for `(mean, std)` of each.
-fn verdict(best_fixed: (f64, f64), adaptive: (f64, f64), runs: usize) -> String {
-    let diff = adaptive.0 - best_fixed.0;
-    let spread = best_fixed.1 + adaptive.1;
-    let reading = if runs < 2 {
-        "A single run on one side at least: there is no seed spread to weigh the difference against."
-    } else if -diff > spread {
-        "The adaptive quantizer beats the best fixed codebook by more than the seed spread."
-    } else if diff > spread {
-        "The best fixed codebook beats the adaptive quantizer by more than the seed spread."
-    } else {
-        "The difference is not larger than the seed spread: no clear winner at this budget."
-    };
-    format!(
-        "Adaptive − best fixed validation MSE: {diff:+.5} ({}). Seed spread (sum of the two stds): {spread:.5}. {reading}",
-        if diff < 0.0 { "adaptive is better" } else { "adaptive is worse" },
-    )
+    report::write(&study, &done, &[], t0)
 }
 
 /// Parses `512x128,65536x1`.
@@ -1286,6 +742,8 @@ mod tests {
             device: "cpu".into(),
             init: vq_core::CodebookInit::Kmeans,
             settings: Setting::ALL.to_vec(),
+            executor: Executor::Local,
+            slurm: Default::default(),
         }
     }
 
@@ -1387,36 +845,6 @@ mod tests {
         assert_eq!(
             (w4096.config.model.capacity, w4096.config.train.seed),
             (4096, 2)
-        );
-    }
-
-    /// The three readings of Table 2, on numbers worked by hand: a difference of 0.00213
-    /// against a spread of 0.00023 + 0.00125 = 0.00148 (the mnist-10k quick run) is a win for
-    /// the fixed codebook; 0.00148 against 0.00213 is no clear winner.
-    #[test]
-    fn table2_verdict_compares_the_difference_with_the_spread() {
-        let v = verdict((0.00653, 0.00023), (0.00866, 0.00125), 3);
-        assert!(v.starts_with("Adaptive − best fixed validation MSE: +0.00213 (adaptive is worse). Seed spread (sum of the two stds): 0.00148."), "{v}");
-        assert!(v.ends_with("The best fixed codebook beats the adaptive quantizer by more than the seed spread."), "{v}");
-        let v = verdict((0.01028, 0.00084), (0.01176, 0.00129), 3);
-        assert!(
-            v.contains("+0.00148 (adaptive is worse)")
-                && v.contains("0.00213")
-                && v.ends_with("no clear winner at this budget."),
-            "{v}"
-        );
-        let v = verdict((0.0100, 0.0001), (0.0090, 0.0002), 3);
-        assert!(
-            v.contains("-0.00100 (adaptive is better)")
-                && v.ends_with("by more than the seed spread.")
-                && v.contains("The adaptive quantizer beats"),
-            "{v}"
-        );
-        // One seed: the sign is reported, no verdict.
-        let v = verdict((0.0100, 0.0), (0.0090, 0.0), 1);
-        assert!(
-            v.ends_with("no seed spread to weigh the difference against."),
-            "{v}"
         );
     }
 

@@ -1,6 +1,6 @@
 //! The reproduction driver end to end at a toy budget: two structures, one seed, a few steps.
 
-use xtask::reproduce::{reproduce, Budget, Options, Part, Setting};
+use xtask::reproduce::{reproduce, Budget, Executor, Options, Part, Setting};
 
 #[test]
 fn toy_reproduction_writes_report_and_figures() {
@@ -18,6 +18,8 @@ fn toy_reproduction_writes_report_and_figures() {
         device: "cpu".into(),
         init: vq_core::CodebookInit::Kmeans,
         settings: Setting::ALL.to_vec(),
+        executor: Executor::Local,
+        slurm: Default::default(),
     };
     let report = reproduce(&opts).unwrap();
     let md = std::fs::read_to_string(&report).unwrap();
@@ -154,4 +156,54 @@ fn toy_reproduction_writes_report_and_figures() {
         e.contains("fixed-512x128-s0") && e.contains("different config") && e.contains("steps"),
         "{e}"
     );
+}
+
+/// The Slurm executor without Slurm: a clear error naming the missing command, and the runs'
+/// configs written for the tasks (on `cuda` when the sbatch arguments ask for GPUs). The real
+/// cluster test is xtask/slurm-test.sh.
+#[test]
+fn slurm_executor_without_sbatch_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let xtask = env!("CARGO_BIN_EXE_xtask");
+    let out = std::process::Command::new(xtask)
+        .args([
+            "reproduce",
+            "table1",
+            "--dataset",
+            "embedded",
+            "--budget",
+            "toy",
+            "--structures",
+            "512x128",
+            "--seeds",
+            "1",
+            "--executor",
+            "slurm",
+            "--slurm-arg=--gres=gpu:1",
+            "--vq-train",
+            xtask,
+        ])
+        .arg("--runs-dir")
+        .arg(dir.path().join("runs"))
+        .arg("--report-dir")
+        .arg(dir.path().join("results"))
+        .env("PATH", dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("sbatch not found") && stderr.contains("--executor local"),
+        "{stderr}"
+    );
+    let slurm = dir.path().join("runs/embedded/slurm");
+    let manifest = std::fs::read_to_string(slurm.join("manifest.tsv")).unwrap();
+    let (run, config) = manifest.trim_end().split_once('\t').unwrap();
+    assert!(
+        run.ends_with("runs/embedded/table1/fixed-512x128-s0"),
+        "{manifest}"
+    );
+    let config = std::fs::read_to_string(config).unwrap();
+    assert!(config.contains("device = \"cuda\""), "{config}");
+    assert!(!slurm.join("jobs.jsonl").exists(), "nothing was submitted");
 }

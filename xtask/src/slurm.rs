@@ -1,0 +1,589 @@
+//! The Slurm executor of `cargo xtask reproduce`: the study's runs as a job array, one task per
+//! unfinished run, and the report of whatever has finished.
+//!
+//! Files, under `<runs_dir>/<label>/slurm/`:
+//! - `manifest.tsv`: one line per run of the study, `run folder <TAB> config`; array task `i`
+//!   trains line `i + 1`. Append-only, so that a task still queued from an earlier submission
+//!   reads the same line after the study has grown (Table 2's only-best runs join once Table 1
+//!   has finished).
+//! - `configs/<table>/<run>.toml`: each run's resolved config.
+//! - `array.sh`: the sbatch script (requeueable; a task resumes its run folder when it exists).
+//! - `jobs.jsonl`: one line per submission, `{"job": "<id>", "tasks": [i, …]}`.
+//! - `logs/<job>_<task>.out`: each task's output, appended across requeues.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::report;
+use crate::reproduce::{finished, Results, RunPlace, RunSpec, Study, Table};
+
+/// Options of the Slurm executor.
+#[derive(Clone, Debug, Default)]
+pub struct SlurmOptions {
+    /// Passed to `sbatch` as they are (partition, time limit, account, `--gres=gpu:1`, …).
+    pub args: Vec<String>,
+    /// Submit nothing: report the finished runs and the state of the others.
+    pub status: bool,
+    /// The `vq-train` binary the tasks run (default: the one beside this binary, built first
+    /// when cargo runs this one).
+    pub vq_train: Option<PathBuf>,
+}
+
+/// Whether sbatch arguments ask for GPUs (`--gres=gpu…`, `--gpus…`, `-G`), in which case the
+/// runs train on `cuda`.
+pub fn requests_gpus(args: &[String]) -> bool {
+    args.iter().any(|a| {
+        a.starts_with("--gpus")
+            || a.starts_with("-G")
+            || a.strip_prefix("--gres=")
+                .is_some_and(|g| g.split(',').any(|r| r.starts_with("gpu")))
+    })
+}
+
+/// One submission of the study's array.
+#[derive(Debug, Serialize, Deserialize)]
+struct Submission {
+    job: String,
+    tasks: Vec<usize>,
+}
+
+/// What Slurm says of an array task.
+#[derive(Clone, Debug, PartialEq)]
+struct TaskState {
+    state: String,
+    exit_code: String,
+}
+
+/// States in which a task will still run or is running: its run is not submitted again.
+const LIVE: [&str; 11] = [
+    "PENDING",
+    "RUNNING",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "CONFIGURING",
+    "COMPLETING",
+    "SUSPENDED",
+    "RESIZING",
+    "SIGNALING",
+    "STAGE_OUT",
+];
+
+/// Where an unfinished run stands.
+#[derive(Debug)]
+enum Standing {
+    NeverSubmitted,
+    /// Queued or running as `<job>_<task>`.
+    InFlight(String, TaskState),
+    /// The task ended without finishing the run.
+    Ended(String, TaskState),
+    /// Slurm still knows the job but not the task: it left the queue before it ran (a pending
+    /// task that is cancelled leaves no record).
+    Vanished(String),
+    /// Slurm no longer knows the job (finished jobs drop out after MinJobAge).
+    Forgotten(String),
+}
+
+/// The study's Slurm folder.
+struct Folder {
+    dir: PathBuf,
+}
+
+impl Folder {
+    fn manifest(&self) -> PathBuf {
+        self.dir.join("manifest.tsv")
+    }
+    fn jobs(&self) -> PathBuf {
+        self.dir.join("jobs.jsonl")
+    }
+    fn logs(&self) -> PathBuf {
+        self.dir.join("logs")
+    }
+    fn log(&self, job_task: &str) -> PathBuf {
+        self.logs().join(format!("{job_task}.out"))
+    }
+}
+
+/// The study on Slurm: finished runs are collected (and archived), the manifest is brought up
+/// to date, the unfinished runs that are not queued or running are submitted as one job array
+/// (unless `status`), and the report of what has finished is written, naming the rest.
+pub(crate) fn reproduce(study: &Study, t0: Instant) -> Result<PathBuf> {
+    let opts = &study.opts.slurm;
+    let folder = Folder {
+        dir: absolute(&study.root)?.join("slurm"),
+    };
+    let mut done = Results::default();
+    let mut unfinished: Vec<(String, RunSpec, RunPlace)> = Vec::new();
+    let mut notes = Vec::new();
+    for table in study.tables() {
+        // Only-best routes to the best of the whole Table 1, never of a part of it.
+        let table1_pending = unfinished
+            .iter()
+            .any(|(name, ..)| name.starts_with("table1/"));
+        if table == Table::Two
+            && table1_pending
+            && study
+                .opts
+                .settings
+                .contains(&crate::reproduce::Setting::OnlyBest)
+        {
+            notes.push(
+                "the only-best runs: they route to Table 1's best structure, so they are \
+                 submitted once Table 1 has finished"
+                    .to_string(),
+            );
+        }
+        let fixed = if table1_pending {
+            &[][..]
+        } else {
+            &done.fixed[..]
+        };
+        for spec in study.specs(table, fixed)? {
+            let at = study.place(table, &spec);
+            match finished(&spec, &at)? {
+                Some(f) => done.table_mut(table).push(f),
+                None => unfinished.push((format!("{}/{}", table.dir(), spec.name), spec, at)),
+            }
+        }
+    }
+    let index = update_manifest(&folder, &unfinished)?;
+    let standing = standings(&folder, &unfinished, &index)?;
+    let mut missing = Vec::new();
+    for ((name, _, _), s) in unfinished.iter().zip(&standing) {
+        let line = describe(&folder, name, s);
+        eprintln!("  {line}");
+        missing.push(line);
+    }
+    missing.extend(notes);
+    let to_submit: Vec<usize> = unfinished
+        .iter()
+        .zip(&standing)
+        .zip(&index)
+        .filter(|((_, s), _)| !matches!(s, Standing::InFlight(..)))
+        .map(|(_, &i)| i)
+        .collect();
+    if !opts.status {
+        if to_submit.is_empty() {
+            eprintln!("nothing to submit: every run has finished or is queued or running");
+        } else {
+            let names: Vec<&str> = unfinished
+                .iter()
+                .zip(&standing)
+                .filter(|(_, s)| !matches!(s, Standing::InFlight(..)))
+                .map(|((n, ..), _)| n.as_str())
+                .collect();
+            let job = submit(study, &folder, &to_submit, &names)?;
+            println!(
+                "submitted Slurm job {job}: array tasks {} ({} runs)",
+                ranges(&to_submit),
+                to_submit.len()
+            );
+        }
+    }
+    report::write(study, &done, &missing, t0)
+}
+
+/// `path` made absolute against the current directory (the tasks run elsewhere).
+fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).with_context(|| path.display().to_string())
+}
+
+/// Writes each unfinished run's config and appends the runs the manifest lacks; returns each
+/// run's manifest index (its array task id).
+fn update_manifest(folder: &Folder, runs: &[(String, RunSpec, RunPlace)]) -> Result<Vec<usize>> {
+    let path = folder.manifest();
+    let mut lines: Vec<(String, String)> = match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .lines()
+            .enumerate()
+            .map(|(i, l)| {
+                l.split_once('\t')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .with_context(|| {
+                        format!("{}:{}: expected `run<TAB>config`", path.display(), i + 1)
+                    })
+            })
+            .collect::<Result<_>>()?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).with_context(|| path.display().to_string()),
+    };
+    let before = lines.len();
+    let mut index = Vec::with_capacity(runs.len());
+    for (name, spec, at) in runs {
+        let run = absolute(&at.dir)?.display().to_string();
+        let config = folder.dir.join("configs").join(format!("{name}.toml"));
+        if run.contains(['\t', '\n', '\''])
+            || config.display().to_string().contains(['\t', '\n', '\''])
+        {
+            bail!("{run}: the Slurm executor needs run paths without tabs, newlines or quotes");
+        }
+        write_file(&config, spec.config.to_toml().as_bytes())?;
+        let config = config.display().to_string();
+        let i = match lines.iter().position(|(r, _)| *r == run) {
+            Some(i) => i,
+            None => {
+                lines.push((run, config));
+                lines.len() - 1
+            }
+        };
+        index.push(i);
+    }
+    if lines.len() != before {
+        let text: String = lines.iter().map(|(r, c)| format!("{r}\t{c}\n")).collect();
+        write_file(&path, text.as_bytes())?;
+    }
+    Ok(index)
+}
+
+/// Writes a file through a temporary file and a rename (a task reading it never sees half).
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().context("a file path has a parent")?;
+    std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).with_context(|| tmp.display().to_string())?;
+    std::fs::rename(&tmp, path).with_context(|| path.display().to_string())
+}
+
+/// The standing of each unfinished run from the newest submission that holds its task.
+fn standings(
+    folder: &Folder,
+    runs: &[(String, RunSpec, RunPlace)],
+    index: &[usize],
+) -> Result<Vec<Standing>> {
+    let subs = read_submissions(&folder.jobs())?;
+    let mut jobs: BTreeMap<String, Option<BTreeMap<usize, TaskState>>> = BTreeMap::new();
+    let mut out = Vec::with_capacity(runs.len());
+    for &i in index {
+        let Some(sub) = subs.iter().rev().find(|s| s.tasks.contains(&i)) else {
+            out.push(Standing::NeverSubmitted);
+            continue;
+        };
+        if !jobs.contains_key(&sub.job) {
+            jobs.insert(sub.job.clone(), query(&sub.job)?);
+        }
+        let job_task = format!("{}_{i}", sub.job);
+        out.push(match jobs[&sub.job].as_ref().map(|tasks| tasks.get(&i)) {
+            Some(Some(t)) if LIVE.contains(&t.state.as_str()) => {
+                Standing::InFlight(job_task, t.clone())
+            }
+            Some(Some(t)) => Standing::Ended(job_task, t.clone()),
+            Some(None) => Standing::Vanished(job_task),
+            None => Standing::Forgotten(job_task),
+        });
+    }
+    Ok(out)
+}
+
+fn read_submissions(path: &Path) -> Result<Vec<Submission>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => text
+            .lines()
+            .enumerate()
+            .map(|(i, l)| {
+                serde_json::from_str(l).with_context(|| {
+                    format!("{}:{}: not a submission record", path.display(), i + 1)
+                })
+            })
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).with_context(|| path.display().to_string()),
+    }
+}
+
+/// The state of each array task of `job` (`scontrol -o show job`; `None` when Slurm no longer
+/// knows the job).
+fn query(job: &str) -> Result<Option<BTreeMap<usize, TaskState>>> {
+    let out = Command::new("scontrol")
+        .args(["-o", "show", "job", job])
+        .output()
+        .map_err(|e| missing_tool("scontrol", e))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if stderr.contains("Invalid job id") {
+            return Ok(None);
+        }
+        bail!(
+            "scontrol show job {job} failed ({}): {}",
+            out.status,
+            stderr.trim()
+        );
+    }
+    Ok(Some(parse_scontrol(&stdout)))
+}
+
+/// Array task states from `scontrol -o show job` lines (one per task, or one per group of
+/// pending tasks, `ArrayTaskId=3-5,7%2`).
+fn parse_scontrol(text: &str) -> BTreeMap<usize, TaskState> {
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let field = |k: &str| {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix(k)?.strip_prefix('='))
+                .map(str::to_string)
+        };
+        let (Some(ids), Some(state)) = (field("ArrayTaskId"), field("JobState")) else {
+            continue;
+        };
+        let t = TaskState {
+            state,
+            exit_code: field("ExitCode").unwrap_or_default(),
+        };
+        let ids = ids.split('%').next().unwrap_or_default();
+        for part in ids.trim_matches(['[', ']']).split(',') {
+            let (a, b) = part.split_once('-').unwrap_or((part, part));
+            if let (Ok(a), Ok(b)) = (a.parse::<usize>(), b.parse::<usize>()) {
+                for i in a..=b {
+                    out.insert(i, t.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// One line of the report's list of unfinished runs.
+fn describe(folder: &Folder, name: &str, s: &Standing) -> String {
+    let tail = |job_task: &str| {
+        let log = folder.log(job_task);
+        match std::fs::read_to_string(&log) {
+            Ok(text) => format!("; log {}: `{}`", log.display(), log_error(&text)),
+            Err(_) => format!("; no log at {}", log.display()),
+        }
+    };
+    match s {
+        Standing::NeverSubmitted => format!("`{name}`: not submitted"),
+        Standing::InFlight(jt, t) => format!("`{name}`: Slurm task {jt} is {}", t.state),
+        Standing::Ended(jt, t) => format!(
+            "`{name}`: Slurm task {jt} ended {} (exit code {}) without finishing the run{}",
+            t.state,
+            t.exit_code,
+            tail(jt)
+        ),
+        Standing::Vanished(jt) => format!(
+            "`{name}`: Slurm task {jt} left the queue without running (cancelled while pending)"
+        ),
+        Standing::Forgotten(jt) => format!(
+            "`{name}`: Slurm no longer knows task {jt} and the run has not finished{}",
+            tail(jt)
+        ),
+    }
+}
+
+/// What a task's log says went wrong: the last `Error:` paragraph vq-train printed (without a
+/// backtrace), else the log's last three lines.
+fn log_error(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let picked: Vec<&str> = match lines.iter().rposition(|l| l.starts_with("Error:")) {
+        Some(i) => lines[i..]
+            .iter()
+            .take_while(|l| !l.trim().is_empty() && !l.starts_with("Stack backtrace"))
+            .take(4)
+            .map(|l| l.trim())
+            .collect(),
+        None => lines[lines.len().saturating_sub(3)..].to_vec(),
+    };
+    picked.join(" / ")
+}
+
+fn missing_tool(tool: &str, e: std::io::Error) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        anyhow::anyhow!(
+            "{tool} not found: the Slurm executor needs Slurm's client commands on PATH \
+             (or use --executor local)"
+        )
+    } else {
+        anyhow::anyhow!("running {tool}: {e}")
+    }
+}
+
+/// `0,2,3,4,7` as `0,2-4,7` (sbatch's `--array` syntax).
+fn ranges(v: &[usize]) -> String {
+    let mut v = v.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < v.len() {
+        let mut j = i;
+        while j + 1 < v.len() && v[j + 1] == v[j] + 1 {
+            j += 1;
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        let _ = if i == j {
+            write!(out, "{}", v[i])
+        } else {
+            write!(out, "{}-{}", v[i], v[j])
+        };
+        i = j + 1;
+    }
+    out
+}
+
+/// Writes the array script and submits `tasks` with `sbatch --parsable`; returns the job id.
+fn submit(study: &Study, folder: &Folder, tasks: &[usize], names: &[&str]) -> Result<String> {
+    let vq_train = vq_train_binary(study.opts.slurm.vq_train.as_deref())?;
+    std::fs::create_dir_all(folder.logs()).with_context(|| folder.logs().display().to_string())?;
+    let script = folder.dir.join("array.sh");
+    write_file(&script, array_script(study, folder, &vq_train).as_bytes())?;
+    let out = Command::new("sbatch")
+        .arg("--parsable")
+        .arg(format!("--array={}", ranges(tasks)))
+        .args(&study.opts.slurm.args)
+        .arg(&script)
+        .output()
+        .map_err(|e| missing_tool("sbatch", e))?;
+    if !out.status.success() {
+        bail!(
+            "sbatch rejected the job array of {} run(s) ({}): {}",
+            names.len(),
+            names.join(", "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let job = stdout
+        .trim()
+        .split(';')
+        .next()
+        .filter(|j| !j.is_empty() && j.chars().all(|c| c.is_ascii_digit()))
+        .with_context(|| format!("sbatch --parsable printed {stdout:?}, not a job id"))?
+        .to_string();
+    let line = serde_json::to_string(&Submission {
+        job: job.clone(),
+        tasks: tasks.to_vec(),
+    })?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(folder.jobs())
+        .with_context(|| folder.jobs().display().to_string())?;
+    writeln!(f, "{line}").with_context(|| folder.jobs().display().to_string())?;
+    Ok(job)
+}
+
+/// The sbatch script: task `i` trains manifest line `i + 1`, resuming its run folder if it
+/// exists. `--requeue`: a preempted task is queued again; vq-train checkpoints on the SIGTERM
+/// that precedes preemption (and cancellation and the time limit) and the requeued task resumes.
+fn array_script(study: &Study, folder: &Folder, vq_train: &Path) -> String {
+    let q = |p: &Path| format!("'{}'", p.display());
+    format!(
+        r#"#!/bin/bash
+# Job array of the study {label}, written by `cargo xtask reproduce --executor slurm`.
+# Task i trains line i + 1 of the manifest (run folder <TAB> config), resuming the run folder
+# when it exists.
+#SBATCH --job-name=vq-{label}
+#SBATCH --output={logs}/%A_%a.out
+#SBATCH --open-mode=append
+#SBATCH --requeue
+set -euo pipefail
+line=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {manifest})
+run=${{line%%$'\t'*}}
+config=${{line#*$'\t'}}
+echo "task ${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}} (restart ${{SLURM_RESTART_COUNT:-0}}) on $(hostname): $run"
+if [ -f "$run/config.toml" ]; then
+  exec {bin} train --resume "$run" --quiet
+else
+  exec {bin} train --config "$config" --out "$run" --quiet
+fi
+"#,
+        label = study.label,
+        logs = folder.logs().display(),
+        manifest = q(&folder.manifest()),
+        bin = q(vq_train),
+    )
+}
+
+/// The vq-train binary for the tasks: the one given, else the one beside this binary (built
+/// first when cargo runs this one, so that it matches this source tree).
+fn vq_train_binary(given: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = given {
+        if !p.is_file() {
+            bail!("--vq-train {}: no such file", p.display());
+        }
+        return absolute(p);
+    }
+    let exe = std::env::current_exe().context("locating this binary")?;
+    let dir = exe.parent().context("this binary's folder")?;
+    let sibling = dir.join("vq-train");
+    if let (Some(cargo), Some(target)) = (std::env::var_os("CARGO"), dir.parent()) {
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-p", "vq-train", "--target-dir"])
+            .arg(target);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        eprintln!("building vq-train for the Slurm tasks: {cmd:?}");
+        let status = cmd.status().context("running cargo build -p vq-train")?;
+        if !status.success() {
+            bail!("cargo build -p vq-train failed ({status})");
+        }
+    }
+    if !sibling.is_file() {
+        bail!(
+            "no vq-train binary beside {}: build it (cargo build --release -p vq-train) and pass \
+             --vq-train PATH",
+            exe.display()
+        );
+    }
+    Ok(sibling)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `scontrol -o show job` of a 4-task array (from Slurm 22.05 on a one-node cluster, the
+    /// lines cut to the fields read): task 0 done, 1 failed, 2 and 3 pending as one line.
+    #[test]
+    fn scontrol_lines_give_each_task_state() {
+        let text = "JobId=7 ArrayJobId=5 ArrayTaskId=2-3,6%1 JobState=PENDING Reason=Resources ExitCode=0:0\n\
+                    JobId=6 ArrayJobId=5 ArrayTaskId=1 JobState=FAILED Reason=NonZeroExitCode ExitCode=1:0\n\
+                    JobId=5 ArrayJobId=5 ArrayTaskId=0 JobState=COMPLETED Reason=None ExitCode=0:0\n";
+        let m = parse_scontrol(text);
+        assert_eq!(m.keys().copied().collect::<Vec<_>>(), vec![0, 1, 2, 3, 6]);
+        assert_eq!(m[&1].state, "FAILED");
+        assert_eq!(m[&1].exit_code, "1:0");
+        assert_eq!(m[&3].state, "PENDING");
+        assert_eq!(m[&0].state, "COMPLETED");
+    }
+
+    /// A failed task's log: the error paragraph, not the backtrace after it.
+    #[test]
+    fn a_failed_log_gives_its_error() {
+        let log = "task 3_2 (restart 0) on vm: /runs/x\nError: /c/x.toml: TOML parse error\n\n\
+                   Caused by:\n    expected `=`\n\nStack backtrace:\n   0: main\n   1: _start\n";
+        assert_eq!(log_error(log), "Error: /c/x.toml: TOML parse error");
+        assert_eq!(log_error("a\nb\nc\nd\n"), "b / c / d");
+    }
+
+    #[test]
+    fn task_lists_compress_to_ranges() {
+        assert_eq!(ranges(&[7, 0, 2, 3, 4]), "0,2-4,7");
+        assert_eq!(ranges(&[5]), "5");
+        assert_eq!(ranges(&[1, 2]), "1-2");
+    }
+
+    #[test]
+    fn gpu_requests_are_recognised() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(requests_gpus(&v(&["--gres=gpu:1"])));
+        assert!(requests_gpus(&v(&[
+            "--partition=x",
+            "--gres=tmp:10G,gpu:a100:2"
+        ])));
+        assert!(requests_gpus(&v(&["--gpus=2"])));
+        assert!(requests_gpus(&v(&["--gpus-per-task=1"])));
+        assert!(requests_gpus(&v(&["-G1"])));
+        assert!(!requests_gpus(&v(&["--gres=tmp:10G", "--time=1:00:00"])));
+    }
+}
