@@ -99,6 +99,10 @@ pub struct ModelConfig {
     pub quantizer: QuantizerSpec,
     /// W: capacity `N·D` of every codebook. Paper: 65536.
     pub capacity: usize,
+    /// The adaptive quantizer's codebooks `[[N, D], …]`, each of capacity W (not in the paper,
+    /// which pools every structure of W); empty (the default): every structure of W.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pool: Vec<[usize; 2]>,
     /// Attention heads of the selector. Paper: 2.
     pub heads: usize,
     /// Per-vector or per-image codebook selection.
@@ -136,6 +140,7 @@ impl Default for ModelConfig {
             back_projection: BackProjection::Linear,
             decoder_conv1: true,
             allow_n_le_d: false,
+            pool: Vec::new(),
             codebook: CodebookConfig::default(),
         }
     }
@@ -193,7 +198,7 @@ impl ModelConfig {
     /// The vq-core configuration of the quantizer.
     pub fn quantizer_config(&self) -> AdaptiveConfig {
         let pool = match self.quantizer {
-            QuantizerSpec::Adaptive => Vec::new(),
+            QuantizerSpec::Adaptive => self.pool.clone(),
             QuantizerSpec::Fixed { n, d } => vec![[n, d]],
         };
         AdaptiveConfig {
@@ -239,6 +244,12 @@ impl ModelConfig {
             return bad(
                 "residual_layers",
                 "the residual stack needs ≥ 1 layer of ≥ 1 channel",
+            );
+        }
+        if !self.pool.is_empty() && self.quantizer != QuantizerSpec::Adaptive {
+            return bad(
+                "pool",
+                "only the adaptive quantizer has a pool (a fixed one is its own [N, D])",
             );
         }
         let quantizer = self.quantizer_config().validate()?;

@@ -111,6 +111,34 @@ fn config_errors_name_the_field() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("heads"), "{e}");
+    // A chosen pool: each member at capacity W, and only for the adaptive quantizer.
+    let ok = ModelConfig {
+        pool: vec![[8192, 8], [16384, 4], [32768, 2]],
+        ..Default::default()
+    }
+    .validate(1)
+    .unwrap();
+    assert_eq!(
+        ok.quantizer().pool(),
+        vec![[8192, 8], [16384, 4], [32768, 2]]
+    );
+    let e = ModelConfig {
+        pool: vec![[8192, 8], [4096, 4]],
+        ..Default::default()
+    }
+    .validate(1)
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("[4096, 4]") && e.contains("65536"), "{e}");
+    let e = ModelConfig {
+        quantizer: QuantizerSpec::Fixed { n: 512, d: 128 },
+        pool: vec![[8192, 8]],
+        ..Default::default()
+    }
+    .validate(1)
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("pool") && e.contains("adaptive"), "{e}");
     assert_eq!(
         "fixed:[512,128]".parse::<QuantizerSpec>().unwrap(),
         QuantizerSpec::Fixed { n: 512, d: 128 }
