@@ -78,8 +78,8 @@ enum Cmd {
         /// --slurm-arg=--gres=gpu:1 --slurm-arg=--time=4:00:00 (repeatable).
         #[arg(long = "slurm-arg", allow_hyphen_values = true, value_name = "ARG")]
         slurm_args: Vec<String>,
-        /// With --executor slurm: submit nothing; write the report of the finished runs and
-        /// name the others with their Slurm state.
+        /// Train or submit nothing: write the report of the finished runs and name the others
+        /// (with their Slurm state under --executor slurm).
         #[arg(long)]
         status: bool,
         /// With --executor slurm: the vq-train binary the tasks run (default: the one beside
@@ -184,9 +184,9 @@ fn main() -> Result<()> {
             settings,
         } => {
             if executor == reproduce::Executor::Local
-                && (status || vq_train.is_some() || !slurm_args.is_empty())
+                && (vq_train.is_some() || !slurm_args.is_empty())
             {
-                anyhow::bail!("--status, --vq-train and --slurm-arg need --executor slurm");
+                anyhow::bail!("--vq-train and --slurm-arg need --executor slurm");
             }
             let device = device.unwrap_or_else(|| {
                 if executor == reproduce::Executor::Slurm
@@ -220,9 +220,9 @@ fn main() -> Result<()> {
                 init,
                 settings,
                 executor,
+                status,
                 slurm: xtask::slurm::SlurmOptions {
                     args: slurm_args,
-                    status,
                     vq_train,
                 },
             };

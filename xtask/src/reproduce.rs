@@ -174,6 +174,8 @@ pub struct Options {
     pub settings: Vec<Setting>,
     /// Where the runs train.
     pub executor: Executor,
+    /// Train or submit nothing: report the finished runs and name the others.
+    pub status: bool,
     /// Options of the Slurm executor.
     pub slurm: crate::slurm::SlurmOptions,
 }
@@ -691,13 +693,82 @@ impl Results {
     }
 }
 
+/// A run of the study that has not finished.
+pub(crate) struct Unfinished {
+    /// `<table>/<run>`.
+    pub(crate) name: String,
+    pub(crate) spec: RunSpec,
+    pub(crate) at: RunPlace,
+}
+
+/// Where a study stands, nothing trained: its finished runs (archived on the way), the others,
+/// and notes on runs that cannot be named yet.
+pub(crate) struct Survey {
+    pub(crate) done: Results,
+    pub(crate) unfinished: Vec<Unfinished>,
+    pub(crate) notes: Vec<String>,
+}
+
+pub(crate) fn survey(study: &Study) -> Result<Survey> {
+    let mut done = Results::default();
+    let mut unfinished: Vec<Unfinished> = Vec::new();
+    let mut notes = Vec::new();
+    for table in study.tables() {
+        // Only-best routes to the best of the whole Table 1, never of a part of it.
+        let table1_pending = unfinished.iter().any(|u| u.name.starts_with("table1/"));
+        if table == Table::Two && table1_pending && study.opts.settings.contains(&Setting::OnlyBest)
+        {
+            notes.push(
+                "the only-best runs: they route to Table 1's best structure, so they join the \
+                 study once Table 1 has finished"
+                    .to_string(),
+            );
+        }
+        let fixed = if table1_pending {
+            &[][..]
+        } else {
+            &done.fixed[..]
+        };
+        for spec in study.specs(table, fixed)? {
+            let at = study.place(table, &spec);
+            match finished(&spec, &at)? {
+                Some(f) => done.table_mut(table).push(f),
+                None => unfinished.push(Unfinished {
+                    name: format!("{}/{}", table.dir(), spec.name),
+                    spec,
+                    at,
+                }),
+            }
+        }
+    }
+    Ok(Survey {
+        done,
+        unfinished,
+        notes,
+    })
+}
+
 /// Runs the study (or, with the Slurm executor, submits its unfinished runs) and writes the
-/// report of what has finished; returns the report's path.
+/// report of what has finished; returns the report's path. With `status`, nothing is trained or
+/// submitted: the report holds the finished runs and names the others.
 pub fn reproduce(opts: &Options) -> Result<PathBuf> {
     let t0 = Instant::now();
     let study = Study::new(opts);
     if opts.executor == Executor::Slurm {
         return crate::slurm::reproduce(&study, t0);
+    }
+    if opts.status {
+        let s = survey(&study)?;
+        let missing: Vec<String> = s
+            .unfinished
+            .iter()
+            .map(|u| format!("`{}`: not trained yet", u.name))
+            .chain(s.notes)
+            .collect();
+        for m in &missing {
+            eprintln!("  {m}");
+        }
+        return report::write(&study, &s.done, &missing, t0);
     }
     let mut done = Results::default();
     for table in study.tables() {
@@ -743,6 +814,7 @@ mod tests {
             init: vq_core::CodebookInit::Kmeans,
             settings: Setting::ALL.to_vec(),
             executor: Executor::Local,
+            status: false,
             slurm: Default::default(),
         }
     }

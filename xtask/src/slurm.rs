@@ -22,15 +22,13 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::report;
-use crate::reproduce::{finished, Results, RunPlace, RunSpec, Study, Table};
+use crate::reproduce::{survey, Study, Survey, Unfinished};
 
 /// Options of the Slurm executor.
 #[derive(Clone, Debug, Default)]
 pub struct SlurmOptions {
     /// Passed to `sbatch` as they are (partition, time limit, account, `--gres=gpu:1`, …).
     pub args: Vec<String>,
-    /// Submit nothing: report the finished runs and the state of the others.
-    pub status: bool,
     /// The `vq-train` binary the tasks run (default: the one beside this binary, built first
     /// when cargo runs this one).
     pub vq_train: Option<PathBuf>,
@@ -113,51 +111,21 @@ impl Folder {
 
 /// The study on Slurm: finished runs are collected (and archived), the manifest is brought up
 /// to date, the unfinished runs that are not queued or running are submitted as one job array
-/// (unless `status`), and the report of what has finished is written, naming the rest.
+/// (unless `--status`), and the report of what has finished is written, naming the rest.
 pub(crate) fn reproduce(study: &Study, t0: Instant) -> Result<PathBuf> {
-    let opts = &study.opts.slurm;
     let folder = Folder {
         dir: absolute(&study.root)?.join("slurm"),
     };
-    let mut done = Results::default();
-    let mut unfinished: Vec<(String, RunSpec, RunPlace)> = Vec::new();
-    let mut notes = Vec::new();
-    for table in study.tables() {
-        // Only-best routes to the best of the whole Table 1, never of a part of it.
-        let table1_pending = unfinished
-            .iter()
-            .any(|(name, ..)| name.starts_with("table1/"));
-        if table == Table::Two
-            && table1_pending
-            && study
-                .opts
-                .settings
-                .contains(&crate::reproduce::Setting::OnlyBest)
-        {
-            notes.push(
-                "the only-best runs: they route to Table 1's best structure, so they are \
-                 submitted once Table 1 has finished"
-                    .to_string(),
-            );
-        }
-        let fixed = if table1_pending {
-            &[][..]
-        } else {
-            &done.fixed[..]
-        };
-        for spec in study.specs(table, fixed)? {
-            let at = study.place(table, &spec);
-            match finished(&spec, &at)? {
-                Some(f) => done.table_mut(table).push(f),
-                None => unfinished.push((format!("{}/{}", table.dir(), spec.name), spec, at)),
-            }
-        }
-    }
+    let Survey {
+        done,
+        unfinished,
+        notes,
+    } = survey(study)?;
     let index = update_manifest(&folder, &unfinished)?;
     let standing = standings(&folder, &unfinished, &index)?;
     let mut missing = Vec::new();
-    for ((name, _, _), s) in unfinished.iter().zip(&standing) {
-        let line = describe(&folder, name, s);
+    for (u, s) in unfinished.iter().zip(&standing) {
+        let line = describe(&folder, &u.name, s);
         eprintln!("  {line}");
         missing.push(line);
     }
@@ -169,7 +137,7 @@ pub(crate) fn reproduce(study: &Study, t0: Instant) -> Result<PathBuf> {
         .filter(|((_, s), _)| !matches!(s, Standing::InFlight(..)))
         .map(|(_, &i)| i)
         .collect();
-    if !opts.status {
+    if !study.opts.status {
         if to_submit.is_empty() {
             eprintln!("nothing to submit: every run has finished or is queued or running");
         } else {
@@ -177,7 +145,7 @@ pub(crate) fn reproduce(study: &Study, t0: Instant) -> Result<PathBuf> {
                 .iter()
                 .zip(&standing)
                 .filter(|(_, s)| !matches!(s, Standing::InFlight(..)))
-                .map(|((n, ..), _)| n.as_str())
+                .map(|(u, _)| u.name.as_str())
                 .collect();
             let job = submit(study, &folder, &to_submit, &names)?;
             println!(
@@ -197,7 +165,7 @@ fn absolute(path: &Path) -> Result<PathBuf> {
 
 /// Writes each unfinished run's config and appends the runs the manifest lacks; returns each
 /// run's manifest index (its array task id).
-fn update_manifest(folder: &Folder, runs: &[(String, RunSpec, RunPlace)]) -> Result<Vec<usize>> {
+fn update_manifest(folder: &Folder, runs: &[Unfinished]) -> Result<Vec<usize>> {
     let path = folder.manifest();
     let mut lines: Vec<(String, String)> = match std::fs::read_to_string(&path) {
         Ok(text) => text
@@ -216,7 +184,7 @@ fn update_manifest(folder: &Folder, runs: &[(String, RunSpec, RunPlace)]) -> Res
     };
     let before = lines.len();
     let mut index = Vec::with_capacity(runs.len());
-    for (name, spec, at) in runs {
+    for Unfinished { name, spec, at } in runs {
         let run = absolute(&at.dir)?.display().to_string();
         let config = folder.dir.join("configs").join(format!("{name}.toml"));
         if run.contains(['\t', '\n', '\''])
@@ -252,11 +220,7 @@ fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 /// The standing of each unfinished run from the newest submission that holds its task.
-fn standings(
-    folder: &Folder,
-    runs: &[(String, RunSpec, RunPlace)],
-    index: &[usize],
-) -> Result<Vec<Standing>> {
+fn standings(folder: &Folder, runs: &[Unfinished], index: &[usize]) -> Result<Vec<Standing>> {
     let subs = read_submissions(&folder.jobs())?;
     let mut jobs: BTreeMap<String, Option<BTreeMap<usize, TaskState>>> = BTreeMap::new();
     let mut out = Vec::with_capacity(runs.len());

@@ -19,10 +19,27 @@ fn toy_reproduction_writes_report_and_figures() {
         init: vq_core::CodebookInit::Kmeans,
         settings: Setting::ALL.to_vec(),
         executor: Executor::Local,
+        status: false,
         slurm: Default::default(),
     };
+    // --status trains nothing: the report names every run as not trained yet (and only-best,
+    // which waits for Table 1's best structure).
+    let status = Options {
+        status: true,
+        ..opts.clone()
+    };
+    let md = std::fs::read_to_string(reproduce(&status).unwrap()).unwrap();
+    assert!(
+        md.contains("## Runs not finished")
+            && md.contains("- `table1/fixed-512x128-s0`: not trained yet")
+            && md.contains("- `table2/adaptive-min-error-s0`: not trained yet")
+            && md.contains("the only-best runs"),
+        "{md}"
+    );
+    assert!(!dir.path().join("runs").exists(), "nothing trained");
     let report = reproduce(&opts).unwrap();
     let md = std::fs::read_to_string(&report).unwrap();
+    assert!(!md.contains("Runs not finished"), "{md}");
     // One row per setting: two fixed structures in Table 1; in Table 2 the best fixed, then the
     // paper's selector, the selector at exponential τ and the authors' variant each under
     // sampled and argmax routing, the (deterministic) min-error router, and the diagnostic pool
