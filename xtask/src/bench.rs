@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: ms per training step and peak RSS of the paper's model with fixed and
 //! adaptive quantizers (each case in its own process), optionally beside the PyTorch reference.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
@@ -216,8 +216,9 @@ pub const CASES: &[(&str, &str)] = &[
     ("quantizer", "cifar"),
 ];
 
+/// The PyTorch reference: `<shared>/bench/torch_reference.py` (see [`crate::paths`]).
 fn torch_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/bench/torch_reference.py")
+    crate::paths::shared_dir().join("bench/torch_reference.py")
 }
 
 fn run_torch(
@@ -228,6 +229,14 @@ fn run_torch(
     threads: usize,
 ) -> Result<CaseResult> {
     let script = torch_script();
+    if !script.is_file() {
+        bail!(
+            "--compare-torch: no PyTorch reference at {} (set {} to the folder holding \
+             bench/torch_reference.py)",
+            script.display(),
+            crate::paths::SHARED_DIR_VAR
+        );
+    }
     let mut cmd = Command::new("python3");
     cmd.arg(&script).env("ADQ_THREADS", threads.to_string());
     if model == "quantizer" {

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod fuzz;
 pub mod layers;
+pub mod paths;
 pub mod report;
 pub mod reproduce;
 pub mod slurm;

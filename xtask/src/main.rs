@@ -17,7 +17,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Training-step time and peak memory of fixed and adaptive models (each case in its own
-    /// process); `--compare-torch` runs ../shared/bench/torch_reference.py in alternation.
+    /// process); `--compare-torch` runs $VQ_SHARED_DIR/bench/torch_reference.py (default
+    /// ../shared) in alternation.
     Bench {
         #[arg(long, default_value_t = 10)]
         steps: usize,
@@ -45,7 +46,8 @@ enum Cmd {
     Reproduce {
         #[arg(value_enum)]
         part: reproduce::Part,
-        /// fashion-mnist, mnist-10k (from ../shared/data), embedded, or a vq-data name with
+        /// fashion-mnist, mnist-10k (from $VQ_SHARED_DIR/data, default ../shared/data), embedded,
+        /// or a vq-data name with
         /// --data-path.
         #[arg(long, default_value = "fashion-mnist")]
         dataset: String,

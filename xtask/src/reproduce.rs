@@ -10,6 +10,7 @@ use vq_train::checkpoint;
 use vq_train::metrics::{read_metrics, Record, TrainRecord, ValRecord};
 use vq_train::TrainConfig;
 
+use crate::paths::shared_data;
 use crate::report::{self, best_structure, Route};
 
 /// How much compute a reproduction gets.
@@ -190,13 +191,6 @@ pub(crate) struct RunSpec {
     pub(crate) config: TrainConfig,
 }
 
-fn shared(name: &str) -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/data")
-        .join(name);
-    p.is_dir().then_some(p)
-}
-
 impl Options {
     /// Name of the study (its runs folder and report): the dataset, suffixed by the budget
     /// unless it is `quick` or `toy` (by `<steps>-steps` instead when `--steps` overrides the
@@ -277,14 +271,16 @@ impl Options {
             }
             ("fashion-mnist", None) => {
                 c.data.name = "fashion-mnist".into();
-                c.data.path = shared("fashion-mnist");
+                c.data.path = shared_data("fashion-mnist");
             }
             ("mnist-10k", None) => {
                 c.data.name = "mnist".into();
-                c.data.path = Some(
-                    shared("mnist-10k")
-                        .context("../shared/data/mnist-10k not found; pass --data-path")?,
-                );
+                c.data.path = Some(shared_data("mnist-10k").with_context(|| {
+                    format!(
+                        "{}/data/mnist-10k not found; pass --data-path or set VQ_SHARED_DIR",
+                        crate::paths::shared_dir().display()
+                    )
+                })?);
             }
             ("embedded", None) => c.data.name = "embedded".into(),
             (other, None) => c.data.name = other.into(),

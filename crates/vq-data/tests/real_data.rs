@@ -6,9 +6,12 @@ use std::path::PathBuf;
 use vq_data::{load, DataConfig, Dataset, InMemoryDataset};
 
 fn shared(name: &str) -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/data")
-        .join(name);
+    // $VQ_SHARED_DIR (see xtask/src/paths.rs), else `shared` beside the repository.
+    let shared = std::env::var_os("VQ_SHARED_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
+    let p = shared.join("data").join(name);
     if p.is_dir() {
         Some(p)
     } else {

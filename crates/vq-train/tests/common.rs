@@ -7,9 +7,12 @@ use vq_train::TrainConfig;
 
 /// `../shared/data/<name>` if present.
 pub fn shared_data(name: &str) -> Option<PathBuf> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/data")
-        .join(name);
+    // $VQ_SHARED_DIR (see xtask/src/paths.rs), else `shared` beside the repository.
+    let shared = std::env::var_os("VQ_SHARED_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
+    let p = shared.join("data").join(name);
     p.is_dir().then_some(p)
 }
 

@@ -1,0 +1,21 @@
+//! Where the project's shared material lives: the real datasets, the paper's tables and the
+//! PyTorch reference script.
+
+use std::path::{Path, PathBuf};
+
+/// The environment variable naming the shared folder (with `data/`, `bench/`, `paper/`).
+pub const SHARED_DIR_VAR: &str = "VQ_SHARED_DIR";
+
+/// `$VQ_SHARED_DIR`, else the `shared` folder beside the repository (`../shared` from its root).
+pub fn shared_dir() -> PathBuf {
+    match std::env::var_os(SHARED_DIR_VAR) {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared"),
+    }
+}
+
+/// `<shared>/data/<name>` when it is a folder.
+pub fn shared_data(name: &str) -> Option<PathBuf> {
+    let p = shared_dir().join("data").join(name);
+    p.is_dir().then_some(p)
+}
