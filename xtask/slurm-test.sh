@@ -27,7 +27,12 @@ fi
 D=$(mktemp -d /tmp/vq-slurm-test.XXXXXX)
 PIDS=()
 cleanup() {
-  # Only the daemons this script started, by PID.
+  # This test's jobs first (slurmstepd and vq-train outlive slurmd), then only the daemons this
+  # script started, by PID.
+  if [ -n "${SLURM_CONF:-}" ] && [ -f "$SLURM_CONF" ]; then
+    scancel --name=vq-embedded 2>/dev/null || true
+    for _ in $(seq 20); do [ -z "$(squeue -h 2>/dev/null)" ] && break; sleep 0.5; done
+  fi
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   sleep 1
   for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
@@ -38,16 +43,25 @@ mkdir -p "$D/munge" "$D/state" "$D/spool"
 chmod 700 "$D/munge"
 head -c 1024 /dev/urandom > "$D/munge/munge.key"
 chmod 600 "$D/munge/munge.key"
-munged -f --socket="$D/munge/munge.sock" --key-file="$D/munge/munge.key" \
-  --log-file="$D/munge/munged.log" --pid-file="$D/munge/munged.pid" --seed-file="$D/munge/munged.seed"
-PIDS+=("$(cat "$D/munge/munged.pid")")
+# Each daemon in the foreground, in the background: $! is its PID.
+munged -F -f --socket="$D/munge/munge.sock" --key-file="$D/munge/munge.key" \
+  --log-file="$D/munge/munged.log" --pid-file="$D/munge/munged.pid" --seed-file="$D/munge/munged.seed" > "$D/munge/munged.out" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do [ -S "$D/munge/munge.sock" ] && break; sleep 0.1; done
+[ -S "$D/munge/munge.sock" ] || fail "munged did not start: $(cat "$D/munge/munged.log" 2>&1)"
 
-# Two free TCP ports for slurmctld and slurmd.
-read -r CTLD_PORT SLURMD_PORT < <(python3 -c '
-import socket
-s = [socket.socket() for _ in range(2)]
-for x in s: x.bind(("127.0.0.1", 0))
-print(*[x.getsockname()[1] for x in s])')
+# Two free TCP ports for slurmctld and slurmd (bash's /dev/tcp: a refused connection is free).
+free_port() {
+  local p
+  for _ in $(seq 100); do
+    p=$((20000 + RANDOM % 40000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
+  done
+  fail "no free port"
+}
+CTLD_PORT=$(free_port)
+SLURMD_PORT=$(free_port)
+[ "$CTLD_PORT" != "$SLURMD_PORT" ] || SLURMD_PORT=$((CTLD_PORT + 1))
 HOST=$(hostname -s)
 CPUS=$(nproc)
 cat > "$D/slurm.conf" <<EOF
@@ -79,17 +93,15 @@ NodeName=$HOST CPUs=$CPUS State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
 EOF
 export SLURM_CONF="$D/slurm.conf"
-slurmctld -f "$SLURM_CONF"
-for _ in $(seq 50); do [ -s "$D/slurmctld.pid" ] && break; sleep 0.1; done
-PIDS+=("$(cat "$D/slurmctld.pid")")
-slurmd -f "$SLURM_CONF"
-for _ in $(seq 50); do [ -s "$D/slurmd.pid" ] && break; sleep 0.1; done
-PIDS+=("$(cat "$D/slurmd.pid")")
+slurmctld -D -f "$SLURM_CONF" > "$D/slurmctld.out" 2>&1 &
+PIDS+=($!)
+slurmd -D -f "$SLURM_CONF" > "$D/slurmd.out" 2>&1 &
+PIDS+=($!)
 for _ in $(seq 100); do
   sinfo -h -o %t 2>/dev/null | grep -qx idle && break
   sleep 0.3
 done
-sinfo -h -o %t | grep -qx idle || fail "the node did not come up: $(tail -5 "$D/slurmctld.log" "$D/slurmd.log")"
+sinfo -h -o %t 2>/dev/null | grep -qx idle || fail "the node did not come up: $(tail -5 "$D"/slurm*.log "$D"/slurm*.out 2>&1)"
 echo "slurm-test: one-node cluster up ($HOST, $CPUS CPUs, ports $CTLD_PORT/$SLURMD_PORT)"
 
 STUDY=(reproduce table1 --dataset embedded --budget toy --structures 512x128,65536x1 --seeds 2)
@@ -97,12 +109,18 @@ SLURM=("${STUDY[@]}" --executor slurm --vq-train "$VQ_TRAIN" --runs-dir "$D/slur
 REPORT="$D/slurm-report/embedded.md"
 SDIR="$D/slurm-runs/embedded/slurm"
 
+# Until squeue (successfully) lists no task of the job; a failed squeue is not "done".
 wait_job() {
+  local out
   for _ in $(seq 600); do
-    [ -z "$(squeue -h -j "$1" 2>/dev/null)" ] && return 0
+    if out=$(squeue -h -j "$1" 2>&1); then
+      [ -z "$out" ] && return 0
+    elif echo "$out" | grep -q "Invalid job id"; then
+      return 0
+    fi
     sleep 0.5
   done
-  fail "job $1 did not finish in 5 minutes: $(squeue -j "$1")"
+  fail "job $1 did not finish in 5 minutes: $(squeue -j "$1" 2>&1)"
 }
 
 # A rejected submission names the runs and Slurm's error.
@@ -142,19 +160,20 @@ echo "$out" | grep -q "nothing to submit" || fail "runs queued or running were s
 # Preemption: task 1 is requeued while it trains; vq-train checkpoints on the SIGTERM and the
 # requeued task resumes the run (the comparison with the local study below shows it unchanged).
 RUN1="$D/slurm-runs/embedded/table1/fixed-512x128-s1"
-for _ in $(seq 300); do [ -f "$RUN1/metrics.jsonl" ] && break; sleep 0.1; done
-[ -f "$RUN1/metrics.jsonl" ] || fail "task 1 did not start training: $(cat "$SDIR/logs/${JOB2}_1.out" 2>&1)"
-sleep 1.5
-scontrol requeue "${JOB2}_1"
+# Until step 2 is logged (the toy logs every two steps), then into step 3.
+for _ in $(seq 600); do grep -q '"kind":"train"' "$RUN1/metrics.jsonl" 2>/dev/null && break; sleep 0.1; done
+grep -q '"kind":"train"' "$RUN1/metrics.jsonl" 2>/dev/null || fail "task 1 did not train a step: $(cat "$SDIR/logs/${JOB2}_1.out" 2>&1)"
+sleep 0.5
+scontrol requeue "${JOB2}_1" || fail "scontrol requeue ${JOB2}_1 failed"
 # Slurm holds a requeued job back (its begin time moves on); let it start again now.
-for _ in $(seq 20); do
-  squeue -h -j "${JOB2}_1" -o %T | grep -qx PENDING && break
+for _ in $(seq 40); do
+  squeue -h -j "${JOB2}_1" -o %T 2>/dev/null | grep -qx PENDING && break
   sleep 0.5
 done
-scontrol update JobId="${JOB2}_1" StartTime=now
+scontrol update JobId="${JOB2}_1" StartTime=now || fail "task 1 was not pending after the requeue: $(squeue -j "${JOB2}_1" 2>&1)"
 wait_job "$JOB2"
 grep -q "(restart 1)" "$SDIR/logs/${JOB2}_1.out" || fail "task 1 was not requeued: $(cat "$SDIR/logs/${JOB2}_1.out")"
-grep -q "interrupted at step" "$SDIR/logs/${JOB2}_1.out" || fail "task 1 did not checkpoint on SIGTERM: $(cat "$SDIR/logs/${JOB2}_1.out")"
+grep -q "interrupted at step [1-9]" "$SDIR/logs/${JOB2}_1.out" || fail "task 1 did not checkpoint mid-run on SIGTERM: $(cat "$SDIR/logs/${JOB2}_1.out")"
 out=$("$XTASK" "${SLURM[@]}" --status 2>&1) || fail "final status: $out"
 ! grep -q "Runs not finished" "$REPORT" || fail "the study did not complete: $(cat "$REPORT")"
 grep -q "^| \[512,128\] | 2 |" "$REPORT" && grep -q "^| \[65536,1\] | 2 |" "$REPORT" || fail "final Table 1: $(cat "$REPORT")"

@@ -450,10 +450,10 @@ fn check_config(spec: &RunSpec, dir: &Path) -> Result<bool> {
     }
     let old = TrainConfig::load(&cfg_path, &[])?;
     // The device and the progress bar change nothing a report reads (a run may resume on another
-    // device).
+    // device), nor does where the same dataset lies (another checkout, another machine).
     let diff: Vec<String> = vq_train::trainer::config_diff(&old, &spec.config)
         .into_iter()
-        .filter(|k| k != "train.device" && k != "train.progress")
+        .filter(|k| !["train.device", "train.progress", "data.path"].contains(&k.as_str()))
         .collect();
     if !diff.is_empty() {
         bail!(
@@ -490,11 +490,8 @@ fn archive_run(dir: &Path, archive: &Path) -> Result<()> {
         if !src.is_file() {
             continue;
         }
-        let tmp = archive.join(format!(".{name}.tmp"));
-        std::fs::copy(&src, &tmp)
-            .with_context(|| format!("copying {} to {}", src.display(), tmp.display()))?;
-        std::fs::rename(&tmp, archive.join(name))
-            .with_context(|| format!("renaming {}", tmp.display()))?;
+        let bytes = std::fs::read(&src).with_context(|| src.display().to_string())?;
+        checkpoint::write_atomic(&archive.join(name), &bytes)?;
     }
     Ok(())
 }
@@ -512,11 +509,7 @@ pub(crate) struct RunPlace {
 /// with another config is an error.
 pub(crate) fn finished(spec: &RunSpec, at: &RunPlace) -> Result<Option<Finished>> {
     let steps = spec.config.train.steps;
-    let here = check_config(spec, &at.dir)?
-        && checkpoint::latest(&at.dir)
-            .ok()
-            .and_then(|d| checkpoint::load(&d, &candle_core::Device::Cpu).ok())
-            .is_some_and(|ck| ck.state.step == steps);
+    let here = check_config(spec, &at.dir)? && checkpoint::latest_step(&at.dir)? == Some(steps);
     let archived = check_config(spec, &at.archive)? && final_val(&at.archive, steps)?.is_some();
     let src = if here {
         archive_run(&at.dir, &at.archive)?;
@@ -758,7 +751,10 @@ pub fn reproduce(opts: &Options) -> Result<PathBuf> {
         let missing: Vec<String> = s
             .unfinished
             .iter()
-            .map(|u| format!("`{}`: not trained yet", u.name))
+            .map(|u| match checkpoint::latest_step(&u.at.dir) {
+                Ok(Some(k)) => format!("`{}`: not finished (checkpoint at step {k})", u.name),
+                _ => format!("`{}`: not trained yet", u.name),
+            })
             .chain(s.notes)
             .collect();
         for m in &missing {

@@ -22,6 +22,8 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::report;
+use vq_train::checkpoint;
+
 use crate::reproduce::{survey, Study, Survey, Unfinished};
 
 /// Options of the Slurm executor.
@@ -59,19 +61,19 @@ struct TaskState {
     exit_code: String,
 }
 
-/// States in which a task will still run or is running: its run is not submitted again.
-const LIVE: [&str; 11] = [
-    "PENDING",
-    "RUNNING",
-    "REQUEUED",
-    "REQUEUE_HOLD",
-    "REQUEUE_FED",
-    "CONFIGURING",
-    "COMPLETING",
-    "SUSPENDED",
-    "RESIZING",
-    "SIGNALING",
-    "STAGE_OUT",
+/// States in which a task has ended for good; in any other state (pending, running, requeued,
+/// held, suspended, …) its run is not submitted again.
+const ENDED: [&str; 10] = [
+    "BOOT_FAIL",
+    "CANCELLED",
+    "COMPLETED",
+    "DEADLINE",
+    "FAILED",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "PREEMPTED",
+    "REVOKED",
+    "TIMEOUT",
 ];
 
 /// Where an unfinished run stands.
@@ -109,20 +111,38 @@ impl Folder {
     }
 }
 
-/// The study on Slurm: finished runs are collected (and archived), the manifest is brought up
-/// to date, the unfinished runs that are not queued or running are submitted as one job array
-/// (unless `--status`), and the report of what has finished is written, naming the rest.
+/// The study on Slurm: finished runs are collected (and archived); the unfinished runs that are
+/// not queued or running are submitted as one job array (unless `--status`), their configs
+/// written and the manifest extended only then, so that nothing a queued task reads changes;
+/// the report of what has finished is written, naming the rest.
 pub(crate) fn reproduce(study: &Study, t0: Instant) -> Result<PathBuf> {
+    std::fs::create_dir_all(&study.root).with_context(|| study.root.display().to_string())?;
+    let root =
+        std::fs::canonicalize(&study.root).with_context(|| study.root.display().to_string())?;
     let folder = Folder {
-        dir: absolute(&study.root)?.join("slurm"),
+        dir: root.join("slurm"),
     };
+    std::fs::create_dir_all(&folder.dir).with_context(|| folder.dir.display().to_string())?;
+    // One invocation at a time per study: the manifest and the submissions are read, extended
+    // and written back.
+    let _lock = vq_train::lock::RunLock::acquire(&folder.dir).with_context(|| {
+        format!(
+            "another `reproduce --executor slurm` holds {}",
+            folder.dir.display()
+        )
+    })?;
     let Survey {
         done,
         unfinished,
         notes,
     } = survey(study)?;
-    let index = update_manifest(&folder, &unfinished)?;
-    let standing = standings(&folder, &unfinished, &index)?;
+    let mut manifest = Manifest::read(&folder.manifest())?;
+    let runs: Vec<String> = unfinished
+        .iter()
+        .map(|u| run_path(&root, study, u))
+        .collect::<Result<_>>()?;
+    let index: Vec<Option<usize>> = runs.iter().map(|r| manifest.index(r)).collect();
+    let standing = standings(&folder, &index)?;
     let mut missing = Vec::new();
     for (u, s) in unfinished.iter().zip(&standing) {
         let line = describe(&folder, &u.name, s);
@@ -130,46 +150,62 @@ pub(crate) fn reproduce(study: &Study, t0: Instant) -> Result<PathBuf> {
         missing.push(line);
     }
     missing.extend(notes);
-    let to_submit: Vec<usize> = unfinished
-        .iter()
-        .zip(&standing)
-        .zip(&index)
-        .filter(|((_, s), _)| !matches!(s, Standing::InFlight(..)))
-        .map(|(_, &i)| i)
+    let pick: Vec<usize> = (0..unfinished.len())
+        .filter(|&k| !matches!(standing[k], Standing::InFlight(..)))
         .collect();
     if !study.opts.status {
-        if to_submit.is_empty() {
+        if pick.is_empty() {
             eprintln!("nothing to submit: every run has finished or is queued or running");
         } else {
-            let names: Vec<&str> = unfinished
-                .iter()
-                .zip(&standing)
-                .filter(|(_, s)| !matches!(s, Standing::InFlight(..)))
-                .map(|(u, _)| u.name.as_str())
-                .collect();
-            let job = submit(study, &folder, &to_submit, &names)?;
+            let mut tasks = Vec::with_capacity(pick.len());
+            for &k in &pick {
+                let u = &unfinished[k];
+                let config = folder.dir.join("configs").join(format!("{}.toml", u.name));
+                let dir = config.parent().expect("a config has a folder");
+                std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+                checkpoint::write_atomic(&config, u.spec.config.to_toml().as_bytes())?;
+                tasks.push(manifest.add(&runs[k], &config.display().to_string())?);
+            }
+            manifest.write(&folder.manifest())?;
+            let names: Vec<&str> = pick.iter().map(|&k| unfinished[k].name.as_str()).collect();
+            let job = submit(study, &folder, &tasks, &names)?;
             println!(
                 "submitted Slurm job {job}: array tasks {} ({} runs)",
-                ranges(&to_submit),
-                to_submit.len()
+                ranges(&tasks),
+                tasks.len()
             );
         }
     }
     report::write(study, &done, &missing, t0)
 }
 
-/// `path` made absolute against the current directory (the tasks run elsewhere).
-fn absolute(path: &Path) -> Result<PathBuf> {
-    std::path::absolute(path).with_context(|| path.display().to_string())
+/// The absolute path of a run folder under the study's canonical root.
+fn run_path(root: &Path, study: &Study, u: &Unfinished) -> Result<String> {
+    let rel = u.at.dir.strip_prefix(&study.root).with_context(|| {
+        format!(
+            "{} is not under {}",
+            u.at.dir.display(),
+            study.root.display()
+        )
+    })?;
+    let run = root.join(rel).display().to_string();
+    if run.contains(['\t', '\n']) {
+        bail!("{run}: the Slurm executor needs run paths without tabs or newlines");
+    }
+    Ok(run)
 }
 
-/// Writes each unfinished run's config and appends the runs the manifest lacks; returns each
-/// run's manifest index (its array task id).
-fn update_manifest(folder: &Folder, runs: &[Unfinished]) -> Result<Vec<usize>> {
-    let path = folder.manifest();
-    let mut lines: Vec<(String, String)> = match std::fs::read_to_string(&path) {
-        Ok(text) => text
-            .lines()
+/// The study's manifest: line `i + 1` is array task `i`, `run folder <TAB> config`.
+/// Append-only, so that a queued task always reads its own run.
+struct Manifest {
+    lines: Vec<(String, String)>,
+    changed: bool,
+}
+
+impl Manifest {
+    fn read(path: &Path) -> Result<Self> {
+        let lines = read_lines(path)?
+            .into_iter()
             .enumerate()
             .map(|(i, l)| {
                 l.split_once('\t')
@@ -178,54 +214,64 @@ fn update_manifest(folder: &Folder, runs: &[Unfinished]) -> Result<Vec<usize>> {
                         format!("{}:{}: expected `run<TAB>config`", path.display(), i + 1)
                     })
             })
-            .collect::<Result<_>>()?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(e).with_context(|| path.display().to_string()),
-    };
-    let before = lines.len();
-    let mut index = Vec::with_capacity(runs.len());
-    for Unfinished { name, spec, at } in runs {
-        let run = absolute(&at.dir)?.display().to_string();
-        let config = folder.dir.join("configs").join(format!("{name}.toml"));
-        if run.contains(['\t', '\n', '\''])
-            || config.display().to_string().contains(['\t', '\n', '\''])
-        {
-            bail!("{run}: the Slurm executor needs run paths without tabs, newlines or quotes");
+            .collect::<Result<_>>()?;
+        Ok(Manifest {
+            lines,
+            changed: false,
+        })
+    }
+
+    /// The task id of a run, if it has one.
+    fn index(&self, run: &str) -> Option<usize> {
+        self.lines.iter().position(|(r, _)| r == run)
+    }
+
+    /// The task id of a run, appending its line when it has none.
+    fn add(&mut self, run: &str, config: &str) -> Result<usize> {
+        if config.contains(['\t', '\n']) {
+            bail!("{config}: the Slurm executor needs paths without tabs or newlines");
         }
-        write_file(&config, spec.config.to_toml().as_bytes())?;
-        let config = config.display().to_string();
-        let i = match lines.iter().position(|(r, _)| *r == run) {
+        Ok(match self.index(run) {
             Some(i) => i,
             None => {
-                lines.push((run, config));
-                lines.len() - 1
+                self.lines.push((run.to_string(), config.to_string()));
+                self.changed = true;
+                self.lines.len() - 1
             }
-        };
-        index.push(i);
+        })
     }
-    if lines.len() != before {
-        let text: String = lines.iter().map(|(r, c)| format!("{r}\t{c}\n")).collect();
-        write_file(&path, text.as_bytes())?;
+
+    fn write(&self, path: &Path) -> Result<()> {
+        if !self.changed {
+            return Ok(());
+        }
+        let text: String = self
+            .lines
+            .iter()
+            .map(|(r, c)| format!("{r}\t{c}\n"))
+            .collect();
+        Ok(checkpoint::write_atomic(path, text.as_bytes())?)
     }
-    Ok(index)
 }
 
-/// Writes a file through a temporary file and a rename (a task reading it never sees half).
-fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().context("a file path has a parent")?;
-    std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).with_context(|| tmp.display().to_string())?;
-    std::fs::rename(&tmp, path).with_context(|| path.display().to_string())
+/// The lines of a text file; none when it does not exist.
+fn read_lines(path: &Path) -> Result<Vec<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(text.lines().map(str::to_string).collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).with_context(|| path.display().to_string()),
+    }
 }
 
 /// The standing of each unfinished run from the newest submission that holds its task.
-fn standings(folder: &Folder, runs: &[Unfinished], index: &[usize]) -> Result<Vec<Standing>> {
+fn standings(folder: &Folder, index: &[Option<usize>]) -> Result<Vec<Standing>> {
     let subs = read_submissions(&folder.jobs())?;
     let mut jobs: BTreeMap<String, Option<BTreeMap<usize, TaskState>>> = BTreeMap::new();
-    let mut out = Vec::with_capacity(runs.len());
+    let mut out = Vec::with_capacity(index.len());
     for &i in index {
-        let Some(sub) = subs.iter().rev().find(|s| s.tasks.contains(&i)) else {
+        let Some((i, sub)) =
+            i.and_then(|i| Some((i, subs.iter().rev().find(|s| s.tasks.contains(&i))?)))
+        else {
             out.push(Standing::NeverSubmitted);
             continue;
         };
@@ -234,7 +280,7 @@ fn standings(folder: &Folder, runs: &[Unfinished], index: &[usize]) -> Result<Ve
         }
         let job_task = format!("{}_{i}", sub.job);
         out.push(match jobs[&sub.job].as_ref().map(|tasks| tasks.get(&i)) {
-            Some(Some(t)) if LIVE.contains(&t.state.as_str()) => {
+            Some(Some(t)) if !ENDED.contains(&t.state.as_str()) => {
                 Standing::InFlight(job_task, t.clone())
             }
             Some(Some(t)) => Standing::Ended(job_task, t.clone()),
@@ -246,26 +292,33 @@ fn standings(folder: &Folder, runs: &[Unfinished], index: &[usize]) -> Result<Ve
 }
 
 fn read_submissions(path: &Path) -> Result<Vec<Submission>> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => text
-            .lines()
-            .enumerate()
-            .map(|(i, l)| {
-                serde_json::from_str(l).with_context(|| {
-                    format!("{}:{}: not a submission record", path.display(), i + 1)
-                })
-            })
-            .collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(e).with_context(|| path.display().to_string()),
+    let lines = read_lines(path)?;
+    let n = lines.len();
+    let mut out = Vec::with_capacity(n);
+    for (i, l) in lines.iter().enumerate() {
+        match serde_json::from_str(l) {
+            Ok(s) => out.push(s),
+            // A crash while appending leaves at most a torn last line.
+            Err(e) if i + 1 == n => {
+                eprintln!(
+                    "warning: {}:{}: a torn submission record is ignored ({e})",
+                    path.display(),
+                    i + 1
+                )
+            }
+            Err(e) => bail!("{}:{}: not a submission record: {e}", path.display(), i + 1),
+        }
     }
+    Ok(out)
 }
 
 /// The state of each array task of `job` (`scontrol -o show job`; `None` when Slurm no longer
 /// knows the job).
 fn query(job: &str) -> Result<Option<BTreeMap<usize, TaskState>>> {
+    // SLURM_BITSTR_LEN=0: the whole list of pending tasks, not cut at 64 characters.
     let out = Command::new("scontrol")
         .args(["-o", "show", "job", job])
+        .env("SLURM_BITSTR_LEN", "0")
         .output()
         .map_err(|e| missing_tool("scontrol", e))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -280,12 +333,15 @@ fn query(job: &str) -> Result<Option<BTreeMap<usize, TaskState>>> {
             stderr.trim()
         );
     }
-    Ok(Some(parse_scontrol(&stdout)))
+    Ok(Some(
+        parse_scontrol(&stdout).with_context(|| format!("scontrol show job {job}"))?,
+    ))
 }
 
 /// Array task states from `scontrol -o show job` lines (one per task, or one per group of
-/// pending tasks, `ArrayTaskId=3-5,7%2`).
-fn parse_scontrol(text: &str) -> BTreeMap<usize, TaskState> {
+/// pending tasks, `ArrayTaskId=3-5,7,9-15:3%2`); a task list it cannot read is an error (a
+/// task it missed would be submitted twice).
+fn parse_scontrol(text: &str) -> Result<BTreeMap<usize, TaskState>> {
     let mut out = BTreeMap::new();
     for line in text.lines() {
         let field = |k: &str| {
@@ -300,17 +356,23 @@ fn parse_scontrol(text: &str) -> BTreeMap<usize, TaskState> {
             state,
             exit_code: field("ExitCode").unwrap_or_default(),
         };
-        let ids = ids.split('%').next().unwrap_or_default();
-        for part in ids.trim_matches(['[', ']']).split(',') {
-            let (a, b) = part.split_once('-').unwrap_or((part, part));
-            if let (Ok(a), Ok(b)) = (a.parse::<usize>(), b.parse::<usize>()) {
-                for i in a..=b {
-                    out.insert(i, t.clone());
-                }
+        let list = ids.split('%').next().unwrap_or_default();
+        for part in list.trim_matches(['[', ']']).split(',') {
+            let (range, step) = part.split_once(':').unwrap_or((part, "1"));
+            let (a, b) = range.split_once('-').unwrap_or((range, range));
+            let (Ok(a), Ok(b), Ok(step)) = (
+                a.parse::<usize>(),
+                b.parse::<usize>(),
+                step.parse::<usize>(),
+            ) else {
+                bail!("cannot read the array task list `{ids}`");
+            };
+            for i in (a..=b).step_by(step.max(1)) {
+                out.insert(i, t.clone());
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// One line of the report's list of unfinished runs.
@@ -329,6 +391,10 @@ fn describe(folder: &Folder, name: &str, s: &Standing) -> String {
             "`{name}`: Slurm task {jt} ended {} (exit code {}) without finishing the run{}",
             t.state,
             t.exit_code,
+            tail(jt)
+        ),
+        Standing::Vanished(jt) if folder.log(jt).is_file() => format!(
+            "`{name}`: Slurm no longer lists task {jt} and the run has not finished{}",
             tail(jt)
         ),
         Standing::Vanished(jt) => format!(
@@ -395,13 +461,21 @@ fn ranges(v: &[usize]) -> String {
 
 /// Writes the array script and submits `tasks` with `sbatch --parsable`; returns the job id.
 fn submit(study: &Study, folder: &Folder, tasks: &[usize], names: &[&str]) -> Result<String> {
-    let vq_train = vq_train_binary(study.opts.slurm.vq_train.as_deref())?;
+    let device = &study.opts.device;
+    let vq_train = vq_train_binary(study.opts.slurm.vq_train.as_deref(), device)?;
     std::fs::create_dir_all(folder.logs()).with_context(|| folder.logs().display().to_string())?;
     let script = folder.dir.join("array.sh");
-    write_file(&script, array_script(study, folder, &vq_train).as_bytes())?;
+    checkpoint::write_atomic(&script, array_script(folder, &vq_train, device).as_bytes())?;
+    // The log path, job name and requeue policy as arguments, not `#SBATCH` lines (which sbatch
+    // splits on white space); `%` in a path is escaped from sbatch's filename patterns.
+    let logs = folder.logs().display().to_string().replace('%', "%%");
     let out = Command::new("sbatch")
         .arg("--parsable")
         .arg(format!("--array={}", ranges(tasks)))
+        .arg(format!("--job-name=vq-{}", study.label))
+        .arg(format!("--output={logs}/%A_%a.out"))
+        .arg("--open-mode=append")
+        .arg("--requeue")
         .args(&study.opts.slurm.args)
         .arg(&script)
         .output()
@@ -420,7 +494,13 @@ fn submit(study: &Study, folder: &Folder, tasks: &[usize], names: &[&str]) -> Re
         .split(';')
         .next()
         .filter(|j| !j.is_empty() && j.chars().all(|c| c.is_ascii_digit()))
-        .with_context(|| format!("sbatch --parsable printed {stdout:?}, not a job id"))?
+        .with_context(|| {
+            format!(
+                "sbatch --parsable printed {stdout:?}, not a job id: the array may have been \
+                 submitted all the same (check squeue) and is not recorded in {}",
+                folder.jobs().display()
+            )
+        })?
         .to_string();
     let line = serde_json::to_string(&Submission {
         job: job.clone(),
@@ -431,50 +511,58 @@ fn submit(study: &Study, folder: &Folder, tasks: &[usize], names: &[&str]) -> Re
         .append(true)
         .open(folder.jobs())
         .with_context(|| folder.jobs().display().to_string())?;
-    writeln!(f, "{line}").with_context(|| folder.jobs().display().to_string())?;
+    writeln!(f, "{line}")
+        .and_then(|_| f.sync_data())
+        .with_context(|| format!("recording job {job} in {}", folder.jobs().display()))?;
     Ok(job)
 }
 
+/// `s` as one single-quoted shell word.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
 /// The sbatch script: task `i` trains manifest line `i + 1`, resuming its run folder if it
-/// exists. `--requeue`: a preempted task is queued again; vq-train checkpoints on the SIGTERM
-/// that precedes preemption (and cancellation and the time limit) and the requeued task resumes.
-fn array_script(study: &Study, folder: &Folder, vq_train: &Path) -> String {
-    let q = |p: &Path| format!("'{}'", p.display());
+/// exists (on `device`, whatever the run started on). Requeueable: a preempted task is queued
+/// again; vq-train checkpoints on the SIGTERM that precedes preemption (and cancellation and the
+/// time limit) and the requeued task resumes.
+fn array_script(folder: &Folder, vq_train: &Path, device: &str) -> String {
     format!(
         r#"#!/bin/bash
-# Job array of the study {label}, written by `cargo xtask reproduce --executor slurm`.
+# Job array of a study, written by `cargo xtask reproduce --executor slurm`.
 # Task i trains line i + 1 of the manifest (run folder <TAB> config), resuming the run folder
 # when it exists.
-#SBATCH --job-name=vq-{label}
-#SBATCH --output={logs}/%A_%a.out
-#SBATCH --open-mode=append
-#SBATCH --requeue
 set -euo pipefail
-line=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {manifest})
+manifest={manifest}
+line=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" "$manifest")
+if [ -z "$line" ]; then
+  echo "task ${{SLURM_ARRAY_TASK_ID}}: no line $((SLURM_ARRAY_TASK_ID + 1)) in $manifest" >&2
+  exit 2
+fi
 run=${{line%%$'\t'*}}
 config=${{line#*$'\t'}}
 echo "task ${{SLURM_ARRAY_JOB_ID}}_${{SLURM_ARRAY_TASK_ID}} (restart ${{SLURM_RESTART_COUNT:-0}}) on $(hostname): $run"
 if [ -f "$run/config.toml" ]; then
-  exec {bin} train --resume "$run" --quiet
+  exec {bin} train --resume "$run" --quiet --set train.device={device}
 else
   exec {bin} train --config "$config" --out "$run" --quiet
 fi
 "#,
-        label = study.label,
-        logs = folder.logs().display(),
-        manifest = q(&folder.manifest()),
-        bin = q(vq_train),
+        manifest = shell_quote(&folder.manifest().display().to_string()),
+        bin = shell_quote(&vq_train.display().to_string()),
+        device = shell_quote(device),
     )
 }
 
 /// The vq-train binary for the tasks: the one given, else the one beside this binary (built
-/// first when cargo runs this one, so that it matches this source tree).
-fn vq_train_binary(given: Option<&Path>) -> Result<PathBuf> {
+/// first when cargo runs this one, so that it matches this source tree; with `--features cuda`
+/// for runs on `cuda`).
+fn vq_train_binary(given: Option<&Path>, device: &str) -> Result<PathBuf> {
     if let Some(p) = given {
         if !p.is_file() {
             bail!("--vq-train {}: no such file", p.display());
         }
-        return absolute(p);
+        return std::path::absolute(p).with_context(|| p.display().to_string());
     }
     let exe = std::env::current_exe().context("locating this binary")?;
     let dir = exe.parent().context("this binary's folder")?;
@@ -485,6 +573,9 @@ fn vq_train_binary(given: Option<&Path>) -> Result<PathBuf> {
             .arg(target);
         if dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
+        }
+        if device.starts_with("cuda") {
+            cmd.args(["--features", "cuda"]);
         }
         eprintln!("building vq-train for the Slurm tasks: {cmd:?}");
         let status = cmd.status().context("running cargo build -p vq-train")?;
@@ -513,12 +604,44 @@ mod tests {
         let text = "JobId=7 ArrayJobId=5 ArrayTaskId=2-3,6%1 JobState=PENDING Reason=Resources ExitCode=0:0\n\
                     JobId=6 ArrayJobId=5 ArrayTaskId=1 JobState=FAILED Reason=NonZeroExitCode ExitCode=1:0\n\
                     JobId=5 ArrayJobId=5 ArrayTaskId=0 JobState=COMPLETED Reason=None ExitCode=0:0\n";
-        let m = parse_scontrol(text);
+        let m = parse_scontrol(text).unwrap();
         assert_eq!(m.keys().copied().collect::<Vec<_>>(), vec![0, 1, 2, 3, 6]);
         assert_eq!(m[&1].state, "FAILED");
         assert_eq!(m[&1].exit_code, "1:0");
         assert_eq!(m[&3].state, "PENDING");
         assert_eq!(m[&0].state, "COMPLETED");
+    }
+
+    /// Stepped ranges (`first-last:step`) and lists; a cut list (`...`, what scontrol prints
+    /// past 64 characters unless SLURM_BITSTR_LEN is set) is refused rather than half read.
+    #[test]
+    fn scontrol_task_lists_with_steps_and_cuts() {
+        let m =
+            parse_scontrol("JobId=9 ArrayTaskId=1-11:5,13 JobState=PENDING ExitCode=0:0").unwrap();
+        assert_eq!(m.keys().copied().collect::<Vec<_>>(), vec![1, 6, 11, 13]);
+        let e = parse_scontrol("JobId=9 ArrayTaskId=1,4,7,10,13,16,... JobState=PENDING")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("1,4,7,10,13,16,..."), "{e}");
+    }
+
+    #[test]
+    fn script_quotes_paths() {
+        assert_eq!(shell_quote("/a b/it's"), r"'/a b/it'\''s'");
+        let folder = Folder {
+            dir: PathBuf::from("/runs/my study/slurm"),
+        };
+        let s = array_script(&folder, Path::new("/bin/vq train"), "cuda");
+        assert!(
+            s.contains("manifest='/runs/my study/slurm/manifest.tsv'"),
+            "{s}"
+        );
+        assert!(
+            s.contains(
+                "exec '/bin/vq train' train --resume \"$run\" --quiet --set train.device='cuda'"
+            ),
+            "{s}"
+        );
     }
 
     /// A failed task's log: the error paragraph, not the backtrace after it.

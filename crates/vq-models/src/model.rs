@@ -246,6 +246,14 @@ impl ModelConfig {
                 "the residual stack needs ≥ 1 layer of ≥ 1 channel",
             );
         }
+        if let Some(dup) = self
+            .pool
+            .iter()
+            .enumerate()
+            .find_map(|(i, nd)| self.pool[..i].contains(nd).then_some(nd))
+        {
+            return bad("pool", &format!("lists [{}, {}] twice", dup[0], dup[1]));
+        }
         if !self.pool.is_empty() && self.quantizer != QuantizerSpec::Adaptive {
             return bad(
                 "pool",

@@ -131,6 +131,14 @@ fn config_errors_name_the_field() {
     .to_string();
     assert!(e.contains("[4096, 4]") && e.contains("65536"), "{e}");
     let e = ModelConfig {
+        pool: vec![[8192, 8], [16384, 4], [8192, 8]],
+        ..Default::default()
+    }
+    .validate(1)
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("pool") && e.contains("[8192, 8] twice"), "{e}");
+    let e = ModelConfig {
         quantizer: QuantizerSpec::Fixed { n: 512, d: 128 },
         pool: vec![[8192, 8]],
         ..Default::default()

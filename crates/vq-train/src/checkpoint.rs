@@ -219,6 +219,21 @@ pub fn latest_if_any(run: &Path) -> Result<Option<PathBuf>> {
     Ok(latest_name(run)?.map(|n| checkpoints_dir(run).join(n)))
 }
 
+/// The step of the newest complete checkpoint of a run (from `LATEST`, without reading the
+/// checkpoint), `None` when it has none yet.
+pub fn latest_step(run: &Path) -> Result<Option<usize>> {
+    let Some(name) = latest_name(run)? else {
+        return Ok(None);
+    };
+    match name.strip_prefix("step-").and_then(|n| n.parse().ok()) {
+        Some(step) => Ok(Some(step)),
+        None => Err(TrainError::checkpoint(
+            checkpoints_dir(run).join("LATEST"),
+            format!("names `{name}`, not a step-<number> checkpoint"),
+        )),
+    }
+}
+
 /// The folder of the newest complete checkpoint of a run.
 pub fn latest(run: &Path) -> Result<PathBuf> {
     match latest_name(run)? {

@@ -321,7 +321,7 @@ impl<'a> Run<'a> {
             grads = Some(g);
         }
         let done = step + 1;
-        let gap = if tp.gap_every > 0 && (done % tp.gap_every == 0 || done == tp.steps) {
+        let gap = if tp.gap_every > 0 && (done.is_multiple_of(tp.gap_every) || done == tp.steps) {
             Some(self.gradient_gap(&out.z_e, x, tau, done)?)
         } else {
             None
@@ -469,7 +469,7 @@ impl<'a> Run<'a> {
         let tp = &self.session.config.train;
         let last = done == tp.steps;
         let interrupt = crate::signals::pending().filter(|_| !last);
-        if (tp.checkpoint_every > 0 && done % tp.checkpoint_every == 0)
+        if (tp.checkpoint_every > 0 && done.is_multiple_of(tp.checkpoint_every))
             || last
             || interrupt.is_some()
         {
