@@ -42,9 +42,11 @@ pub enum Part {
 pub const MEDIUM_STEPS: usize = 5000;
 
 /// Table 1 structures of the `medium` budget: the best structure at 800 steps on Fashion-MNIST
-/// with healthy codebooks, [16384,4] (docs/results/fashion-mnist-800-steps.md), and its two
-/// neighbours, which bracket it (every structure's collapse check is that 800-step study).
-pub const MEDIUM_STRUCTURES: [[usize; 2]; 3] = [[8192, 8], [16384, 4], [32768, 2]];
+/// with healthy codebooks, [16384,4] (docs/results/fashion-mnist-800-steps.md), its two
+/// neighbours, and [4096,16]: at 5,000 steps [8192,8] overtakes [16384,4] on Fashion-MNIST (seed
+/// 0: 0.00317 against 0.00355), so the range must reach past it for its optimum to be seen as
+/// interior or not (every structure's collapse check is the 800-step study).
+pub const MEDIUM_STRUCTURES: [[usize; 2]; 4] = [[4096, 16], [8192, 8], [16384, 4], [32768, 2]];
 
 /// A Table 2 setting of the adaptive quantizer (each is a group of runs, one per seed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
