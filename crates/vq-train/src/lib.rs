@@ -28,10 +28,12 @@ pub use trainer::{default_run_dir, train, RunSummary};
 /// Tunes the CPU runtime for training; binaries call this first, before any tensor exists.
 ///
 /// - glibc returns every freed large buffer to the kernel by default, so each fresh activation
-///   costs a page fault per 4 KiB (it doubled the CPU forward pass); keep freed memory instead.
+///   costs a page fault per 4 KiB; keep freed memory instead.
 /// - candle's element-wise thread pool spins between ops and competes with the rayon threads
 ///   that run the GEMMs on small machines: unless `CANDLE_NUM_THREADS` is set, element-wise ops
-///   run on the calling thread (measured: ~13% of CPU time was that spinning on 2 cores).
+///   run on the calling thread.
+///
+/// What each was worth is measured in docs/benchmarks.md ("Where the time went").
 pub fn tune_cpu_runtime() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator thresholds; called before other threads allocate.
