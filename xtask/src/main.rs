@@ -190,6 +190,7 @@ fn main() -> Result<()> {
             {
                 anyhow::bail!("--vq-train and --slurm-arg need --executor slurm");
             }
+            xtask::slurm::check_args(&slurm_args)?;
             let device = device.unwrap_or_else(|| {
                 if executor == reproduce::Executor::Slurm
                     && xtask::slurm::requests_gpus(&slurm_args)

@@ -36,15 +36,47 @@ pub struct SlurmOptions {
     pub vq_train: Option<PathBuf>,
 }
 
-/// Whether sbatch arguments ask for GPUs (`--gres=gpu…`, `--gpus…`, `-G`), in which case the
-/// runs train on `cuda`.
+/// Whether sbatch arguments ask for GPUs (`--gres=gpu…` or `--gres gpu…`, `--gpus…`, `-G`,
+/// `--tres-per-task=…gres/gpu…`), in which case the runs train on `cuda`.
 pub fn requests_gpus(args: &[String]) -> bool {
-    args.iter().any(|a| {
+    let gpu_gres = |g: &str| g.split(',').any(|r| r.starts_with("gpu"));
+    args.iter().enumerate().any(|(i, a)| {
         a.starts_with("--gpus")
             || a.starts_with("-G")
-            || a.strip_prefix("--gres=")
-                .is_some_and(|g| g.split(',').any(|r| r.starts_with("gpu")))
+            || a.strip_prefix("--gres=").is_some_and(gpu_gres)
+            || (a == "--gres" && args.get(i + 1).is_some_and(|g| gpu_gres(g)))
+            || (a.starts_with("--tres-per-") && a.contains("gres/gpu"))
     })
+}
+
+/// sbatch options the executor sets itself or cannot follow: the array, the log path, and other
+/// clusters (the tasks are looked up with the local scontrol).
+const OWN_OPTIONS: [&str; 8] = [
+    "--array",
+    "-a",
+    "--output",
+    "-o",
+    "--error",
+    "-e",
+    "--clusters",
+    "-M",
+];
+
+/// Refuses `--slurm-arg`s that would break the study's bookkeeping.
+pub fn check_args(args: &[String]) -> Result<()> {
+    for a in args {
+        let opt = a.split('=').next().unwrap_or(a);
+        let short = OWN_OPTIONS
+            .iter()
+            .any(|o| o.len() == 2 && a.starts_with(o) && a.len() > 2 && !a.starts_with("--"));
+        if OWN_OPTIONS.contains(&opt) || short {
+            bail!(
+                "--slurm-arg={a}: the Slurm executor sets the array and the log path itself, and \
+                 follows its tasks on the local cluster only"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// One submission of the study's array.
@@ -661,6 +693,26 @@ mod tests {
     }
 
     #[test]
+    fn own_options_are_refused() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(check_args(&v(&["--partition=gpu", "--time=1:00:00", "--gres=gpu:1"])).is_ok());
+        for bad in [
+            "--array=0-3",
+            "--output=x.out",
+            "-o",
+            "-oX",
+            "--clusters=b",
+            "-M",
+            "-a",
+        ] {
+            let e = check_args(&v(&[bad])).unwrap_err().to_string();
+            assert!(e.contains(bad), "{e}");
+        }
+        // Options that merely start with the same letters are left alone.
+        assert!(check_args(&v(&["--account=x", "--mem=4G", "--exclusive"])).is_ok());
+    }
+
+    #[test]
     fn gpu_requests_are_recognised() {
         let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert!(requests_gpus(&v(&["--gres=gpu:1"])));
@@ -671,6 +723,9 @@ mod tests {
         assert!(requests_gpus(&v(&["--gpus=2"])));
         assert!(requests_gpus(&v(&["--gpus-per-task=1"])));
         assert!(requests_gpus(&v(&["-G1"])));
+        assert!(requests_gpus(&v(&["--gres", "gpu:1"])));
+        assert!(requests_gpus(&v(&["--tres-per-task=gres/gpu:1"])));
+        assert!(!requests_gpus(&v(&["--gres", "tmp:1G"])));
         assert!(!requests_gpus(&v(&["--gres=tmp:10G", "--time=1:00:00"])));
     }
 }
