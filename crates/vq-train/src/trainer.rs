@@ -136,7 +136,9 @@ struct Run<'a> {
     gumbel_rng: ChaCha8Rng,
     /// The first step to train (0 for a new run).
     start_step: usize,
-    resumed: bool,
+    /// Whether the state was restored from a checkpoint (not merely whether `--resume` was
+    /// given: a run resumed before its first checkpoint starts afresh).
+    restored: bool,
     /// The data position after the last step trained.
     cursor: Cursor,
     skipped: usize,
@@ -175,8 +177,8 @@ struct StepOutcome {
 }
 
 impl<'a> Run<'a> {
-    /// Opens `run_dir`: a new run (which must not exist yet), or the run there resumed from its
-    /// newest checkpoint. On resume, `config` must equal the run's `config.toml` except for
+    /// Opens `run_dir`: a new run (the folder must not hold a run yet), or the run there resumed
+    /// from its newest checkpoint (from step 0 when it has none yet). On resume, `config` must equal the run's `config.toml` except for
     /// [`RESUMABLE_KEYS`]. Data, model and checkpoint are loaded before anything is written, so
     /// a bad input leaves no partial run folder behind.
     fn open(config: TrainConfig, run_dir: &'a Path, resume: bool) -> Result<Self> {
@@ -191,11 +193,11 @@ impl<'a> Run<'a> {
             None
         };
         let config_toml = config.to_toml();
-        // A resumed run with a new `train.steps` keeps its horizon; checkpoints older than
-        // this field fall back to config.toml's.
+        // A resumed run with a new `train.steps` keeps its horizon: the checkpoint's, or for
+        // checkpoints without a stored horizon config.toml's `train.steps`.
         let mut tau_horizon = config.train.steps;
         if resume {
-            tau_horizon = check_resumable(&cfg_path, &config)?;
+            tau_horizon = resumable_steps(&cfg_path, &config)?;
         } else if cfg_path.exists() {
             return Err(already_a_run(run_dir));
         }
@@ -248,7 +250,7 @@ impl<'a> Run<'a> {
             adam,
             gumbel_rng,
             start_step: at.step,
-            resumed: resumed_from.is_some(),
+            restored: resumed_from.is_some(),
             cursor: at.cursor,
             skipped: at.skipped,
             interval: at.interval,
@@ -398,9 +400,9 @@ impl<'a> Run<'a> {
 
     /// Writes the interval's train record (when it holds a step or a gradient gap) and starts
     /// the next interval.
-    fn log_interval(&mut self, done: usize, last: &StepOutcome) -> Result<Option<TrainRecord>> {
+    fn log_interval(&mut self, done: usize, outcome: &StepOutcome) -> Result<Option<TrainRecord>> {
         let acc = &self.interval;
-        if acc.steps == 0 && last.gap.is_none() {
+        if acc.steps == 0 && outcome.gap.is_none() {
             return Ok(None);
         }
         let n = acc.steps.max(1) as f64;
@@ -413,9 +415,9 @@ impl<'a> Run<'a> {
             codebook_loss: acc.codebook_loss.iter().map(|v| v / n).collect(),
             perplexity: acc.perplexity.iter().map(|v| v / n).collect(),
             selection: acc.counts.iter().map(|c| c / units.max(1.0)).collect(),
-            tau: last.tau,
-            grad_gap_l2: last.gap.map(|g| g.l2),
-            grad_gap_mean_abs: last.gap.map(|g| g.mean_abs),
+            tau: outcome.tau,
+            grad_gap_l2: outcome.gap.map(|g| g.l2),
+            grad_gap_mean_abs: outcome.gap.map(|g| g.mean_abs),
             skipped_steps: self.skipped,
         };
         self.metrics.write(&Record::Train(rec.clone()))?;
@@ -465,7 +467,7 @@ impl<'a> Run<'a> {
     /// After step `done`: a checkpoint when one is due, or when SIGINT/SIGTERM is pending
     /// (when the binary installed the handlers), in which case the signal is returned and the
     /// run stops; a signal during the last step lets it complete.
-    fn checkpoint_if_due(&mut self, done: usize) -> Result<Option<i32>> {
+    fn checkpoint_or_interrupt(&mut self, done: usize) -> Result<Option<i32>> {
         let tp = &self.session.config.train;
         let last = done == tp.steps;
         let interrupt = crate::signals::pending().filter(|_| !last);
@@ -540,9 +542,9 @@ fn restore(
     Ok((at, rng))
 }
 
-/// The horizon of the τ schedule stored by the run whose config is `cfg_path`, after checking
-/// that `config` differs from it only in [`RESUMABLE_KEYS`].
-fn check_resumable(cfg_path: &Path, config: &TrainConfig) -> Result<usize> {
+/// `train.steps` of the run whose config is `cfg_path` (the τ horizon of checkpoints that store
+/// none), after checking that `config` differs from it only in [`RESUMABLE_KEYS`].
+fn resumable_steps(cfg_path: &Path, config: &TrainConfig) -> Result<usize> {
     let old = TrainConfig::load(cfg_path, &[])?;
     let diff: Vec<String> = config_diff(&old, config)
         .into_iter()
@@ -634,7 +636,7 @@ pub fn train(
     let per_epoch = batcher.batches_per_epoch();
     // Paper schedule: τ_m = (horizon − m) + 1, τ = 1 past the horizon.
     let temperature = tp.tau.validate(run.tau_horizon)?;
-    if !run.resumed && run.start_step == 0 {
+    if !run.restored {
         run.initialise_codebooks(&batcher)?;
     }
     let mut stream = batcher.stream(run.cursor, false);
@@ -656,8 +658,12 @@ pub fn train(
     // A signal during setup (image check, checkpoint load, k-means): stop before the first
     // step; the state on disk is the last checkpoint.
     if let Some(signal) = crate::signals::pending().filter(|_| run.start_step < tp.steps) {
-        let (step, run) = (run.start_step, run_dir.to_path_buf());
-        return Err(stop(TrainError::Interrupted { step, signal, run }));
+        let (step, path) = (run.start_step, run_dir.to_path_buf());
+        return Err(stop(TrainError::Interrupted {
+            step,
+            signal,
+            run: path,
+        }));
     }
     for step in run.start_step..tp.steps {
         let _span = tracing::debug_span!("step", step).entered();
@@ -670,7 +676,7 @@ pub fn train(
         let done = step + 1;
         let last = done == tp.steps;
         clock.steps += 1;
-        if done % tp.log_every == 0 || last || outcome.gap.is_some() {
+        if done.is_multiple_of(tp.log_every) || last || outcome.gap.is_some() {
             if let Some(rec) = run.log_interval(done, &outcome)? {
                 if let Some(pb) = &bar {
                     pb.set_message(bar_message(&rec, &labels));
@@ -679,15 +685,14 @@ pub fn train(
             }
             run.log_timing(done, &mut clock)?;
         }
-        if (tp.val_every > 0 && done % tp.val_every == 0) || last {
+        if (tp.val_every > 0 && done.is_multiple_of(tp.val_every)) || last {
             last_val = Some(run.validate(done)?);
         }
-        if let Some(signal) = run.checkpoint_if_due(done)? {
-            let run = run_dir.to_path_buf();
+        if let Some(signal) = run.checkpoint_or_interrupt(done)? {
             return Err(stop(TrainError::Interrupted {
                 step: done,
                 signal,
-                run,
+                run: run_dir.to_path_buf(),
             }));
         }
         if let Some(pb) = &bar {
