@@ -474,13 +474,15 @@ fn final_val(dir: &Path, steps: usize) -> Result<Option<ValRecord>> {
     if !path.is_file() {
         return Ok(None);
     }
-    Ok(read_metrics(&path)?
-        .into_iter()
-        .rev()
-        .find_map(|r| match r {
-            Record::Val(v) if v.step == steps => Some(v),
-            _ => None,
-        }))
+    Ok(final_record(&read_metrics(&path)?, steps))
+}
+
+/// The validation record at `steps` among a run's records.
+fn final_record(records: &[Record], steps: usize) -> Option<ValRecord> {
+    records.iter().rev().find_map(|r| match r {
+        Record::Val(v) if v.step == steps => Some(v.clone()),
+        _ => None,
+    })
 }
 
 /// Copies a finished run's [`RECORD_FILES`] into `archive` (each through a temporary file and a
@@ -521,9 +523,9 @@ pub(crate) fn finished(spec: &RunSpec, at: &RunPlace) -> Result<Option<Finished>
     } else {
         return Ok(None);
     };
-    let val = final_val(src, steps)?
-        .with_context(|| format!("{}: no final validation record", src.display()))?;
     let records = read_metrics(&src.join("metrics.jsonl"))?;
+    let val = final_record(&records, steps)
+        .with_context(|| format!("{}: no final validation record", src.display()))?;
     let (train, _) = vq_train::metrics::split(records);
     let train_s = std::fs::read_to_string(src.join("timings.jsonl"))
         .ok()
