@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, Var};
 use serde::Serialize;
-use vq_models::conv::{conv2d_nhwc, conv_transpose2d_nhwc, Relu};
+use vq_ops::ops::{conv2d_nhwc, conv_transpose2d_nhwc, ReluAt};
 
 use crate::bench::{median, shape_of};
 
@@ -110,7 +110,7 @@ pub fn time_ours(l: &LayerCase, batch: usize, steps: usize, warmup: usize) -> Re
                 b.as_ref().map(|b| b.as_tensor()),
                 l.stride,
                 l.pad,
-                Relu::NONE,
+                ReluAt::NONE,
             )?
         } else {
             conv2d_nhwc(
@@ -119,7 +119,7 @@ pub fn time_ours(l: &LayerCase, batch: usize, steps: usize, warmup: usize) -> Re
                 b.as_ref().map(|b| b.as_tensor()),
                 l.stride,
                 l.pad,
-                Relu::NONE,
+                ReluAt::NONE,
             )?
         };
         let grads = y.sum_all()?.backward()?;

@@ -83,7 +83,7 @@ impl ProjectOut {
                 }
                 let cols = Tensor::cat(&cols, 3)?.reshape((b * h * w, 9 * d))?;
                 let kernel = weight.permute((0, 2, 3, 1))?.reshape((c, 9 * d))?;
-                Ok(crate::linear::linear(&cols, &kernel, bias)?)
+                Ok(vq_ops::ops::linear(&cols, &kernel, bias)?)
             }
         }
     }
@@ -345,21 +345,21 @@ impl AdaptiveQuantizer {
     fn mix(&self, outs: &[Tensor], sel_units: &Tensor, batch: usize) -> Result<Tensor> {
         let t = outs[0].dim(0)?;
         Ok(match self.config.granularity() {
-            Granularity::PerVector => crate::mix::weighted_sum(outs, sel_units)?,
+            Granularity::PerVector => vq_ops::ops::weighted_sum(outs, sel_units)?,
             Granularity::PerImage => {
                 let m = sel_units.dim(1)?;
                 let sel = sel_units
                     .unsqueeze(1)?
                     .broadcast_as((batch, t / batch, m))?
                     .reshape((t, m))?;
-                crate::mix::weighted_sum(outs, &sel)?
+                vq_ops::ops::weighted_sum(outs, &sel)?
             }
             Granularity::RawView => {
                 let raw = outs
                     .iter()
                     .map(|o| raw_view(o, batch))
                     .collect::<Result<Vec<_>>>()?;
-                raw_view_inverse(&crate::mix::weighted_sum(&raw, sel_units)?, batch)?
+                raw_view_inverse(&vq_ops::ops::weighted_sum(&raw, sel_units)?, batch)?
             }
         })
     }

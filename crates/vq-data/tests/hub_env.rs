@@ -31,12 +31,10 @@ fn hf_home_cache_is_used_without_network() {
     )
     .unwrap();
     write_image_parquet(&snap.join("test-00000-of-00001.parquet"), &[(png, 7)]).unwrap();
-    // SAFETY: this test binary has a single test; nothing else reads the environment meanwhile.
-    unsafe {
-        std::env::set_var("HF_HOME", home.path());
-        std::env::remove_var("HF_HUB_CACHE");
-        std::env::set_var("HF_ENDPOINT", "http://127.0.0.1:9");
-    }
+    // This test binary has a single test: nothing else reads the environment meanwhile.
+    std::env::set_var("HF_HOME", home.path());
+    std::env::remove_var("HF_HUB_CACHE");
+    std::env::set_var("HF_ENDPOINT", "http://127.0.0.1:9");
     // `fashion-mnist` without a path: its default repo, found in $HF_HOME/hub.
     let d = load(&DataConfig {
         name: "fashion-mnist".into(),

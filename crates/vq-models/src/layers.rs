@@ -3,10 +3,11 @@
 use candle_core::{Module, Tensor};
 use candle_nn::{Conv2dConfig, ConvTranspose2dConfig, VarBuilder};
 
-use crate::conv::{conv2d_nhwc, conv2d_nhwc_add, conv_transpose2d_nhwc, Relu};
 use crate::error::Result;
-use crate::layout::{cpu_f32, to_nchw, to_nhwc, via_preferred, Layout};
-use crate::relu::relu as relu_op;
+use crate::layout::{via_preferred, Layout};
+use vq_ops::ops::relu as relu_op;
+use vq_ops::ops::{conv2d_nhwc, conv2d_nhwc_add, conv_transpose2d_nhwc, ReluAt};
+use vq_ops::ops::{is_cpu_f32 as cpu_f32, to_nchw, to_nhwc};
 
 /// 2-D convolution `[B, C_in, H, W] → [B, C_out, H', W']` with PyTorch's default initialisation
 /// (`kaiming_uniform(a=√5)`: weight and bias `U(−1/√fan_in, 1/√fan_in)`).
@@ -61,7 +62,7 @@ impl Conv2d {
         &self,
         x: &Tensor,
         layout: Layout,
-        relu: Relu,
+        relu: ReluAt,
     ) -> candle_core::Result<Tensor> {
         let _span = tracing::trace_span!("conv2d").entered();
         let (s, p) = (self.config.stride, self.config.padding);
@@ -94,14 +95,14 @@ impl Conv2d {
         if cpu_f32(x) && layout == Layout::ChannelsLast && self.bias.is_none() {
             let _span = tracing::trace_span!("conv2d").entered();
             let (s, p) = (self.config.stride, self.config.padding);
-            return conv2d_nhwc_add(x, &self.weight, skip, s, p, Relu::NONE);
+            return conv2d_nhwc_add(x, &self.weight, skip, s, p, ReluAt::NONE);
         }
-        skip + self.forward_in(x, layout, Relu::NONE)?
+        skip + self.forward_in(x, layout, ReluAt::NONE)?
     }
 }
 
 /// `x`, or `relu(x)` when `relu.input` (candle's path).
-fn input_relu(x: &Tensor, relu: Relu) -> candle_core::Result<Tensor> {
+fn input_relu(x: &Tensor, relu: ReluAt) -> candle_core::Result<Tensor> {
     if relu.input {
         relu_op(x)
     } else {
@@ -111,7 +112,7 @@ fn input_relu(x: &Tensor, relu: Relu) -> candle_core::Result<Tensor> {
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.forward_in(x, Layout::ChannelsFirst, Relu::NONE)
+        self.forward_in(x, Layout::ChannelsFirst, ReluAt::NONE)
     }
 }
 
@@ -161,7 +162,7 @@ impl ConvTranspose2d {
         &self,
         x: &Tensor,
         layout: Layout,
-        relu: Relu,
+        relu: ReluAt,
     ) -> candle_core::Result<Tensor> {
         let _span = tracing::trace_span!("conv_transpose2d").entered();
         let c = &self.config;
@@ -188,7 +189,7 @@ impl ConvTranspose2d {
 
 impl Module for ConvTranspose2d {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.forward_in(x, Layout::ChannelsFirst, Relu::NONE)
+        self.forward_in(x, Layout::ChannelsFirst, ReluAt::NONE)
     }
 }
 
@@ -213,7 +214,7 @@ impl Residual {
 impl Residual {
     /// `x` in `layout` (shape preserving).
     pub fn forward_in(&self, x: &Tensor, layout: Layout) -> candle_core::Result<Tensor> {
-        let h = self.conv3.forward_in(x, layout, Relu::BOTH)?;
+        let h = self.conv3.forward_in(x, layout, ReluAt::BOTH)?;
         self.conv1.forward_add(&h, x, layout)
     }
 }
@@ -303,13 +304,13 @@ fn max_pool3_same(x: &Tensor) -> candle_core::Result<Tensor> {
 impl Inception {
     /// `x` in `layout` (shape preserving).
     pub fn forward_in(&self, x: &Tensor, layout: Layout) -> candle_core::Result<Tensor> {
-        let a = self.b1.forward_in(x, layout, Relu::NONE)?;
-        let b3 = self.b3_reduce.forward_in(x, layout, Relu::OUTPUT)?;
-        let b = self.b3.forward_in(&b3, layout, Relu::NONE)?;
-        let b5 = self.b5_reduce.forward_in(x, layout, Relu::OUTPUT)?;
-        let c = self.b5.forward_in(&b5, layout, Relu::NONE)?;
+        let a = self.b1.forward_in(x, layout, ReluAt::NONE)?;
+        let b3 = self.b3_reduce.forward_in(x, layout, ReluAt::OUTPUT)?;
+        let b = self.b3.forward_in(&b3, layout, ReluAt::NONE)?;
+        let b5 = self.b5_reduce.forward_in(x, layout, ReluAt::OUTPUT)?;
+        let c = self.b5.forward_in(&b5, layout, ReluAt::NONE)?;
         let pooled = layout.from_nchw(&max_pool3_same(&layout.to_nchw(x)?)?)?;
-        let d = self.pool_proj.forward_in(&pooled, layout, Relu::NONE)?;
+        let d = self.pool_proj.forward_in(&pooled, layout, ReluAt::NONE)?;
         relu_op(&Tensor::cat(&[a, b, c, d], layout.channel_axis())?)
     }
 }

@@ -23,15 +23,11 @@
 //! # Ok(()) }
 //! ```
 
-pub mod conv;
-mod direct;
 pub mod error;
 
 pub mod layers;
 pub mod layout;
 pub mod model;
-pub mod relu;
-mod winograd;
 
 pub use error::{ModelError, Result};
 pub use model::{

@@ -11,10 +11,10 @@ use vq_core::{
     QuantizerOutput, Router, SelectionLogits, Step, ValidAdaptiveConfig,
 };
 
-use crate::conv::Relu;
 use crate::error::{ModelError, Result};
 use crate::layers::{Conv2d, ConvTranspose2d, Inception, ResidualStack};
 use crate::layout::{via_preferred, Layout};
+use vq_ops::ops::ReluAt;
 
 /// Encoder/decoder family (the paper's encoder ablation).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -305,9 +305,9 @@ impl Encoder {
     /// `x` `[B, C_in, H, W]` in `layout` → `[B, h, H/4, W/4]` in `layout`.
     pub fn forward_in(&self, x: &Tensor, layout: Layout) -> candle_core::Result<Tensor> {
         let _span = tracing::trace_span!("encoder").entered();
-        let h = self.conv1.forward_in(x, layout, Relu::OUTPUT)?;
-        let h = self.conv2.forward_in(&h, layout, Relu::OUTPUT)?;
-        let h = self.conv3.forward_in(&h, layout, Relu::NONE)?;
+        let h = self.conv1.forward_in(x, layout, ReluAt::OUTPUT)?;
+        let h = self.conv2.forward_in(&h, layout, ReluAt::OUTPUT)?;
+        let h = self.conv3.forward_in(&h, layout, ReluAt::NONE)?;
         match (&self.residual, &self.inception) {
             (Some(r), _) => r.forward_in(&h, layout),
             (_, Some(i)) => i.forward_in(&h, layout),
@@ -363,7 +363,7 @@ impl Decoder {
     pub fn forward_in(&self, z: &Tensor, layout: Layout) -> candle_core::Result<Tensor> {
         let _span = tracing::trace_span!("decoder").entered();
         let h = match &self.conv1 {
-            Some(conv1) => conv1.forward_in(z, layout, Relu::NONE)?,
+            Some(conv1) => conv1.forward_in(z, layout, ReluAt::NONE)?,
             None => z.clone(),
         };
         // ReLU(stack) → deconv1 → ReLU: both ReLUs fused into deconv1 (the residual stack's
@@ -373,12 +373,12 @@ impl Decoder {
             (_, Some(i)) => (i.forward_in(&h, layout)?, false),
             _ => (h, true),
         };
-        let both = Relu {
+        let both = ReluAt {
             input: relu_in,
             output: true,
         };
         let h = self.deconv1.forward_in(&h, layout, both)?;
-        self.deconv2.forward_in(&h, layout, Relu::NONE)
+        self.deconv2.forward_in(&h, layout, ReluAt::NONE)
     }
 }
 

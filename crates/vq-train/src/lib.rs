@@ -17,7 +17,8 @@ pub mod optim;
 pub mod quality;
 pub mod report;
 pub mod session;
-pub mod signals;
+/// Stop signals (SIGINT, SIGTERM): [`vq_ops::runtime::signals`].
+pub use vq_ops::runtime::signals;
 pub mod trainer;
 
 pub use config::{NonFinitePolicy, TrainConfig, TrainParams};
@@ -35,13 +36,7 @@ pub use trainer::{default_run_dir, train, RunSummary};
 ///
 /// What each was worth is measured in docs/benchmarks.md ("Where the time went").
 pub fn tune_cpu_runtime() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator thresholds; called before other threads allocate.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
-    }
+    vq_ops::runtime::keep_freed_memory();
     if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
         // Called at the start of `main`, before any other thread exists.
         std::env::set_var("CANDLE_NUM_THREADS", "1");

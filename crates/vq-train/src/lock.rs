@@ -1,4 +1,5 @@
-//! One writer per run folder: an exclusive `flock` on `<run>/.lock` held for a training's
+//! One writer per run folder: an exclusive lock (`flock` on Unix, `LockFileEx` on Windows, through
+//! `File::try_lock`) on `<run>/.lock` held for a training's
 //! lifetime. The kernel drops it when the process ends, however it ends, so a lock left by a
 //! killed process never blocks; the file keeps the holder's PID for the message a second
 //! writer gets. Readers (`eval`, `reconstruct`, `encode`) do not lock.
@@ -26,23 +27,17 @@ impl RunLock {
             .truncate(false)
             .open(&path)
             .map_err(|e| TrainError::io(&path, e))?;
-        #[cfg(unix)]
-        {
-            use std::os::fd::AsRawFd;
-            // SAFETY: flock on a file descriptor this function owns.
-            let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            if r != 0 {
-                let err = std::io::Error::last_os_error();
-                if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                    let mut pid = String::new();
-                    let _ = file.read_to_string(&mut pid);
-                    return Err(TrainError::Locked {
-                        run: run.to_path_buf(),
-                        pid: pid.trim().parse().ok(),
-                    });
-                }
-                return Err(TrainError::io(&path, err));
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                return Err(TrainError::Locked {
+                    run: run.to_path_buf(),
+                    pid: pid.trim().parse().ok(),
+                });
             }
+            Err(std::fs::TryLockError::Error(e)) => return Err(TrainError::io(&path, e)),
         }
         let write_pid = |f: &mut File| -> std::io::Result<()> {
             f.set_len(0)?;

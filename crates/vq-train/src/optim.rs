@@ -1,15 +1,14 @@
 //! Adam (Kingma & Ba) with bias correction and a state that can be checkpointed, over candle
 //! variables; parameters that never receive a gradient (EMA buffers) get no state.
 //!
-//! On the CPU in f32 a step is two in-place passes per parameter (moments, then the parameter)
-//! instead of a dozen element-wise tensor ops, each a fresh buffer on the calling thread.
+//! On the CPU in f32 a step is vq-ops' two in-place passes per parameter (moments, then the
+//! parameter); elsewhere candle's element-wise ops.
 
 use std::collections::{BTreeMap, HashMap};
 
 use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Tensor, Var};
-use rayon::prelude::*;
-use vq_core::linalg::cpu_f32;
+use candle_core::{DType, Tensor, Var};
+use vq_ops::ops::{adam_apply, adam_moments};
 
 use crate::error::{Result, TrainError};
 
@@ -26,100 +25,6 @@ pub struct AdamConfig {
 struct Slot {
     mv: Tensor,
     t: u64,
-}
-
-/// `m ← β₁m + (1−β₁)g`, `v ← β₂v + (1−β₂)g²` in place on `[m; v]`, reading the gradient
-/// (`1 − β` computed in f64: `1 − 0.999f32` is 1.3e-5 off).
-struct Moments {
-    beta1: f32,
-    beta2: f32,
-    one_minus_beta1: f32,
-    one_minus_beta2: f32,
-}
-
-impl InplaceOp2 for Moments {
-    fn name(&self) -> &'static str {
-        "adam-moments"
-    }
-    fn cpu_fwd(
-        &self,
-        mv: &mut CpuStorage,
-        ml: &Layout,
-        g: &CpuStorage,
-        gl: &Layout,
-    ) -> candle_core::Result<()> {
-        let g = cpu_f32(g, gl, "adam gradient")?;
-        let (a, b) = ml
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("adam: moments not contiguous".into()))?;
-        let CpuStorage::F32(mv) = mv else {
-            candle_core::bail!("adam: moments must be f32");
-        };
-        let (m, v) = mv[a..b].split_at_mut(g.len());
-        if v.len() != g.len() {
-            candle_core::bail!(
-                "adam: {} moments for {} gradients",
-                m.len() + v.len(),
-                g.len()
-            );
-        }
-        let (b1, b2) = (self.beta1, self.beta2);
-        let (c1, c2) = (self.one_minus_beta1, self.one_minus_beta2);
-        m.par_chunks_mut(1 << 14)
-            .zip(v.par_chunks_mut(1 << 14))
-            .zip(g.par_chunks(1 << 14))
-            .for_each(|((m, v), g)| {
-                for ((m, v), g) in m.iter_mut().zip(v.iter_mut()).zip(g) {
-                    *m = b1 * *m + c1 * g;
-                    *v = b2 * *v + c2 * g * g;
-                }
-            });
-        Ok(())
-    }
-}
-
-/// `θ ← θ − lr·(m/c₁)/(√(v/c₂) + ε)` in place on the parameter, reading `[m; v]`.
-struct Apply {
-    lr: f32,
-    bc1: f32,
-    bc2: f32,
-    eps: f32,
-}
-
-impl InplaceOp2 for Apply {
-    fn name(&self) -> &'static str {
-        "adam-apply"
-    }
-    fn cpu_fwd(
-        &self,
-        w: &mut CpuStorage,
-        wl: &Layout,
-        mv: &CpuStorage,
-        mvl: &Layout,
-    ) -> candle_core::Result<()> {
-        let mv = cpu_f32(mv, mvl, "adam moments")?;
-        let (a, b) = wl
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("adam: parameter not contiguous".into()))?;
-        let CpuStorage::F32(w) = w else {
-            candle_core::bail!("adam: parameter must be f32");
-        };
-        let w = &mut w[a..b];
-        if mv.len() != 2 * w.len() {
-            candle_core::bail!("adam: {} moments for {} parameters", mv.len(), w.len());
-        }
-        let (m, v) = mv.split_at(w.len());
-        let (lr, bc1, bc2, eps) = (self.lr, self.bc1, self.bc2, self.eps);
-        w.par_chunks_mut(1 << 14)
-            .zip(m.par_chunks(1 << 14))
-            .zip(v.par_chunks(1 << 14))
-            .for_each(|((w, m), v)| {
-                for ((w, m), v) in w.iter_mut().zip(m).zip(v) {
-                    *w -= lr * (m / bc1) / ((v / bc2).sqrt() + eps);
-                }
-            });
-        Ok(())
-    }
 }
 
 /// Adam over named variables.
@@ -165,24 +70,8 @@ impl Adam {
                 && w.is_contiguous();
             if fused {
                 let g = g.contiguous()?;
-                slot.mv.inplace_op2(
-                    &g,
-                    &Moments {
-                        beta1: c.beta1 as f32,
-                        beta2: c.beta2 as f32,
-                        one_minus_beta1: (1.0 - c.beta1) as f32,
-                        one_minus_beta2: (1.0 - c.beta2) as f32,
-                    },
-                )?;
-                w.inplace_op2(
-                    &slot.mv,
-                    &Apply {
-                        lr: c.lr as f32,
-                        bc1: bc1 as f32,
-                        bc2: bc2 as f32,
-                        eps: c.eps as f32,
-                    },
-                )?;
+                adam_moments(&slot.mv, &g, c.beta1, c.beta2)?;
+                adam_apply(w, &slot.mv, c.lr, (bc1, bc2), c.eps)?;
             } else {
                 let g = g.flatten_all()?;
                 let m = (slot.mv.get(0)?.affine(c.beta1, 0.0)? + g.affine(1.0 - c.beta1, 0.0)?)?;

@@ -278,26 +278,17 @@ fn damaged_checkpoints_are_named() {
 /// earlier checkpoint still loads. An output path under a regular file is refused too.
 #[test]
 fn unwritable_output_keeps_the_earlier_checkpoint() {
-    use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("full");
     vq_train::train(common::tiny_config(20), &run, false, false).unwrap();
-    let mut cmd = Command::new(bin());
-    cmd.args(["train", "--quiet", "--resume"])
+    // A 4 KiB file-size limit (8 blocks of 512 bytes in POSIX sh) with SIGXFSZ ignored, so a
+    // write past it fails with EFBIG instead of killing the process; both survive exec.
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "trap '' XFSZ; ulimit -f 8; exec \"$0\" \"$@\""])
+        .arg(bin())
+        .args(["train", "--quiet", "--resume"])
         .arg(&run)
         .args(["--set", "train.steps=40"]);
-    // SAFETY: only async-signal-safe libc calls between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
-            let lim = libc::rlimit {
-                rlim_cur: 4096,
-                rlim_max: 4096,
-            };
-            libc::setrlimit(libc::RLIMIT_FSIZE, &lim);
-            Ok(())
-        });
-    }
     let out = cmd.output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());

@@ -1,41 +1,40 @@
-//! Direct (im2col-free) convolution kernels for x86-64 with AVX-512 over channel-last
-//! (`[B, H, W, C]`) zero-padded activations: the forward pass, the input gradient of a stride-1
+//! Direct (im2col-free) convolutions over channel-last (`[B, H, W, C]`) zero-padded
+//! activations, on the register tiles of [`super::avx512`] or their portable versions in
+//! [`super::scalar`]: the forward pass, the input gradient of a stride-1
 //! convolution (a convolution of the padded output gradient with the flipped kernel) and the
 //! kernel gradient.
 //!
-//! The GEMM path (`conv.rs`) writes a column matrix nine times the size of the activations for a
+//! The GEMM path (`ops/conv.rs`) writes a column matrix nine times the size of the activations for a
 //! 3×3 kernel and reads it back; on the paper's 7×7 latents that memory traffic cost more than
 //! the arithmetic. Here each register tile (`R` output positions of one row × 32 output
 //! channels, or `R` input channels × 32 output channels for the kernel gradient) reads the
 //! activations where they are, so the only extra passes are one layout change in and out.
-//! Used for convolutions whose input and output channel counts are multiples of 32 when the CPU
-//! has AVX-512F; everything else takes the GEMM path.
+//! `ops::conv` uses them for convolutions whose input and output channel counts are multiples of
+//! 32 when the CPU has AVX-512F ([`fast`]); everything else takes the GEMM path.
 
 use rayon::prelude::*;
 
+use super::buffer::zeros;
+use super::scalar::{self, TileEpilogue};
+use super::Isa;
+
 /// Output channels per register tile (two 16-lane vectors).
-pub(crate) const OB: usize = 32;
+pub const OB: usize = 32;
 /// Largest number of positions (forward) or input channels (kernel gradient) per tile: `R·2`
 /// accumulators, 2 kernel vectors and a broadcast fit the 32 vector registers.
 const MAX_R: usize = 14;
 /// Zero elements after each padded buffer: no tile reads past its end.
 const SLACK: usize = 64;
 
-/// Whether the running CPU has the instructions of the direct kernels.
-pub(crate) fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+/// Whether the direct kernels are the fast path on this CPU: it has AVX-512F. Elsewhere they
+/// run on the portable tiles, correct but slower than GEMM.
+pub fn fast() -> bool {
+    Isa::detected() >= Isa::Avx512
 }
 
 /// How [`Padded::from_nhwc`] transforms each value.
 #[derive(Clone, Copy)]
-pub(crate) enum Source<'a> {
+pub enum Source<'a> {
     /// As it is.
     Copy,
     /// `max(v, 0)` (a ReLU before the convolution).
@@ -46,7 +45,7 @@ pub(crate) enum Source<'a> {
 }
 
 /// A channel-last activation `[B, Hp, Wp, C]` zero-padded by `pad` on each side.
-pub(crate) struct Padded {
+pub struct Padded {
     pub data: Vec<f32>,
     pub batch: usize,
     pub hp: usize,
@@ -68,7 +67,7 @@ impl Padded {
             assert_eq!(m.len(), x.len(), "padded copy: mask length");
         }
         let (hp, wp) = (h + 2 * pad, w + 2 * pad);
-        let mut data = crate::layout::zeros(b * hp * wp * c + SLACK);
+        let mut data = zeros(b * hp * wp * c + SLACK);
         data[..b * hp * wp * c]
             .par_chunks_mut(hp * wp * c)
             .enumerate()
@@ -137,7 +136,7 @@ impl Padded {
 /// laid out like the output), then `max(·, 0)`, then `· [mask > 0]` (the backward pass of a
 /// ReLU on the input whose gradient this is; `mask` is laid out like the output).
 #[derive(Clone, Copy)]
-pub(crate) struct Epilogue<'a> {
+pub struct Epilogue<'a> {
     pub bias: Option<&'a [f32]>,
     pub add: Option<&'a [f32]>,
     pub relu: bool,
@@ -175,7 +174,7 @@ impl<'a> Epilogue<'a> {
 
 /// A kernel packed for the tiles: `[O/32][taps][C][32]`, as a convolution with `C` inputs,
 /// `O` outputs and a list of taps.
-pub(crate) struct Packed {
+pub struct Packed {
     data: Vec<f32>,
     taps: usize,
     c: usize,
@@ -189,12 +188,7 @@ impl Packed {
     }
 
     /// Packs `get(out, in, tap)` for `o` outputs (a multiple of 32) and `c` inputs.
-    pub(crate) fn pack(
-        o: usize,
-        c: usize,
-        taps: usize,
-        get: impl Fn(usize, usize, usize) -> f32,
-    ) -> Self {
+    pub fn pack(o: usize, c: usize, taps: usize, get: impl Fn(usize, usize, usize) -> f32) -> Self {
         assert_eq!(o % OB, 0, "packed kernels need a multiple of {OB} outputs");
         let mut data = vec![0f32; o * c * taps];
         if data.is_empty() {
@@ -213,7 +207,7 @@ impl Packed {
     }
 
     /// From data already laid out as `[O/32][taps][C][32]`.
-    pub(crate) fn from_raw(data: Vec<f32>, taps: usize, c: usize, o: usize) -> Self {
+    pub fn from_raw(data: Vec<f32>, taps: usize, c: usize, o: usize) -> Self {
         assert_eq!(data.len(), o * c * taps, "packed kernel: length");
         assert_eq!(o % OB, 0, "packed kernels need a multiple of {OB} outputs");
         Self { data, taps, c, o }
@@ -233,7 +227,7 @@ impl Packed {
 /// # Panics
 /// If any of those reads or writes would leave `x` or `out`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn row_tiles(
+pub fn row_tiles(
     x: &[f32],
     base: usize,
     xps: usize,
@@ -244,6 +238,7 @@ pub(crate) fn row_tiles(
     yps: usize,
     n: usize,
     ep: Epilogue,
+    isa: Isa,
 ) {
     assert_eq!(taps.len(), w.taps, "direct conv: taps");
     if n == 0 {
@@ -274,40 +269,57 @@ pub(crate) fn row_tiles(
         base + (n - 1) * xps + max_tap + w.c <= x.len(),
         "direct conv: input read out of range"
     );
-    assert!(available(), "direct conv: the CPU lacks AVX-512F");
     for ob in 0..w.o / OB {
         let wb = w.block(ob);
-        let bias = ep.bias.map_or(std::ptr::null(), |b| b[ob * OB..].as_ptr());
-        let mask = ep.mask.map_or(std::ptr::null(), |m| m.as_ptr());
-        let add = ep.add.map_or(std::ptr::null(), |m| m.as_ptr());
         for (j0, r) in chunks(n, MAX_R) {
-            // SAFETY: AVX-512F is present; the tile reads x[base + (j0 + j)·xps + taps[t] + ci]
-            // for j < r, ci < c (inside `x` by the assertion above), wb[(t·c + ci)·32 + 0..32]
-            // (inside the block), bias[0..32] when not null (inside the asserted bias), the mask
-            // and the residual at the offsets it writes (both as long as `out`), and writes
-            // out[first + (j0 + j)·yps + ob·32 + 0..32] (inside `out`, asserted).
-            unsafe {
-                #[cfg(target_arch = "x86_64")]
-                fwd_tile(
-                    r,
-                    x.as_ptr().add(base + j0 * xps),
-                    xps,
-                    taps,
-                    w.c,
-                    wb.as_ptr(),
-                    out.as_mut_ptr().add(first + j0 * yps + ob * OB),
-                    yps,
-                    bias,
-                    ep.relu,
-                    [mask, add].map(|p| {
-                        if p.is_null() {
-                            p
-                        } else {
-                            p.add(first + j0 * yps + ob * OB)
-                        }
-                    }),
+            let at = first + j0 * yps + ob * OB;
+            #[cfg(target_arch = "x86_64")]
+            if isa >= Isa::Avx512 {
+                assert!(
+                    Isa::Avx512.runs_here(),
+                    "direct conv: the CPU lacks AVX-512F"
                 );
+                let bias = ep.bias.map_or(std::ptr::null(), |b| b[ob * OB..].as_ptr());
+                let [mask, add] =
+                    [ep.mask, ep.add].map(|m| m.map_or(std::ptr::null(), |m| m[at..].as_ptr()));
+                // SAFETY: AVX-512F is present; the tile reads x[base + (j0 + j)·xps + taps[t] +
+                // ci] for j < r, ci < c (inside `x` by the assertion above), wb[(t·c + ci)·32 +
+                // 0..32] (inside the block), bias[0..32] when not null (inside the asserted
+                // bias), the mask and the residual at the offsets it writes (both as long as
+                // `out`), and writes out[at + j·yps + 0..32] (inside `out`, asserted).
+                unsafe {
+                    super::avx512::fwd_tile(
+                        r,
+                        x.as_ptr().add(base + j0 * xps),
+                        xps,
+                        taps,
+                        w.c,
+                        wb.as_ptr(),
+                        out.as_mut_ptr().add(at),
+                        yps,
+                        bias,
+                        ep.relu,
+                        [mask, add],
+                    );
+                }
+                continue;
             }
+            scalar::fwd_tile(
+                r,
+                &x[base + j0 * xps..],
+                xps,
+                taps,
+                w.c,
+                wb,
+                &mut out[at..],
+                yps,
+                TileEpilogue {
+                    bias: ep.bias.map(|b| &b[ob * OB..]),
+                    relu: ep.relu,
+                    mask: ep.mask.map(|m| &m[at..]),
+                    add: ep.add.map(|a| &a[at..]),
+                },
+            );
         }
     }
 }
@@ -324,12 +336,13 @@ fn chunks(n: usize, max: usize) -> Vec<(usize, usize)> {
 /// Convolution of the padded channel-last `x` with `w` (`k × k`) at `stride`, output
 /// `[B, Ho, Wo, O]` channel-last, where `Ho = (Hp − k)/stride + 1` (the padding is already in
 /// `x`).
-pub(crate) fn conv(
+pub fn conv(
     x: &Padded,
     w: &Packed,
     k: usize,
     stride: usize,
     ep: Epilogue,
+    isa: Isa,
 ) -> (Vec<f32>, usize, usize) {
     assert_eq!(
         (x.channels, w.taps),
@@ -340,7 +353,7 @@ pub(crate) fn conv(
     let wo = (x.wp - k) / stride + 1;
     let taps: Vec<usize> = (0..k * k).map(|t| x.at(0, t / k, t % k)).collect();
     let o = w.o;
-    let mut y = crate::layout::zeros(x.batch * ho * wo * o);
+    let mut y = zeros(x.batch * ho * wo * o);
     y.par_chunks_mut(wo * o).enumerate().for_each(|(row, out)| {
         let (b, oy) = (row / ho, row % ho);
         let base = x.at(b, oy * stride, 0);
@@ -355,6 +368,7 @@ pub(crate) fn conv(
             o,
             wo,
             ep.part(row * wo * o, wo * o),
+            isa,
         );
     });
     (y, ho, wo)
@@ -372,7 +386,7 @@ fn class_taps(r: usize, k: usize, s: usize) -> usize {
 
 /// The smallest padding of the output gradient `[B, Ho, Wo, O]` that [`input_grad`] needs for an
 /// input of side `h` (conv kernel `k`, stride `s`, padding `p`).
-pub(crate) fn input_grad_pad(k: usize, s: usize, p: usize, h: usize, ho: usize) -> usize {
+pub fn input_grad_pad(k: usize, s: usize, p: usize, h: usize, ho: usize) -> usize {
     let top = (0..s.min(h))
         .map(|iy| (class_taps((iy + p) % s, k, s).saturating_sub(1)).saturating_sub((iy + p) / s))
         .max()
@@ -389,7 +403,7 @@ pub(crate) fn input_grad_pad(k: usize, s: usize, p: usize, h: usize, ho: usize) 
 /// `ox·s + kx − p = ix`. Split by the residues of `iy + p` and `ix + p` modulo `s`, each class of
 /// input positions is a small dense convolution of `dy` (a 2 × 2 one for k = 4, s = 2).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn input_grad(
+pub fn input_grad(
     dy: &Padded,
     w: &[f32],
     c: usize,
@@ -399,6 +413,7 @@ pub(crate) fn input_grad(
     h: usize,
     wd: usize,
     ep: Epilogue,
+    isa: Isa,
 ) -> Vec<f32> {
     let o = dy.channels;
     let pad = dy.pad;
@@ -429,7 +444,7 @@ pub(crate) fn input_grad(
             (offsets, packed)
         })
         .collect();
-    let mut dx = crate::layout::zeros(dy.batch * h * wd * c);
+    let mut dx = zeros(dy.batch * h * wd * c);
     dx.par_chunks_mut(wd * c)
         .enumerate()
         .for_each(|(row, out)| {
@@ -461,6 +476,7 @@ pub(crate) fn input_grad(
                     s * c,
                     n,
                     ep.part(row * wd * c, wd * c),
+                    isa,
                 );
             }
         });
@@ -473,8 +489,8 @@ pub(crate) fn input_grad(
 ///
 /// Tiles of up to 6 input channels × 64 output channels (14 × 32 when `O` is not a multiple of
 /// 64) keep their accumulators in registers over all output positions.
-pub(crate) fn kernel_grad(x: &Padded, dy: &Padded, k: usize, stride: usize) -> Vec<f32> {
-    assert!(available(), "direct conv: the CPU lacks AVX-512F");
+pub fn kernel_grad(x: &Padded, dy: &Padded, k: usize, stride: usize, isa: Isa) -> Vec<f32> {
+    assert!(isa.runs_here(), "direct conv: the CPU lacks {isa:?}");
     let (c, o) = (x.channels, dy.channels);
     assert_eq!(o % OB, 0, "kernel gradient: outputs");
     let (ho, wo) = (dy.hp - 2 * dy.pad, dy.wp - 2 * dy.pad);
@@ -523,24 +539,41 @@ pub(crate) fn kernel_grad(x: &Padded, dy: &Padded, k: usize, stride: usize) -> V
                 let r1 = (r0 + block_rows).min(rows);
                 for (i, &(c0, r)) in group.iter().enumerate() {
                     let tile = &mut acc[i * max_r * width..(i + 1) * max_r * width];
-                    // SAFETY: AVX-512F is present (asserted above); for every output position
-                    // (b, oy, ox) of rows r0..r1 the tile reads x[at(b, oy·s+ky, ox·s+kx) + c0 +
-                    // j] (j < r ≤ c − c0) and dy[at(b, pad+oy, pad+ox) + ob·width + 0..width],
-                    // inside the buffers by the assertion above; it reads and writes
-                    // tile[j·width + 0..width], r·width ≤ tile.len().
-                    unsafe {
-                        #[cfg(target_arch = "x86_64")]
-                        grad_tile(
-                            width,
-                            r,
-                            x.data.as_ptr().add(x.at(0, ky, kx) + c0),
-                            [x.at(1, 0, 0), stride * x.wp * c, stride * c],
-                            dy.data.as_ptr().add(dy.at(0, dy.pad, dy.pad) + ob * width),
-                            [dy.at(1, 0, 0), dy.wp * o, o],
-                            [r0, r1, ho, wo],
-                            tile.as_mut_ptr(),
-                        );
+                    let xo = x.at(0, ky, kx) + c0;
+                    let xs = [x.at(1, 0, 0), stride * x.wp * c, stride * c];
+                    let go = dy.at(0, dy.pad, dy.pad) + ob * width;
+                    let dys = [dy.at(1, 0, 0), dy.wp * o, o];
+                    #[cfg(target_arch = "x86_64")]
+                    if isa >= Isa::Avx512 {
+                        // SAFETY: AVX-512F is present (asserted above); for every output
+                        // position (b, oy, ox) of rows r0..r1 the tile reads x[at(b, oy·s+ky,
+                        // ox·s+kx) + c0 + j] (j < r ≤ c − c0) and dy[at(b, pad+oy, pad+ox) +
+                        // ob·width + 0..width], inside the buffers by the assertion above; it
+                        // reads and writes tile[j·width + 0..width], r·width ≤ tile.len().
+                        unsafe {
+                            super::avx512::grad_tile(
+                                width,
+                                r,
+                                x.data.as_ptr().add(xo),
+                                xs,
+                                dy.data.as_ptr().add(go),
+                                dys,
+                                [r0, r1, ho, wo],
+                                tile.as_mut_ptr(),
+                            );
+                        }
+                        continue;
                     }
+                    scalar::grad_tile(
+                        width,
+                        r,
+                        &x.data[xo..],
+                        xs,
+                        &dy.data[go..],
+                        dys,
+                        [r0, r1, ho, wo],
+                        tile,
+                    );
                 }
             }
             acc
@@ -558,200 +591,4 @@ pub(crate) fn kernel_grad(x: &Padded, dy: &Padded, k: usize, stride: usize) -> V
         }
     }
     dw
-}
-
-/// One forward tile of `r` (≤ `MAX_R`) output positions × 32 output channels: dispatches to the
-/// register-resident kernel for that `r`.
-///
-/// # Safety
-/// AVX-512F must be available and every address described at the call sites valid.
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn fwd_tile(
-    r: usize,
-    x: *const f32,
-    xps: usize,
-    taps: &[usize],
-    c: usize,
-    w: *const f32,
-    y: *mut f32,
-    yps: usize,
-    bias: *const f32,
-    relu: bool,
-    [mask, add]: [*const f32; 2],
-) {
-    macro_rules! go {
-        ($($n:literal)*) => {
-            match r {
-                $($n => unsafe { kernels::fwd::<$n>(x, xps, taps, c, w, y, yps, bias, relu, [mask, add]) },)*
-                _ => unreachable!("tile of {r} positions"),
-            }
-        };
-    }
-    go!(1 2 3 4 5 6 7 8 9 10 11 12 13 14)
-}
-
-/// One kernel-gradient tile of `r` input channels × `width` (32 with `r` ≤ 14, or 64 with
-/// `r` ≤ 6) output channels summed over the output positions of rows `n[0]..n[1]` (row =
-/// `b·n[2] + y`, `n[3]` positions each; strides `xs` and `dys` per `b`, `y`, `x`), added to
-/// `acc` `[r][width]`.
-///
-/// # Safety
-/// AVX-512F must be available and every address described at the call site valid.
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn grad_tile(
-    width: usize,
-    r: usize,
-    x: *const f32,
-    xs: [usize; 3],
-    dy: *const f32,
-    dys: [usize; 3],
-    n: [usize; 4],
-    acc: *mut f32,
-) {
-    macro_rules! go {
-        ($v:literal: $($n:literal)*) => {
-            match r {
-                $($n => unsafe { kernels::grad::<$n, $v>(x, xs, dy, dys, n, acc) },)*
-                _ => unreachable!("tile of {r} channels"),
-            }
-        };
-    }
-    if width == 2 * OB {
-        go!(4: 1 2 3 4 5 6)
-    } else {
-        go!(2: 1 2 3 4 5 6 7 8 9 10 11 12 13 14)
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod kernels {
-    use std::arch::x86_64::*;
-
-    /// `y[j·yps + 0..32] = Σ_t Σ_ci x[j·xps + taps[t] + ci] · w[(t·c + ci)·32 + 0..32]` for
-    /// `j < R`, with the `R × 2` accumulators in registers; then `+ bias[0..32]` (unless null),
-    /// `+ add[j·yps + 0..32]` (unless null), `max(·, 0)` when `relu`, and
-    /// `· [mask[j·yps + 0..32] > 0]` (unless null).
-    #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn fwd<const R: usize>(
-        x: *const f32,
-        xps: usize,
-        taps: &[usize],
-        c: usize,
-        w: *const f32,
-        y: *mut f32,
-        yps: usize,
-        bias: *const f32,
-        relu: bool,
-        [mask, add]: [*const f32; 2],
-    ) {
-        let mut acc = [[_mm512_setzero_ps(); 2]; R];
-        if !bias.is_null() {
-            // SAFETY: 32 bias values, as documented by the caller.
-            let b = unsafe { [_mm512_loadu_ps(bias), _mm512_loadu_ps(bias.add(16))] };
-            acc = [b; R];
-        }
-        for (t, &off) in taps.iter().enumerate() {
-            // SAFETY (this block): addresses as documented by the caller.
-            unsafe {
-                let xt = x.add(off);
-                let wt = w.add(t * c * 32);
-                for ci in 0..c {
-                    let w0 = _mm512_loadu_ps(wt.add(ci * 32));
-                    let w1 = _mm512_loadu_ps(wt.add(ci * 32 + 16));
-                    for (j, a) in acc.iter_mut().enumerate() {
-                        let v = _mm512_set1_ps(*xt.add(j * xps + ci));
-                        a[0] = _mm512_fmadd_ps(v, w0, a[0]);
-                        a[1] = _mm512_fmadd_ps(v, w1, a[1]);
-                    }
-                }
-            }
-        }
-        if !add.is_null() {
-            for (j, a) in acc.iter_mut().enumerate() {
-                // SAFETY: the residual is laid out like `y`, as documented by the caller.
-                unsafe {
-                    a[0] = _mm512_add_ps(a[0], _mm512_loadu_ps(add.add(j * yps)));
-                    a[1] = _mm512_add_ps(a[1], _mm512_loadu_ps(add.add(j * yps + 16)));
-                }
-            }
-        }
-        if relu {
-            let z = _mm512_setzero_ps();
-            for a in acc.iter_mut() {
-                a[0] = _mm512_max_ps(a[0], z);
-                a[1] = _mm512_max_ps(a[1], z);
-            }
-        }
-        if !mask.is_null() {
-            let z = _mm512_setzero_ps();
-            for (j, a) in acc.iter_mut().enumerate() {
-                // SAFETY: the mask is laid out like `y`, as documented by the caller.
-                let (m0, m1) = unsafe {
-                    (
-                        _mm512_loadu_ps(mask.add(j * yps)),
-                        _mm512_loadu_ps(mask.add(j * yps + 16)),
-                    )
-                };
-                a[0] = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(m0, z), a[0]);
-                a[1] = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(m1, z), a[1]);
-            }
-        }
-        for (j, a) in acc.iter().enumerate() {
-            // SAFETY: as documented by the caller.
-            unsafe {
-                _mm512_storeu_ps(y.add(j * yps), a[0]);
-                _mm512_storeu_ps(y.add(j * yps + 16), a[1]);
-            }
-        }
-    }
-
-    /// `acc[j·16V + 0..16V] += Σ_p x[p·xs + j] · dy[p·dys + 0..16V]` for `j < R` over the
-    /// positions `p = (b, y, x)` of rows `n[0]..n[1]` (row = `b·n[2] + y`, `x < n[3]`;
-    /// `p·s` = `b·s[0] + y·s[1] + x·s[2]`).
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn grad<const R: usize, const V: usize>(
-        x: *const f32,
-        xs: [usize; 3],
-        dy: *const f32,
-        dys: [usize; 3],
-        n: [usize; 4],
-        acc: *mut f32,
-    ) {
-        // SAFETY (this function): addresses as documented by the caller.
-        unsafe {
-            let mut a = [[_mm512_setzero_ps(); V]; R];
-            for (j, aj) in a.iter_mut().enumerate() {
-                for (v, av) in aj.iter_mut().enumerate() {
-                    *av = _mm512_loadu_ps(acc.add(j * 16 * V + 16 * v));
-                }
-            }
-            for row in n[0]..n[1] {
-                let (b, y) = (row / n[2], row % n[2]);
-                let xr = x.add(b * xs[0] + y * xs[1]);
-                let gr = dy.add(b * dys[0] + y * dys[1]);
-                for i in 0..n[3] {
-                    let gi = gr.add(i * dys[2]);
-                    let mut g = [_mm512_setzero_ps(); V];
-                    for (v, gv) in g.iter_mut().enumerate() {
-                        *gv = _mm512_loadu_ps(gi.add(16 * v));
-                    }
-                    let xi = xr.add(i * xs[2]);
-                    for (j, aj) in a.iter_mut().enumerate() {
-                        let e = _mm512_set1_ps(*xi.add(j));
-                        for (av, gv) in aj.iter_mut().zip(&g) {
-                            *av = _mm512_fmadd_ps(e, *gv, *av);
-                        }
-                    }
-                }
-            }
-            for (j, aj) in a.iter().enumerate() {
-                for (v, av) in aj.iter().enumerate() {
-                    _mm512_storeu_ps(acc.add(j * 16 * V + 16 * v), *av);
-                }
-            }
-        }
-    }
 }

@@ -1,20 +1,5 @@
-//! Row-major `f32` matrix products on the CPU through the `gemm` crate (AVX-512 kernels where
-//! the CPU has them), and the storage access every CPU autograd op of this workspace needs.
-
-use candle_core::{CpuStorage, Layout, Tensor};
-
-/// The values of a contiguous f32 CPU storage, or an error naming `what`.
-pub fn cpu_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => candle_core::bail!("{what}: expected a contiguous f32 CPU tensor"),
-    }
-}
-
-/// The f32 values of a CPU tensor, copied (made contiguous first when needed).
-pub fn host_f32(t: &Tensor) -> candle_core::Result<Vec<f32>> {
-    t.flatten_all()?.to_vec1::<f32>()
-}
+//! Row-major `f32` matrix products on the CPU through the `gemm` crate (which picks its own
+//! micro-kernels per ISA at run time, AVX-512 where the CPU has them).
 
 /// `a · b` for `a` `[m, k]` (or `[k, m]` when `a_transposed`) and `b` `[k, n]` (or `[n, k]`
 /// when `b_transposed`), all row-major; returns the row-major `[m, n]` product, computed with

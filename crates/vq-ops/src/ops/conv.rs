@@ -2,7 +2,7 @@
 //! kernel and bias gradients in its backward pass, and only those that are needed.
 //!
 //! Two paths: when the CPU has AVX-512F and both channel counts are multiples of 32 (every
-//! layer of the paper's model but the first and the last), the direct kernels of `direct.rs`
+//! layer of the paper's model but the first and the last), the direct kernels of `kernels/direct.rs`
 //! over channel-last padded activations; otherwise GEMM, `conv2d = W · im2col(x)` and
 //! `conv_transpose2d = col2im(Wᵀ · x)`, whose backward pass takes two GEMMs and one
 //! `im2col`/`col2im`.
@@ -15,11 +15,10 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use vq_core::linalg::{cpu_f32 as contiguous, host_f32 as host, matmul, threads};
-
-use crate::direct;
-use crate::layout::transpose;
-use crate::winograd;
+use super::{cpu_f32 as contiguous, host_f32 as host};
+use crate::kernels::buffer::transpose;
+use crate::kernels::gemm::{matmul, threads};
+use crate::kernels::{direct, winograd, Isa};
 
 /// Geometry of a square-kernel convolution over `[B, C, H, W]` inputs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,7 +68,7 @@ fn im2col(g: &Geometry, x: &[f32]) -> Vec<f32> {
     let (rows, cols) = g.cols_shape();
     let (ho, wo, k, s, p) = (g.out_h(), g.out_w(), g.kernel, g.stride, g.padding);
     let (h, w) = (g.height, g.width);
-    let mut out = crate::layout::zeros(rows * cols);
+    let mut out = crate::kernels::buffer::zeros(rows * cols);
     out.par_chunks_mut(cols).enumerate().for_each(|(r, row)| {
         let (c, ky, kx) = (r / (k * k), (r / k) % k, r % k);
         let (y_lo, y_hi) = valid_range(ho, h, s, p, ky);
@@ -98,7 +97,7 @@ fn col2im(g: &Geometry, cols_data: &[f32]) -> Vec<f32> {
     let (_, cols) = g.cols_shape();
     let (ho, wo, k, s, p) = (g.out_h(), g.out_w(), g.kernel, g.stride, g.padding);
     let (h, w, c_all) = (g.height, g.width, g.channels);
-    let mut out = crate::layout::zeros(g.input_len());
+    let mut out = crate::kernels::buffer::zeros(g.input_len());
     // One task per (image, channel) plane: it gathers every tap that lands in it.
     out.par_chunks_mut(h * w)
         .enumerate()
@@ -159,35 +158,35 @@ fn kernel_grad(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], threads: usiz
 /// input gradient) and on its output (`relu(conv(x))`, the mask applied to the output
 /// gradient). Either way no separate ReLU node, buffer or gradient accumulation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Relu {
+pub struct ReluAt {
     pub input: bool,
     pub output: bool,
 }
 
-impl Relu {
+impl ReluAt {
     /// No ReLU.
-    pub const NONE: Relu = Relu {
+    pub const NONE: ReluAt = ReluAt {
         input: false,
         output: false,
     };
     /// `relu(conv(x))`.
-    pub const OUTPUT: Relu = Relu {
+    pub const OUTPUT: ReluAt = ReluAt {
         input: false,
         output: true,
     };
     /// `conv(relu(x))`.
-    pub const INPUT: Relu = Relu {
+    pub const INPUT: ReluAt = ReluAt {
         input: true,
         output: false,
     };
     /// `relu(conv(relu(x)))`.
-    pub const BOTH: Relu = Relu {
+    pub const BOTH: ReluAt = ReluAt {
         input: true,
         output: true,
     };
 }
 
-impl Relu {
+impl ReluAt {
     /// How the direct kernels copy the op's input: through the input ReLU, if any.
     fn source(self) -> direct::Source<'static> {
         if self.input {
@@ -334,17 +333,17 @@ enum Saved {
 fn use_direct(in_channels: usize, out_channels: usize, input_grad: bool) -> bool {
     (!input_grad || in_channels.is_multiple_of(direct::OB))
         && out_channels.is_multiple_of(direct::OB)
-        && direct::available()
+        && direct::fast()
 }
 
 /// `conv2d(x, w) + bias` with fused ReLUs over channel-last `x` `[B, H, W, C]` as one op.
 struct Conv2dOp {
     g: Geometry,
     out_channels: usize,
-    /// Direct AVX-512 kernels (`direct.rs`) instead of im2col + GEMM.
+    /// The direct kernels (`kernels/direct.rs`) instead of im2col + GEMM.
     direct: bool,
     /// ReLUs on the input and the output.
-    relu: Relu,
+    relu: ReluAt,
     /// The third input is a residual added to the output (shaped like it), not a bias.
     skip: bool,
     saved: std::sync::Mutex<Option<Saved>>,
@@ -392,10 +391,15 @@ impl CustomOp3 for Conv2dOp {
                 mask: None,
             };
             let y = if winograd::applies(g.kernel, g.stride, g.padding) {
-                winograd::conv(&xp, &winograd::Transformed::forward(w, o, c), ep)
+                winograd::conv(
+                    &xp,
+                    &winograd::Transformed::forward(w, o, c),
+                    ep,
+                    Isa::current(),
+                )
             } else {
                 let packed = direct::Packed::forward(w, o, c, g.kernel);
-                direct::conv(&xp, &packed, g.kernel, g.stride, ep).0
+                direct::conv(&xp, &packed, g.kernel, g.stride, ep, Isa::current()).0
             };
             (y, Saved::Padded(xp))
         } else {
@@ -450,15 +454,30 @@ impl CustomOp3 for Conv2dOp {
                     ..direct::Epilogue::NONE
                 };
                 Ok(rayon::join(
-                    || tracked(w).then(|| direct::kernel_grad(&xp, &dyp, g.kernel, g.stride)),
+                    || {
+                        tracked(w).then(|| {
+                            direct::kernel_grad(&xp, &dyp, g.kernel, g.stride, Isa::current())
+                        })
+                    },
                     || {
                         wv.as_ref().map(|wv| {
                             let (k, s, pd) = (g.kernel, g.stride, g.padding);
                             if winograd::applies(k, s, pd) {
                                 let wt = winograd::Transformed::input_grad(wv, o, c);
-                                winograd::conv(&dyp, &wt, ep)
+                                winograd::conv(&dyp, &wt, ep, Isa::current())
                             } else {
-                                direct::input_grad(&dyp, wv, c, k, s, pd, g.height, g.width, ep)
+                                direct::input_grad(
+                                    &dyp,
+                                    wv,
+                                    c,
+                                    k,
+                                    s,
+                                    pd,
+                                    g.height,
+                                    g.width,
+                                    ep,
+                                    Isa::current(),
+                                )
                             }
                         })
                     },
@@ -587,10 +606,10 @@ struct ConvTranspose2dOp {
     /// Geometry of the (adjoint) convolution over the output.
     g: Geometry,
     in_channels: usize,
-    /// Direct AVX-512 kernels (`direct.rs`) instead of GEMM + col2im.
+    /// The direct kernels (`kernels/direct.rs`) instead of GEMM + col2im.
     direct: bool,
     /// ReLUs on the input and the output.
-    relu: Relu,
+    relu: ReluAt,
     saved: std::sync::Mutex<Option<Saved>>,
 }
 
@@ -638,7 +657,7 @@ impl CustomOp3 for ConvTranspose2dOp {
                 mask: None,
             };
             let (k, s, p) = (g.kernel, g.stride, g.padding);
-            let y = direct::input_grad(&xp, w, co, k, s, p, g.height, g.width, ep);
+            let y = direct::input_grad(&xp, w, co, k, s, p, g.height, g.width, ep, Isa::current());
             *self.saved.lock().expect("saved lock") = Some(Saved::Padded(xp));
             y
         } else {
@@ -690,11 +709,15 @@ impl CustomOp3 for ConvTranspose2dOp {
                     ..direct::Epilogue::NONE
                 };
                 Ok(rayon::join(
-                    || tracked(w).then(|| direct::kernel_grad(&dyp, &xp, g.kernel, g.stride)),
+                    || {
+                        tracked(w).then(|| {
+                            direct::kernel_grad(&dyp, &xp, g.kernel, g.stride, Isa::current())
+                        })
+                    },
                     || {
                         wv.as_ref().map(|wv| {
                             let packed = direct::Packed::forward(wv, ci, co, g.kernel);
-                            direct::conv(&dyp, &packed, g.kernel, g.stride, ep).0
+                            direct::conv(&dyp, &packed, g.kernel, g.stride, ep, Isa::current()).0
                         })
                     },
                 ))
@@ -745,7 +768,7 @@ pub fn conv2d_nhwc(
     bias: Option<&Tensor>,
     stride: usize,
     padding: usize,
-    relu: Relu,
+    relu: ReluAt,
 ) -> Result<Tensor> {
     conv2d_with(x, w, bias, None, stride, padding, relu, true)
 }
@@ -759,7 +782,7 @@ pub fn conv2d_nhwc_add(
     skip: &Tensor,
     stride: usize,
     padding: usize,
-    relu: Relu,
+    relu: ReluAt,
 ) -> Result<Tensor> {
     conv2d_with(x, w, None, Some(skip), stride, padding, relu, true)
 }
@@ -773,7 +796,7 @@ fn conv2d_with(
     skip: Option<&Tensor>,
     stride: usize,
     padding: usize,
-    relu: Relu,
+    relu: ReluAt,
     allow_direct: bool,
 ) -> Result<Tensor> {
     let (b, h, wd, c) = x.dims4()?;
@@ -835,7 +858,7 @@ pub fn conv_transpose2d_nhwc(
     bias: Option<&Tensor>,
     stride: usize,
     padding: usize,
-    relu: Relu,
+    relu: ReluAt,
 ) -> Result<Tensor> {
     conv_transpose2d_with(x, w, bias, stride, padding, relu, true)
 }
@@ -848,7 +871,7 @@ fn conv_transpose2d_with(
     bias: Option<&Tensor>,
     stride: usize,
     padding: usize,
-    relu: Relu,
+    relu: ReluAt,
     allow_direct: bool,
 ) -> Result<Tensor> {
     let (b, h, wd, ci) = x.dims4()?;
@@ -901,7 +924,7 @@ fn conv_transpose2d_with(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::{to_nchw, to_nhwc};
+    use crate::ops::{to_nchw, to_nhwc};
     use candle_core::{Device, Var};
 
     fn close(a: &Tensor, b: &Tensor, tol: f32, what: &str) {
@@ -943,7 +966,7 @@ mod tests {
         s: usize,
         p: usize,
         transposed: bool,
-        relu: Relu,
+        relu: ReluAt,
         direct: bool,
     ) {
         let (xt, wt, bt) = (x.as_tensor(), w.as_tensor(), bias.as_tensor());
@@ -1009,7 +1032,7 @@ mod tests {
             d.set(d.get() + 1);
             d.get()
         });
-        vq_core::init::randn(k, "conv-test", shape, &Device::Cpu).unwrap()
+        crate::testing::randn(k, shape)
     }
 
     fn var(shape: &[usize]) -> Var {
@@ -1023,8 +1046,8 @@ mod tests {
     /// when allowed (and the CPU has them); the others always take the GEMM path.
     #[test]
     fn matches_candle_convolutions() {
-        assert_eq!(use_direct(32, 64, true), direct::available());
-        assert_eq!(use_direct(3, 64, false), direct::available());
+        assert_eq!(use_direct(32, 64, true), direct::fast());
+        assert_eq!(use_direct(3, 64, false), direct::fast());
         assert!(!use_direct(16, 64, true) && !use_direct(32, 48, true));
         for &(b, c, o, h, k, s, p) in &[
             // GEMM path: strides 1 and 2, 1×1, valid and over-padded.
@@ -1061,7 +1084,7 @@ mod tests {
             let (x, w, bias) = (var(&[b, c, h, h]), var(&[o, c, k, k]), var(&[o]));
             // Transposed: kernel [Ci = c, Co = o, k, k], when the output is not empty.
             let wt = ((h - 1) * s + k > 2 * p).then(|| var(&[c, o, k, k]));
-            let relus = [Relu::NONE, Relu::OUTPUT, Relu::INPUT, Relu::BOTH];
+            let relus = [ReluAt::NONE, ReluAt::OUTPUT, ReluAt::INPUT, ReluAt::BOTH];
             for (direct, relu) in [true, false]
                 .into_iter()
                 .flat_map(|d| relus.map(|r| (d, r)))
@@ -1086,9 +1109,9 @@ mod tests {
         ] {
             let (x, w, skip) = (var(&[b, c, h, h]), var(&[o, c, k, k]), var(&[b, o, h, h]));
             for (direct, relu) in [
-                (true, Relu::NONE),
-                (false, Relu::NONE),
-                (true, Relu::OUTPUT),
+                (true, ReluAt::NONE),
+                (false, ReluAt::NONE),
+                (true, ReluAt::OUTPUT),
             ] {
                 let (xt, wt, st) = (x.as_tensor(), w.as_tensor(), skip.as_tensor());
                 let mut plain = (xt.conv2d(wt, p, 1, 1, 1).unwrap() + st).unwrap();
@@ -1120,7 +1143,7 @@ mod tests {
         let x = Tensor::zeros((1, 4, 4, 2), candle_core::DType::F32, &d).unwrap();
         let w = Tensor::zeros((3, 2, 1, 1), candle_core::DType::F32, &d).unwrap();
         let bad = Tensor::zeros((1, 4, 4, 2), candle_core::DType::F32, &d).unwrap();
-        let err = conv2d_nhwc_add(&x, &w, &bad, 1, 0, Relu::NONE).unwrap_err();
+        let err = conv2d_nhwc_add(&x, &w, &bad, 1, 0, ReluAt::NONE).unwrap_err();
         assert!(err.to_string().contains("residual"), "{err}");
     }
 
@@ -1131,11 +1154,11 @@ mod tests {
         // [B, H, W, C] = [1, 3, 3, 2]
         let x = Tensor::zeros((1, 3, 3, 2), candle_core::DType::F32, &d).unwrap();
         let w = Tensor::zeros((4, 2, 7, 7), candle_core::DType::F32, &d).unwrap();
-        assert!(conv2d_nhwc(&x, &w, None, 1, 1, Relu::NONE).is_err());
+        assert!(conv2d_nhwc(&x, &w, None, 1, 1, ReluAt::NONE).is_err());
         let w3 = Tensor::zeros((4, 2, 3, 3), candle_core::DType::F32, &d).unwrap();
-        assert!(conv2d_nhwc(&x, &w3, None, 0, 1, Relu::NONE).is_err());
+        assert!(conv2d_nhwc(&x, &w3, None, 0, 1, ReluAt::NONE).is_err());
         let b = Tensor::zeros(5, candle_core::DType::F32, &d).unwrap();
-        assert!(conv2d_nhwc(&x, &w3, Some(&b), 1, 1, Relu::NONE)
+        assert!(conv2d_nhwc(&x, &w3, Some(&b), 1, 1, ReluAt::NONE)
             .unwrap_err()
             .to_string()
             .contains("bias"));
@@ -1146,7 +1169,7 @@ mod tests {
             None,
             1,
             1,
-            Relu::NONE
+            ReluAt::NONE
         )
         .is_err());
     }
@@ -1160,9 +1183,9 @@ mod tests {
             let x = randn(&[2, c, h, h]);
             let (w, bias) = (var(&[o, c, 4, 4]), var(&[o]));
             for (direct, relu) in [
-                (true, Relu::OUTPUT),
-                (false, Relu::OUTPUT),
-                (true, Relu::NONE),
+                (true, ReluAt::OUTPUT),
+                (false, ReluAt::OUTPUT),
+                (true, ReluAt::NONE),
             ] {
                 let mut plain = x
                     .conv2d(w.as_tensor(), 1, 2, 1, 1)
@@ -1206,7 +1229,7 @@ mod tests {
     fn untracked_inputs_get_no_gradient() {
         let x = randn(&[2, 6, 6, 3]);
         let w = var(&[4, 3, 3, 3]);
-        let g = conv2d_nhwc(&x, w.as_tensor(), None, 1, 1, Relu::NONE)
+        let g = conv2d_nhwc(&x, w.as_tensor(), None, 1, 1, ReluAt::NONE)
             .unwrap()
             .sum_all()
             .unwrap()

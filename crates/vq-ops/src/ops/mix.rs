@@ -9,7 +9,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::linalg::{cpu_f32, host_f32 as host};
+use super::{cpu_f32, host_f32 as host};
 
 /// Rows per parallel task.
 const ROWS: usize = 256;
@@ -216,10 +216,11 @@ impl CustomOp3 for AddTerm {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Var};
+    use crate::testing::max_abs_diff;
+    use candle_core::Var;
 
     fn seeded(shape: (usize, usize), seed: u64) -> Var {
-        let t = crate::init::randn(seed, "mix-test", &[shape.0, shape.1], &Device::Cpu).unwrap();
+        let t = crate::testing::randn(seed, &[shape.0, shape.1]);
         Var::from_tensor(&t).unwrap()
     }
 
@@ -247,17 +248,7 @@ mod tests {
                 });
             }
             let plain = plain.unwrap();
-            let diff = |a: &Tensor, b: &Tensor| {
-                (a - b)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap()
-            };
-            assert!(diff(&fast, &plain) <= 1e-5, "values t={t} m={m}");
+            assert!(max_abs_diff(&fast, &plain) <= 1e-5, "values t={t} m={m}");
             let r = seeded((t, c), 7).as_tensor().clone();
             let gf = (&fast * &r).unwrap().sum_all().unwrap().backward().unwrap();
             let gp = (&plain * &r)
@@ -271,7 +262,7 @@ mod tests {
                     gf.get(v.as_tensor()).unwrap(),
                     gp.get(v.as_tensor()).unwrap(),
                 );
-                assert!(diff(a, b) <= 1e-4, "gradient t={t} m={m}");
+                assert!(max_abs_diff(a, b) <= 1e-4, "gradient t={t} m={m}");
             }
         }
         assert!(weighted_sum(&[], &seeded((2, 1), 1)).is_err());

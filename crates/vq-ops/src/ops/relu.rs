@@ -9,7 +9,8 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use vq_core::linalg::cpu_f32 as contiguous;
+use super::cpu_f32 as contiguous;
+use crate::kernels::buffer::zeros;
 
 /// Elements per parallel task (small maps stay on one thread).
 const CHUNK: usize = 1 << 15;
@@ -23,7 +24,7 @@ impl CustomOp1 for Relu {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = contiguous(s, l, "relu x")?;
-        let mut y = crate::layout::zeros(x.len());
+        let mut y = zeros(x.len());
         y.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
             .for_each(|(y, x)| {
@@ -64,7 +65,7 @@ impl CustomOp2 for ReluGrad {
         if dy.len() != y.len() {
             candle_core::bail!("relu grad: {} gradients for {} outputs", dy.len(), y.len());
         }
-        let mut dx = crate::layout::zeros(y.len());
+        let mut dx = zeros(y.len());
         dx.par_chunks_mut(CHUNK)
             .zip(dy.par_chunks(CHUNK).zip(y.par_chunks(CHUNK)))
             .for_each(|(dx, (dy, y))| {

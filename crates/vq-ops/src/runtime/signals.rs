@@ -1,7 +1,6 @@
-//! SIGINT and SIGTERM as a request to stop cleanly: the training loop finishes its step, writes
-//! a checkpoint and returns [`TrainError::Interrupted`](crate::TrainError::Interrupted); a
-//! second signal exits at once (checkpoints are published atomically, so the last complete one
-//! survives).
+//! SIGINT and SIGTERM as a request to stop cleanly: vq-train's training loop finishes its step,
+//! writes a checkpoint and returns `TrainError::Interrupted`; a second signal exits at once
+//! (checkpoints are published atomically, so the last complete one survives).
 //!
 //! Only a binary installs the handlers ([`install`]); a library caller that does not keeps the
 //! default behaviour, and [`pending`] is then always `None`.
