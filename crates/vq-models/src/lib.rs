@@ -25,11 +25,17 @@
 
 pub mod error;
 
+mod body;
+mod config;
+mod decoder;
+mod encoder;
+pub mod features;
 pub mod layers;
-pub mod layout;
-pub mod model;
+mod vqvae;
 
+pub use config::{EncoderKind, ModelConfig, QuantizerSpec, ValidModelConfig};
+pub use decoder::Decoder;
+pub use encoder::Encoder;
 pub use error::{ModelError, Result};
-pub use model::{
-    Decoder, Encoder, EncoderKind, ModelConfig, QuantizerSpec, ValidModelConfig, VqVae, VqVaeOutput,
-};
+pub use features::{FeatureMap, Layer, MemoryFormat};
+pub use vqvae::{VqVae, VqVaeOutput};

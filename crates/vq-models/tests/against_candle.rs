@@ -1,4 +1,4 @@
-//! The CNN+ResNet and CNN encoders and decoders on the CPU (channel-last activations, direct and GEMM
+//! The CNN+ResNet, CNN and CNN+Inception encoders and decoders on the CPU (channel-last activations, direct and GEMM
 //! convolution ops, fused ReLUs, layout changes) against the same network written with candle's
 //! own channel-first convolutions: outputs and every parameter's gradient.
 
@@ -57,20 +57,59 @@ impl Reference {
         h.relu().unwrap()
     }
 
-    /// `layers` = 0: the plain CNN (no residual stack, no final ReLU).
-    fn encoder(&self, x: &Tensor, layers: usize) -> Tensor {
+    /// The four branches, concatenated, then ReLU.
+    fn inception(&self, x: &Tensor, prefix: &str) -> Tensor {
+        let p = |n: &str| format!("{prefix}.inception.{n}");
+        let a = self.conv(x, &p("b1"), 1, 0, true);
+        let b = self.conv(x, &p("b3_reduce"), 1, 0, true).relu().unwrap();
+        let b = self.conv(&b, &p("b3"), 1, 1, true);
+        let c = self.conv(x, &p("b5_reduce"), 1, 0, true).relu().unwrap();
+        let c = self.conv(&c, &p("b5"), 1, 2, true);
+        // 3×3 max-pool, stride 1, padding 1 with −∞, written out: shifted to be positive (so a
+        // zero-padded border never wins a window), the maximum over the nine offsets (candle's
+        // max_pool2d has no gradient for stride 1), shifted back.
+        let shift = (x.min_all().unwrap().detach() - 1.0).unwrap();
+        let pos = x
+            .broadcast_sub(&shift)
+            .unwrap()
+            .pad_with_zeros(2, 1, 1)
+            .unwrap()
+            .pad_with_zeros(3, 1, 1)
+            .unwrap();
+        let (h, w) = (x.dim(2).unwrap(), x.dim(3).unwrap());
+        let mut m = pos.narrow(2, 0, h).unwrap().narrow(3, 0, w).unwrap();
+        for (dy, dx) in (0..3).flat_map(|dy| (0..3).map(move |dx| (dy, dx))).skip(1) {
+            let win = pos.narrow(2, dy, h).unwrap().narrow(3, dx, w).unwrap();
+            m = m.maximum(&win).unwrap();
+        }
+        let pooled = m.broadcast_add(&shift).unwrap();
+        let d = self.conv(&pooled, &p("pool_proj"), 1, 0, true);
+        Tensor::cat(&[a, b, c, d], 1).unwrap().relu().unwrap()
+    }
+
+    /// The body's output with its final ReLU.
+    fn body(&self, x: &Tensor, prefix: &str, kind: EncoderKind, layers: usize) -> Tensor {
+        match kind {
+            EncoderKind::Cnn => x.relu().unwrap(),
+            EncoderKind::CnnResnet => self.residual_stack(x, prefix, layers),
+            EncoderKind::CnnInception => self.inception(x, prefix),
+        }
+    }
+
+    fn encoder(&self, x: &Tensor, kind: EncoderKind, layers: usize) -> Tensor {
         let h = self.conv(x, "encoder.conv1", 2, 1, true).relu().unwrap();
         let h = self.conv(&h, "encoder.conv2", 2, 1, true).relu().unwrap();
         let h = self.conv(&h, "encoder.conv3", 1, 1, true);
-        if layers == 0 {
-            return h;
+        // The plain CNN ends with conv3 (no ReLU).
+        match kind {
+            EncoderKind::Cnn => h,
+            _ => self.body(&h, "encoder", kind, layers),
         }
-        self.residual_stack(&h, "encoder", layers)
     }
 
-    fn decoder(&self, z: &Tensor, layers: usize) -> Tensor {
+    fn decoder(&self, z: &Tensor, kind: EncoderKind, layers: usize) -> Tensor {
         let h = self.conv(z, "decoder.conv1", 1, 1, true);
-        let h = self.residual_stack(&h, "decoder", layers);
+        let h = self.body(&h, "decoder", kind, layers);
         let h = self.deconv(&h, "decoder.deconv1").relu().unwrap();
         self.deconv(&h, "decoder.deconv2")
     }
@@ -106,16 +145,18 @@ fn assert_close(a: &Tensor, b: &Tensor, tol: f32, what: &str) {
 
 /// Hidden 64 with residual hidden 32: conv1 (1 or 3 → 32) and deconv2 (32 → 1 or 3) take the
 /// GEMM path, the other layers the direct kernels where the CPU has them; the ReLUs around the
-/// residual 3×3 convolutions and deconv1 are fused into them.
+/// residual 3×3 convolutions and deconv1 are fused into them (the decoder's Inception block
+/// leaves its ReLU to deconv1).
 #[test]
-fn cnn_resnet_and_cnn_match_candle_channel_first() {
+fn every_encoder_and_decoder_matches_candle_channel_first() {
     let dev = Device::Cpu;
     for (kind, c) in [
         (EncoderKind::CnnResnet, 1usize),
         (EncoderKind::CnnResnet, 3),
         (EncoderKind::Cnn, 1),
+        (EncoderKind::CnnInception, 3),
     ] {
-        let layers = if kind == EncoderKind::Cnn { 0 } else { 2 };
+        let layers = if kind == EncoderKind::CnnResnet { 2 } else { 0 };
         let cfg = ModelConfig {
             encoder: kind,
             hidden: 64,
@@ -135,10 +176,10 @@ fn cnn_resnet_and_cnn_match_candle_channel_first() {
         let x = randn(&[2, c, 16, 16], c as u64);
 
         let z = enc.forward(&x).unwrap();
-        let z_ref = reference.encoder(&x, layers);
+        let z_ref = reference.encoder(&x, kind, layers);
         assert_close(&z, &z_ref, 1e-5, "encoder output");
         let y = dec.forward(&z).unwrap();
-        let y_ref = reference.decoder(&z_ref, layers);
+        let y_ref = reference.decoder(&z_ref, kind, layers);
         assert_close(&y, &y_ref, 1e-5, "decoder output");
 
         // Gradients of Σ r ⊙ y with respect to every parameter.
@@ -152,7 +193,12 @@ fn cnn_resnet_and_cnn_match_candle_channel_first() {
             .unwrap();
         assert_eq!(
             reference.vars.len(),
-            12 + 4 * layers,
+            12 + 4 * layers
+                + if kind == EncoderKind::CnnInception {
+                    24
+                } else {
+                    0
+                },
             "variables: {:?}",
             reference.vars.keys()
         );
