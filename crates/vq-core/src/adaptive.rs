@@ -8,8 +8,8 @@ use crate::config::{
     BackProjection, Granularity, Router, SelectionLogits, ValidAdaptiveConfig, ValidVqConfig,
 };
 use crate::error::{Result, VqError};
+use crate::fused_linear::FusedLinear;
 use crate::gumbel::{gumbel_softmax, gumbel_softmax_with_noise, one_hot_argmax, selection_counts};
-use crate::linear::Linear;
 use crate::quantizer::{from_flat, to_flat, Codes, Quantizer, QuantizerOutput, Selection, Step};
 use crate::search::SearchMethod;
 use crate::vq::{VectorQuantizer, VqOutput};
@@ -20,7 +20,7 @@ use crate::vq::{VectorQuantizer, VqOutput};
 /// (`[C, D]` for the linear back-projection, `[C, D, 3, 3]` for the 3×3 convolution).
 #[derive(Clone, Debug)]
 pub struct ProjectedQuantizer {
-    project_in: Linear,
+    project_in: FusedLinear,
     quantizer: VectorQuantizer,
     project_out: ProjectOut,
 }
@@ -28,7 +28,7 @@ pub struct ProjectedQuantizer {
 /// The `D → C` back-projection of one codebook.
 #[derive(Clone, Debug)]
 enum ProjectOut {
-    Linear(Linear),
+    Linear(FusedLinear),
     /// 3×3, padding 1, with bias (PyTorch's default `Conv2d` initialisation).
     Conv3x3 {
         weight: Tensor,
@@ -39,7 +39,7 @@ enum ProjectOut {
 impl ProjectOut {
     fn new(d: usize, c: usize, kind: BackProjection, vb: VarBuilder) -> Result<Self> {
         Ok(match kind {
-            BackProjection::Linear => Self::Linear(Linear::new(d, c, vb)?),
+            BackProjection::Linear => Self::Linear(FusedLinear::new(d, c, vb)?),
             BackProjection::Conv3x3 => {
                 let bound = 1.0 / ((d * 9) as f64).sqrt();
                 let init = Init::Uniform {
@@ -110,7 +110,7 @@ impl ProjectedQuantizer {
     ) -> Result<Self> {
         let d = config.embedding_dim();
         Ok(Self {
-            project_in: Linear::new(channels, d, vb.pp("project_in"))?,
+            project_in: FusedLinear::new(channels, d, vb.pp("project_in"))?,
             quantizer: VectorQuantizer::new(config, vb.pp("quantizer"))?,
             project_out: ProjectOut::new(d, channels, back, vb.pp("project_out"))?,
         })
@@ -176,8 +176,8 @@ impl ProjectedQuantizer {
 #[derive(Clone, Debug)]
 struct Selector {
     keys: Tensor,
-    q_proj: Linear,
-    k_proj: Linear,
+    q_proj: FusedLinear,
+    k_proj: FusedLinear,
     heads: usize,
     mode: SelectionLogits,
 }
@@ -200,8 +200,8 @@ impl Selector {
         )?;
         Ok(Self {
             keys,
-            q_proj: Linear::new(channels, channels, vb.pp("q_proj"))?,
-            k_proj: Linear::new(channels, channels, vb.pp("k_proj"))?,
+            q_proj: FusedLinear::new(channels, channels, vb.pp("q_proj"))?,
+            k_proj: FusedLinear::new(channels, channels, vb.pp("k_proj"))?,
             heads,
             mode,
         })

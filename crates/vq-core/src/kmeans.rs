@@ -22,7 +22,7 @@ const CHUNK: usize = 1024;
 
 /// Centres and how many rows of the sample each one received.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Kmeans {
+pub(crate) struct Kmeans {
     /// `N·D` row-major centres.
     pub centers: Vec<f32>,
     /// `N` rows assigned to each centre by the last assignment.
@@ -31,7 +31,7 @@ pub struct Kmeans {
 
 /// k-means++ seeding of `n` centres over the rows of `x` (`T·D` values), then `iters` Lloyd
 /// iterations (a centre that receives no row keeps its place). `rng` makes every choice.
-pub fn kmeans(
+pub(crate) fn kmeans(
     x: &[f32],
     d: usize,
     n: usize,

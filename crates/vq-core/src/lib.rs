@@ -3,7 +3,7 @@
 //! (Chen et al., 2024).
 //!
 //! - [`VectorQuantizer`]: one codebook `[N, D]`, nearest codeword by squared L2 (exact and
-//!   memory-bounded, see [`search`]), straight-through output, the paper's loss
+//!   memory-bounded, see [`SearchMethod`]), straight-through output, the paper's loss
 //!   `β·(‖sg[z_e] − z_q‖² + α‖z_e − sg[z_q]‖²)`, EMA or gradient-learned codebook.
 //! - [`AdaptiveQuantizer`]: the paper's adaptive dynamic quantizer. A pool of codebooks of equal
 //!   capacity `N·D = W` (see [`structures`]), each with projections `C → D → C`; an attention
@@ -41,18 +41,18 @@
 //! # Ok(()) }
 //! ```
 
-pub mod adaptive;
-pub mod config;
-pub mod error;
-pub mod gap;
+mod adaptive;
+mod config;
+mod error;
+mod fused_linear;
+mod gap;
 pub mod gumbel;
 pub mod init;
-pub mod kmeans;
-pub mod linear;
-pub mod quantizer;
-pub mod search;
-pub mod structures;
-pub mod vq;
+mod kmeans;
+mod quantizer;
+mod search;
+mod structures;
+mod vq;
 
 pub use adaptive::{AdaptiveQuantizer, ProjectedQuantizer};
 pub use config::{

@@ -24,13 +24,13 @@ use vq_ops::kernels::search::{nearest_fused, nearest_gemm};
 use crate::error::{Result, VqError};
 
 /// Upper bound of the distance block the [`SearchMethod::Blocked`] path materialises.
-pub const MAX_BLOCK_BYTES: usize = 64 << 20;
+pub(crate) const MAX_BLOCK_BYTES: usize = 64 << 20;
 
 /// From this codeword dimension on, the CPU search uses GEMM instead of the fused kernel.
-pub const GEMM_MIN_DIM: usize = 8;
+pub(crate) const GEMM_MIN_DIM: usize = 8;
 
 /// Up to this codeword dimension (from 2), the CPU search uses a k-d tree.
-pub const KDTREE_MAX_DIM: usize = 4;
+pub(crate) const KDTREE_MAX_DIM: usize = 4;
 
 /// Which nearest-neighbour implementation to run.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -56,7 +56,7 @@ pub enum SearchMethod {
 /// * `x`: `[T, D]` f32, the vectors to quantize.
 /// * `codebook`: `[N, D]` f32.
 /// * returns `[T]` u32 on the device of `x`.
-pub fn nearest(x: &Tensor, codebook: &Tensor, method: SearchMethod) -> Result<Tensor> {
+pub(crate) fn nearest(x: &Tensor, codebook: &Tensor, method: SearchMethod) -> Result<Tensor> {
     let _span = tracing::trace_span!("nearest", t = x.dim(0).unwrap_or(0)).entered();
     let (t, d) = x
         .dims2()
@@ -174,7 +174,8 @@ fn nearest_blocked(x: &Tensor, codebook: &Tensor) -> Result<Tensor> {
 /// Plain reference: exact squared distances in f64, strict `<` scan so the lowest index wins.
 ///
 /// `x` is `[T, D]` and `codebook` `[N, D]`, both row-major.
-pub fn nearest_brute_force(x: &[f32], codebook: &[f32], d: usize) -> Vec<u32> {
+#[cfg(test)]
+pub(crate) fn nearest_brute_force(x: &[f32], codebook: &[f32], d: usize) -> Vec<u32> {
     assert!(d > 0 && x.len().is_multiple_of(d) && codebook.len().is_multiple_of(d));
     x.chunks_exact(d)
         .map(|xr| {
@@ -200,7 +201,7 @@ pub fn nearest_brute_force(x: &[f32], codebook: &[f32], d: usize) -> Vec<u32> {
 }
 
 /// Binary search in the sorted codebook (`D = 1`); ties go to the lowest index.
-pub fn nearest_sorted_1d(x: &[f32], codebook: &[f32]) -> Vec<u32> {
+pub(crate) fn nearest_sorted_1d(x: &[f32], codebook: &[f32]) -> Vec<u32> {
     let n = codebook.len();
     assert!(n > 0);
     let mut order: Vec<(f32, u32)> = codebook
@@ -403,7 +404,7 @@ impl KdTree {
 
 /// Exact k-d tree search (CPU, small `D`): `x` `[T, D]`, `codebook` `[N, D]`, row-major;
 /// lowest index on ties. The tree is rebuilt per call (the codebook moves every step).
-pub fn nearest_kdtree(x: &[f32], codebook: &[f32], d: usize) -> Vec<u32> {
+pub(crate) fn nearest_kdtree(x: &[f32], codebook: &[f32], d: usize) -> Vec<u32> {
     assert!(
         d > 0
             && x.len().is_multiple_of(d)

@@ -1,6 +1,6 @@
 //! The exhaustive nearest-codeword searches over row-major `f32` slices (CPU): GEMM-based (a
 //! bounded block of inner products at a time) and fused (distances and the running argmin in
-//! registers, never materialised). `vq_core::search` chooses between them; lowest index on ties.
+//! registers, never materialised). vq-core's search dispatch chooses between them; lowest index on ties.
 
 use rayon::prelude::*;
 

@@ -1,5 +1,5 @@
 //! A fully connected layer `y = x·Wᵀ + b` over rows `[T, in]` (the quantizer's projections and
-//! the selector's query/key maps), initialised and named as `candle_nn::linear`.
+//! the selector's query/key maps), initialised and named as `candle_nn::linear`, its forward one fused op.
 //!
 //! On the CPU in f32 it is one autograd op ([`vq_ops::ops::linear`]).
 
@@ -12,12 +12,12 @@ use vq_ops::ops::linear;
 /// Variables: `weight` `[out, in]` (Kaiming normal, as candle's), `bias` `[out]`
 /// (`U(−1/√in, 1/√in)`).
 #[derive(Clone, Debug)]
-pub struct Linear {
+pub(crate) struct FusedLinear {
     weight: Tensor,
     bias: Tensor,
 }
 
-impl Linear {
+impl FusedLinear {
     /// A layer from `in_dim` to `out_dim` features.
     pub fn new(in_dim: usize, out_dim: usize, vb: VarBuilder) -> candle_core::Result<Self> {
         let weight = vb.get_with_hints(
@@ -35,17 +35,19 @@ impl Linear {
     }
 
     /// `[out, in]`.
+    #[cfg(test)]
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }
 
     /// `[out]`.
+    #[cfg(test)]
     pub fn bias(&self) -> &Tensor {
         &self.bias
     }
 }
 
-impl Module for Linear {
+impl Module for FusedLinear {
     /// `x` `[T, in]` → `[T, out]`.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         linear(x, &self.weight, &self.bias)
@@ -70,7 +72,7 @@ mod tests {
             (1000, 8, 4),
         ] {
             let vm = candle_nn::VarMap::new();
-            let lin = Linear::new(k, n, VarBuilder::from_varmap(&vm, DType::F32, &d)).unwrap();
+            let lin = FusedLinear::new(k, n, VarBuilder::from_varmap(&vm, DType::F32, &d)).unwrap();
             let names: Vec<String> = {
                 let mut v: Vec<String> = vm.data().lock().unwrap().keys().cloned().collect();
                 v.sort();
