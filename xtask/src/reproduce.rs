@@ -453,7 +453,7 @@ fn check_config(spec: &RunSpec, dir: &Path) -> Result<bool> {
     let old = TrainConfig::load(&cfg_path, &[])?;
     // The device and the progress bar change nothing a report reads (a run may resume on another
     // device), nor does where the same dataset lies (another checkout, another machine).
-    let diff: Vec<String> = vq_train::trainer::config_diff(&old, &spec.config)
+    let diff: Vec<String> = vq_train::config::config_diff(&old, &spec.config)
         .into_iter()
         .filter(|k| !["train.device", "train.progress", "data.path"].contains(&k.as_str()))
         .collect();
@@ -557,8 +557,12 @@ fn run_one(spec: &RunSpec, at: &RunPlace) -> Result<Finished> {
         if resume { "resuming" } else { "training" },
         at.dir.display()
     );
-    vq_train::train(spec.config.clone(), &at.dir, resume, false)
-        .with_context(|| format!("run {}", at.dir.display()))?;
+    vq_train::train(
+        spec.config.clone(),
+        &at.dir,
+        &vq_train::TrainOptions::default().resume(resume),
+    )
+    .with_context(|| format!("run {}", at.dir.display()))?;
     eprintln!("  done in {:.0} s", t0.elapsed().as_secs_f64());
     finished(spec, at)?.with_context(|| format!("{}: no final validation record", at.dir.display()))
 }

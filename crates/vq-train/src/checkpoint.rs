@@ -165,6 +165,7 @@ pub fn save(
             &safetensors_bytes(weights, &tmp)?,
         )?;
         // Testing aid: die in the middle of writing this checkpoint (crash-safety tests).
+        #[cfg(feature = "fault-injection")]
         if std::env::var("VQ_TRAIN_FAULT_ABORT_IN_CHECKPOINT")
             .is_ok_and(|v| v == state.step.to_string())
         {

@@ -59,10 +59,6 @@ pub struct TrainParams {
     pub progress: bool,
     /// Write plots and a reconstruction grid when the run ends.
     pub report: bool,
-    /// Testing aid: make the loss NaN at this step (fault injection).
-    pub fault_nan_at_step: Option<usize>,
-    /// Testing aid: make the gradients (not the loss) NaN at this step.
-    pub fault_nan_grad_at_step: Option<usize>,
 }
 
 impl Default for TrainParams {
@@ -85,10 +81,93 @@ impl Default for TrainParams {
             device: "cpu".into(),
             progress: true,
             report: true,
-            fault_nan_at_step: None,
-            fault_nan_grad_at_step: None,
         }
     }
+}
+
+/// The hyper-parameters of `[train]`: fixed when a run starts (with `[data]` and `[model]`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HyperParams {
+    pub batch_size: usize,
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub seed: u64,
+    pub tau: TauSchedule,
+}
+
+/// The run controls of `[train]`: how a run is driven and observed. A resumed run may change
+/// them (a longer `steps` keeps the τ horizon of the run's start).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RunControls {
+    pub steps: usize,
+    pub log_every: usize,
+    pub gap_every: usize,
+    pub val_every: usize,
+    pub val_batches: usize,
+    pub checkpoint_every: usize,
+    pub on_nonfinite: NonFinitePolicy,
+    pub device: String,
+    pub progress: bool,
+    pub report: bool,
+}
+
+impl TrainParams {
+    /// The table split into its hyper-parameters and its run controls (every field is one or
+    /// the other: a new field does not compile until it is placed).
+    pub fn split(&self) -> (HyperParams, RunControls) {
+        let TrainParams {
+            steps,
+            batch_size,
+            lr,
+            beta1,
+            beta2,
+            eps,
+            seed,
+            tau,
+            log_every,
+            gap_every,
+            val_every,
+            val_batches,
+            checkpoint_every,
+            on_nonfinite,
+            device,
+            progress,
+            report,
+        } = self.clone();
+        let hyper = HyperParams {
+            batch_size,
+            lr,
+            beta1,
+            beta2,
+            eps,
+            seed,
+            tau,
+        };
+        let controls = RunControls {
+            steps,
+            log_every,
+            gap_every,
+            val_every,
+            val_batches,
+            checkpoint_every,
+            on_nonfinite,
+            device,
+            progress,
+            report,
+        };
+        (hyper, controls)
+    }
+}
+
+/// What a run keeps from its start to its end: a resumed run's config must have the same.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FrozenConfig {
+    pub data: DataConfig,
+    pub model: ModelConfig,
+    /// `[train]` without its run controls.
+    pub train: HyperParams,
 }
 
 /// A whole run configuration.
@@ -98,6 +177,51 @@ pub struct TrainConfig {
     pub data: DataConfig,
     pub model: ModelConfig,
     pub train: TrainParams,
+}
+
+/// `(key.path, value)` of every leaf of `v`.
+fn flatten(prefix: &str, v: &toml::Value, out: &mut Vec<(String, String)>) {
+    match v {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&p, v, out);
+            }
+        }
+        other => out.push((prefix.to_string(), other.to_string())),
+    }
+}
+
+/// The leaves of `v` serialised as TOML.
+fn leaves(v: &impl Serialize) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    flatten("", &toml::Value::try_from(v).expect("serialises"), &mut out);
+    out
+}
+
+/// Keys (`section.field`) whose values differ between two configs (or config parts).
+pub fn config_diff<T: Serialize>(a: &T, b: &T) -> Vec<String> {
+    let (fa, fb) = (leaves(a), leaves(b));
+    let mut keys: Vec<String> = fa.iter().chain(&fb).map(|(k, _)| k.clone()).collect();
+    keys.sort();
+    keys.dedup();
+    let value =
+        |f: &[(String, String)], k: &str| f.iter().find(|(x, _)| x == k).map(|p| p.1.clone());
+    keys.into_iter()
+        .filter(|k| value(&fa, k) != value(&fb, k))
+        .collect()
+}
+
+/// The keys of the run controls (`train.steps`, …): what a resumed run may change.
+pub fn run_control_keys() -> Vec<String> {
+    leaves(&TrainParams::default().split().1)
+        .into_iter()
+        .map(|(k, _)| format!("train.{k}"))
+        .collect()
 }
 
 const SECTIONS: &[&str] = &["data", "model", "train"];
@@ -219,6 +343,15 @@ impl TrainConfig {
     /// The fully resolved TOML text of this configuration.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("configs serialise")
+    }
+
+    /// Everything a resumed run must keep.
+    pub fn frozen(&self) -> FrozenConfig {
+        FrozenConfig {
+            data: self.data.clone(),
+            model: self.model.clone(),
+            train: self.train.split().0,
+        }
     }
 
     /// Checks everything that can be checked without loading data.

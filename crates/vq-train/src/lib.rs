@@ -11,6 +11,10 @@ pub mod commands;
 pub mod config;
 pub mod device;
 pub mod error;
+#[cfg(feature = "fault-injection")]
+pub mod faults;
+#[cfg(not(feature = "fault-injection"))]
+mod faults;
 pub mod lock;
 pub mod metrics;
 pub mod optim;
@@ -21,10 +25,12 @@ pub mod session;
 pub use vq_ops::runtime::signals;
 pub mod trainer;
 
-pub use config::{NonFinitePolicy, TrainConfig, TrainParams};
+pub use config::{
+    FrozenConfig, HyperParams, NonFinitePolicy, RunControls, TrainConfig, TrainParams,
+};
 pub use error::{Result, TrainError};
 pub use session::Session;
-pub use trainer::{default_run_dir, train, RunSummary};
+pub use trainer::{default_run_dir, train, RunSummary, TrainOptions};
 
 /// Tunes the CPU runtime for training; binaries call this first, before any tensor exists.
 ///

@@ -134,7 +134,13 @@ fn main() -> Result<()> {
             eprintln!("run folder: {}", dir.display());
             // Ctrl-C or SIGTERM: finish the step, checkpoint it, exit 130 / 143.
             vq_train::signals::install();
-            let summary = match vq_train::train(config, &dir, resuming, progress) {
+            let options = vq_train::TrainOptions::default()
+                .resume(resuming)
+                .progress(progress);
+            #[cfg(feature = "fault-injection")]
+            let options =
+                options.faults(vq_train::faults::Faults::from_env().map_err(anyhow::Error::msg)?);
+            let summary = match vq_train::train(config, &dir, &options) {
                 Err(e @ vq_train::TrainError::Interrupted { signal, .. }) => {
                     eprintln!("{e}");
                     std::process::exit(vq_train::signals::exit_status(signal));

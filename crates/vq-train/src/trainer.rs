@@ -11,28 +11,13 @@ use vq_core::{gradient_gap, Quantizer, Selection, Step};
 use vq_data::{Batcher, BatcherConfig, Cursor};
 
 use crate::checkpoint::{self, CheckpointState, RngState, FORMAT_VERSION};
-use crate::config::{NonFinitePolicy, TrainConfig};
+use crate::config::{config_diff, run_control_keys, NonFinitePolicy, TrainConfig};
 use crate::error::{Result, TrainError};
+use crate::faults::Faults;
 use crate::lock::RunLock;
 use crate::metrics::{JsonlWriter, Record, TimingRecord, TrainRecord, ValRecord};
 use crate::optim::{Adam, AdamConfig};
 use crate::session::Session;
-
-/// Keys of `[train]` that may change when a run is resumed.
-pub const RESUMABLE_KEYS: &[&str] = &[
-    "train.steps",
-    "train.log_every",
-    "train.gap_every",
-    "train.val_every",
-    "train.val_batches",
-    "train.checkpoint_every",
-    "train.on_nonfinite",
-    "train.device",
-    "train.progress",
-    "train.report",
-    "train.fault_nan_at_step",
-    "train.fault_nan_grad_at_step",
-];
 
 /// How a run ended.
 #[derive(Clone, Debug)]
@@ -74,45 +59,6 @@ fn add(acc: &mut [f64], t: &Tensor) -> Result<()> {
     Ok(())
 }
 
-fn flatten(prefix: &str, v: &toml::Value, out: &mut Vec<(String, String)>) {
-    match v {
-        toml::Value::Table(t) => {
-            for (k, v) in t {
-                let p = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                flatten(&p, v, out);
-            }
-        }
-        other => out.push((prefix.to_string(), other.to_string())),
-    }
-}
-
-/// Keys whose values differ between two configs.
-pub fn config_diff(a: &TrainConfig, b: &TrainConfig) -> Vec<String> {
-    let (mut fa, mut fb) = (Vec::new(), Vec::new());
-    flatten("", &toml::Value::try_from(a).expect("serialises"), &mut fa);
-    flatten("", &toml::Value::try_from(b).expect("serialises"), &mut fb);
-    let mut keys: Vec<String> = fa.iter().chain(&fb).map(|(k, _)| k.clone()).collect();
-    keys.sort();
-    keys.dedup();
-    keys.into_iter()
-        .filter(|k| {
-            fa.iter().find(|(x, _)| x == k).map(|p| &p.1)
-                != fb.iter().find(|(x, _)| x == k).map(|p| &p.1)
-        })
-        .collect()
-}
-
-/// `VQ_TRAIN_FAULT_STEP_DELAY_MS`: a pause in every training step (signal tests).
-fn step_delay_ms() -> Option<u64> {
-    std::env::var("VQ_TRAIN_FAULT_STEP_DELAY_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-}
-
 /// A run folder name for a config: `runs/<dataset>-<quantizer>-s<seed>`, suffixed to be new.
 pub fn default_run_dir(config: &TrainConfig) -> PathBuf {
     let q = config.model.quantizer.to_string().replace([':', ','], "-");
@@ -148,6 +94,7 @@ struct Run<'a> {
     /// The τ schedule's horizon: the step count the run started with.
     tau_horizon: usize,
     config_toml: String,
+    faults: Faults,
     _lock: RunLock,
 }
 
@@ -179,9 +126,10 @@ struct StepOutcome {
 impl<'a> Run<'a> {
     /// Opens `run_dir`: a new run (the folder must not hold a run yet), or the run there resumed
     /// from its newest checkpoint (from step 0 when it has none yet). On resume, `config` must equal the run's `config.toml` except for
-    /// [`RESUMABLE_KEYS`]. Data, model and checkpoint are loaded before anything is written, so
+    /// [`TrainConfig::frozen`]. Data, model and checkpoint are loaded before anything is written, so
     /// a bad input leaves no partial run folder behind.
-    fn open(config: TrainConfig, run_dir: &'a Path, resume: bool) -> Result<Self> {
+    fn open(config: TrainConfig, run_dir: &'a Path, options: &TrainOptions) -> Result<Self> {
+        let resume = options.resume;
         config.validate()?;
         // One writer per run folder: an existing run is locked before anything in it is read
         // (any other folder after the inputs are validated, so that a bad input leaves nothing
@@ -256,6 +204,7 @@ impl<'a> Run<'a> {
             interval: at.interval,
             tau_horizon: at.tau_horizon,
             config_toml,
+            faults: options.faults.clone(),
             _lock: lock.expect("locked above"),
         })
     }
@@ -305,9 +254,12 @@ impl<'a> Run<'a> {
             .session
             .model
             .forward(x, &mut Step::train(tau, &mut self.gumbel_rng))?;
-        let loss = if tp.fault_nan_at_step == Some(step) {
+        if let Some(ms) = self.faults.step_delay_ms {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+        let loss = if self.faults.nan_loss_at_step == Some(step) {
             out.loss.affine(f64::NAN, 0.0)?
-        } else if tp.fault_nan_grad_at_step == Some(step) {
+        } else if self.faults.nan_grad_at_step == Some(step) {
             // NaN only in the gradients: sqrt(Σz_e · 0) is 0 but its derivative is ∞ · 0.
             let s = out.z_e.sum_all()?;
             (&out.loss + (&s * s.zeros_like()?)?.sqrt()?)?
@@ -543,20 +495,17 @@ fn restore(
 }
 
 /// `train.steps` of the run whose config is `cfg_path` (the τ horizon of checkpoints that store
-/// none), after checking that `config` differs from it only in [`RESUMABLE_KEYS`].
+/// none), after checking that `config` keeps the run's [`TrainConfig::frozen`] part.
 fn resumable_steps(cfg_path: &Path, config: &TrainConfig) -> Result<usize> {
     let old = TrainConfig::load(cfg_path, &[])?;
-    let diff: Vec<String> = config_diff(&old, config)
-        .into_iter()
-        .filter(|k| !RESUMABLE_KEYS.contains(&k.as_str()))
-        .collect();
+    let diff = config_diff(&old.frozen(), &config.frozen());
     if !diff.is_empty() {
         return Err(TrainError::config(
             cfg_path.display().to_string(),
             format!(
-                "cannot resume with a different {} (only {} may change)",
+                "cannot resume with a different {} (only the run controls {} may change)",
                 diff.join(", "),
-                RESUMABLE_KEYS.join(", ")
+                run_control_keys().join(", ")
             ),
         ));
     }
@@ -617,92 +566,56 @@ fn bar_message(rec: &TrainRecord, labels: &[String]) -> String {
     )
 }
 
-/// Starts a new run in `run_dir` (which must not hold a run yet), or resumes the run there.
-///
-/// On resume, `config` must equal the run's `config.toml` except for [`RESUMABLE_KEYS`]; the
-/// newest checkpoint's weights, optimizer, RNG and data position are restored and the metrics
-/// logs are cut back to what they were when it was written, so the finished run is identical to
-/// one that was never interrupted.
-pub fn train(
-    config: TrainConfig,
-    run_dir: &Path,
+/// How [`train`] starts a run: `TrainOptions::default().resume(true).progress(false)`.
+#[derive(Clone, Debug, Default)]
+pub struct TrainOptions {
     resume: bool,
     progress: bool,
-) -> Result<RunSummary> {
+    faults: Faults,
+}
+
+impl TrainOptions {
+    /// Continue the run in the folder from its newest checkpoint (else the folder must not hold
+    /// a run yet).
+    pub fn resume(self, resume: bool) -> Self {
+        Self { resume, ..self }
+    }
+
+    /// Show a progress bar on a terminal.
+    pub fn progress(self, progress: bool) -> Self {
+        Self { progress, ..self }
+    }
+
+    /// Faults to inject (tests of the failure handling; feature `fault-injection`).
+    #[cfg(feature = "fault-injection")]
+    pub fn faults(self, faults: Faults) -> Self {
+        Self { faults, ..self }
+    }
+}
+
+/// Starts a new run in `run_dir` (which must not hold a run yet), or resumes the run there.
+///
+/// On resume, `config` must keep the run's [`TrainConfig::frozen`] part (only the run controls
+/// may change); the newest checkpoint's weights, optimizer, RNG and data position are restored
+/// and the metrics logs are cut back to what they were when it was written, so the finished run
+/// is identical to one that was never interrupted.
+pub fn train(config: TrainConfig, run_dir: &Path, options: &TrainOptions) -> Result<RunSummary> {
     let started = Instant::now();
-    let mut run = Run::open(config, run_dir, resume)?;
+    let mut run = Run::open(config, run_dir, options)?;
     let tp = run.session.config.train.clone();
     let batcher = run.batcher()?;
-    let per_epoch = batcher.batches_per_epoch();
-    // Paper schedule: τ_m = (horizon − m) + 1, τ = 1 past the horizon.
-    let temperature = tp.tau.validate(run.tau_horizon)?;
     if !run.restored {
         run.initialise_codebooks(&batcher)?;
     }
-    let mut stream = batcher.stream(run.cursor, false);
-    let bar = progress_bar(progress, run.start_step, tp.steps);
-    let stop = |e: TrainError| {
-        if let Some(pb) = &bar {
-            pb.abandon();
-        }
-        e
-    };
-    let labels = run.session.pool_labels();
-    let (mut last_train, mut last_val) = (None, None);
-    let mut clock = Clock {
-        started,
-        interval: Instant::now(),
-        steps: 0,
-    };
-    let step_delay = step_delay_ms();
-    // A signal during setup (image check, checkpoint load, k-means): stop before the first
-    // step; the state on disk is the last checkpoint.
-    if let Some(signal) = crate::signals::pending().filter(|_| run.start_step < tp.steps) {
-        let (step, path) = (run.start_step, run_dir.to_path_buf());
-        return Err(stop(TrainError::Interrupted {
-            step,
-            signal,
-            run: path,
-        }));
-    }
-    for step in run.start_step..tp.steps {
-        let _span = tracing::debug_span!("step", step).entered();
-        let x = run.next_batch(&mut stream, per_epoch)?;
-        if let Some(ms) = step_delay {
-            // Testing aid: slow steps, so that a test's signals land inside one.
-            std::thread::sleep(std::time::Duration::from_millis(ms));
-        }
-        let outcome = run.step(&x, step, temperature.at(step)).map_err(stop)?;
-        let done = step + 1;
-        let last = done == tp.steps;
-        clock.steps += 1;
-        if done.is_multiple_of(tp.log_every) || last || outcome.gap.is_some() {
-            if let Some(rec) = run.log_interval(done, &outcome)? {
-                if let Some(pb) = &bar {
-                    pb.set_message(bar_message(&rec, &labels));
-                }
-                last_train = Some(rec);
-            }
-            run.log_timing(done, &mut clock)?;
-        }
-        if (tp.val_every > 0 && done.is_multiple_of(tp.val_every)) || last {
-            last_val = Some(run.validate(done)?);
-        }
-        if let Some(signal) = run.checkpoint_or_interrupt(done)? {
-            return Err(stop(TrainError::Interrupted {
-                step: done,
-                signal,
-                run: run_dir.to_path_buf(),
-            }));
-        }
-        if let Some(pb) = &bar {
-            pb.set_position(done as u64);
-        }
-    }
-    drop(stream);
+    let bar = progress_bar(options.progress, run.start_step, tp.steps);
+    let trained = run.train_steps(&batcher, bar.as_ref(), started);
     if let Some(pb) = &bar {
-        pb.finish();
+        match &trained {
+            Ok(_) => pb.finish(),
+            Err(_) => pb.abandon(),
+        }
     }
+    let (last_train, last_val) = trained?;
     // The run is complete; a signal during its last step skips only the plots (`vq-train plot`
     // draws them later).
     if tp.report && run.start_step < tp.steps && crate::signals::pending().is_none() {
@@ -715,4 +628,66 @@ pub fn train(
         last_val,
         wall_s: started.elapsed().as_secs_f64(),
     })
+}
+
+impl Run<'_> {
+    /// Trains from `start_step` to `train.steps`: each step, then the log interval, validation
+    /// and checkpoint when due. Returns the last train and validation records written.
+    fn train_steps(
+        &mut self,
+        batcher: &Batcher,
+        bar: Option<&indicatif::ProgressBar>,
+        started: Instant,
+    ) -> Result<(Option<TrainRecord>, Option<ValRecord>)> {
+        let tp = self.session.config.train.clone();
+        // Paper schedule: τ_m = (horizon − m) + 1, τ = 1 past the horizon.
+        let temperature = tp.tau.validate(self.tau_horizon)?;
+        let per_epoch = batcher.batches_per_epoch();
+        let mut stream = batcher.stream(self.cursor, false);
+        let labels = self.session.pool_labels();
+        let (mut last_train, mut last_val) = (None, None);
+        let mut clock = Clock {
+            started,
+            interval: Instant::now(),
+            steps: 0,
+        };
+        let dir = self.dir;
+        let interrupted = |step, signal| TrainError::Interrupted {
+            step,
+            signal,
+            run: dir.to_path_buf(),
+        };
+        // A signal during setup (image check, checkpoint load, k-means): stop before the first
+        // step; the state on disk is the last checkpoint.
+        if let Some(signal) = crate::signals::pending().filter(|_| self.start_step < tp.steps) {
+            return Err(interrupted(self.start_step, signal));
+        }
+        for step in self.start_step..tp.steps {
+            let _span = tracing::debug_span!("step", step).entered();
+            let x = self.next_batch(&mut stream, per_epoch)?;
+            let outcome = self.step(&x, step, temperature.at(step))?;
+            let done = step + 1;
+            let last = done == tp.steps;
+            clock.steps += 1;
+            if done.is_multiple_of(tp.log_every) || last || outcome.gap.is_some() {
+                if let Some(rec) = self.log_interval(done, &outcome)? {
+                    if let Some(pb) = bar {
+                        pb.set_message(bar_message(&rec, &labels));
+                    }
+                    last_train = Some(rec);
+                }
+                self.log_timing(done, &mut clock)?;
+            }
+            if (tp.val_every > 0 && done.is_multiple_of(tp.val_every)) || last {
+                last_val = Some(self.validate(done)?);
+            }
+            if let Some(signal) = self.checkpoint_or_interrupt(done)? {
+                return Err(interrupted(done, signal));
+            }
+            if let Some(pb) = bar {
+                pb.set_position(done as u64);
+            }
+        }
+        Ok((last_train, last_val))
+    }
 }

@@ -6,6 +6,7 @@
 mod common;
 
 use common::{bin, final_files, write_config};
+use vq_train::TrainOptions;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -83,7 +84,12 @@ fn signals_checkpoint_and_resume_bit_identically() {
     let dir = tempfile::tempdir().unwrap();
     let steps = 60;
     let reference = dir.path().join("reference");
-    vq_train::train(common::tiny_config(steps), &reference, false, false).unwrap();
+    vq_train::train(
+        common::tiny_config(steps),
+        &reference,
+        &TrainOptions::default(),
+    )
+    .unwrap();
     let want = final_files(&reference, steps);
     let cfg = write_config(dir.path(), &common::tiny_config(steps));
     for (signal, status, twice) in [
@@ -173,7 +179,12 @@ fn one_writer_per_run_folder() {
     assert!(run.join("checkpoints/step-00000060").is_dir());
     // The lock file stays, with a PID that no longer holds it: a resume is not blocked.
     assert!(run.join(".lock").is_file());
-    vq_train::train(common::tiny_config(62), &run, true, false).unwrap();
+    vq_train::train(
+        common::tiny_config(62),
+        &run,
+        &TrainOptions::default().resume(true),
+    )
+    .unwrap();
 }
 
 /// A state.json of another format version is refused, both versions named.
@@ -181,7 +192,7 @@ fn one_writer_per_run_folder() {
 fn other_checkpoint_versions_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
-    vq_train::train(common::tiny_config(20), &run, false, false).unwrap();
+    vq_train::train(common::tiny_config(20), &run, &TrainOptions::default()).unwrap();
     let state = run.join("checkpoints/step-00000020/state.json");
     let text = std::fs::read_to_string(&state).unwrap();
     let v = vq_train::checkpoint::FORMAT_VERSION;
@@ -191,10 +202,14 @@ fn other_checkpoint_versions_are_refused() {
     );
     assert_ne!(bumped, text, "state.json has no format_version: {text}");
     std::fs::write(&state, bumped).unwrap();
-    let e = vq_train::train(common::tiny_config(30), &run, true, false)
-        .err()
-        .unwrap()
-        .to_string();
+    let e = vq_train::train(
+        common::tiny_config(30),
+        &run,
+        &TrainOptions::default().resume(true),
+    )
+    .err()
+    .unwrap()
+    .to_string();
     assert!(
         e.contains(&format!("format version {}", v + 1))
             && e.contains(&format!("this build reads {v}")),

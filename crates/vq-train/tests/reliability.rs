@@ -6,6 +6,8 @@
 mod common;
 
 use common::{bin, final_files, write_config};
+use vq_train::faults::Faults;
+use vq_train::TrainOptions;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -20,7 +22,7 @@ fn same_seed_same_bits_other_seed_differs() {
         let mut c = common::tiny_config(20);
         c.train.seed = seed;
         let p = dir.path().join(name);
-        vq_train::train(c, &p, false, false).unwrap();
+        vq_train::train(c, &p, &TrainOptions::default()).unwrap();
         final_files(&p, 20)
     };
     let (a, b, c) = (run("a", 0), run("b", 0), run("c", 1));
@@ -35,7 +37,12 @@ fn crash_and_sigkill_then_resume_equal_uninterrupted_run() {
     let dir = tempfile::tempdir().unwrap();
     let steps = 60;
     let reference = dir.path().join("reference");
-    vq_train::train(common::tiny_config(steps), &reference, false, false).unwrap();
+    vq_train::train(
+        common::tiny_config(steps),
+        &reference,
+        &TrainOptions::default(),
+    )
+    .unwrap();
 
     let run = dir.path().join("crashy");
     let cfg = write_config(dir.path(), &common::tiny_config(steps));
@@ -100,9 +107,12 @@ fn crash_and_sigkill_then_resume_equal_uninterrupted_run() {
 fn nan_stops_with_step_and_tensor_and_keeps_the_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("nan");
-    let mut c = common::tiny_config(40);
-    c.train.fault_nan_at_step = Some(25);
-    let e = vq_train::train(c, &run, false, false)
+    let c = common::tiny_config(40);
+    let faults = Faults {
+        nan_loss_at_step: Some(25),
+        ..Default::default()
+    };
+    let e = vq_train::train(c, &run, &TrainOptions::default().faults(faults))
         .unwrap_err()
         .to_string();
     assert!(e.contains("step 25") && e.contains("the loss"), "{e}");
@@ -117,9 +127,12 @@ fn nan_stops_with_step_and_tensor_and_keeps_the_checkpoint() {
     .unwrap();
 
     let run = dir.path().join("nan-grad");
-    let mut c = common::tiny_config(40);
-    c.train.fault_nan_grad_at_step = Some(3);
-    let e = vq_train::train(c, &run, false, false)
+    let c = common::tiny_config(40);
+    let faults = Faults {
+        nan_grad_at_step: Some(3),
+        ..Default::default()
+    };
+    let e = vq_train::train(c, &run, &TrainOptions::default().faults(faults))
         .unwrap_err()
         .to_string();
     assert!(
@@ -129,10 +142,13 @@ fn nan_stops_with_step_and_tensor_and_keeps_the_checkpoint() {
 
     let run = dir.path().join("skip");
     let mut c = common::tiny_config(20);
-    c.train.fault_nan_at_step = Some(5);
-    c.train.fault_nan_grad_at_step = Some(12);
     c.train.on_nonfinite = vq_train::NonFinitePolicy::Skip;
-    vq_train::train(c, &run, false, false).unwrap();
+    let faults = Faults {
+        nan_loss_at_step: Some(5),
+        nan_grad_at_step: Some(12),
+        ..Default::default()
+    };
+    vq_train::train(c, &run, &TrainOptions::default().faults(faults)).unwrap();
     let last = split(read_metrics(&run.join("metrics.jsonl")).unwrap())
         .0
         .pop()
@@ -230,7 +246,7 @@ fn bad_inputs_fail_cleanly() {
 fn damaged_checkpoints_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("r");
-    vq_train::train(common::tiny_config(20), &run, false, false).unwrap();
+    vq_train::train(common::tiny_config(20), &run, &TrainOptions::default()).unwrap();
     let ck = run.join("checkpoints/step-00000020");
     let metrics = std::fs::read(run.join("metrics.jsonl")).unwrap();
     let mut weights =
@@ -245,7 +261,7 @@ fn damaged_checkpoints_are_named() {
     candle_core::safetensors::save(&weights, ck.join("model.safetensors")).unwrap();
     let mut more = common::tiny_config(20);
     more.train.steps = 30;
-    let e = vq_train::train(more.clone(), &run, true, false)
+    let e = vq_train::train(more.clone(), &run, &TrainOptions::default().resume(true))
         .err()
         .unwrap()
         .to_string();
@@ -256,7 +272,7 @@ fn damaged_checkpoints_are_named() {
     // Missing tensor.
     weights.remove(&key);
     candle_core::safetensors::save(&weights, ck.join("model.safetensors")).unwrap();
-    let e = vq_train::train(more.clone(), &run, true, false)
+    let e = vq_train::train(more.clone(), &run, &TrainOptions::default().resume(true))
         .err()
         .unwrap()
         .to_string();
@@ -266,7 +282,7 @@ fn damaged_checkpoints_are_named() {
     );
     // Truncated file.
     std::fs::write(ck.join("model.safetensors"), b"\x10\x00\x00\x00").unwrap();
-    let e = vq_train::train(more, &run, true, false)
+    let e = vq_train::train(more, &run, &TrainOptions::default().resume(true))
         .err()
         .unwrap()
         .to_string();
@@ -280,7 +296,7 @@ fn damaged_checkpoints_are_named() {
 fn unwritable_output_keeps_the_earlier_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("full");
-    vq_train::train(common::tiny_config(20), &run, false, false).unwrap();
+    vq_train::train(common::tiny_config(20), &run, &TrainOptions::default()).unwrap();
     // A 4 KiB file-size limit (8 blocks of 512 bytes in POSIX sh) with SIGXFSZ ignored, so a
     // write past it fails with EFBIG instead of killing the process; both survive exec.
     let mut cmd = Command::new("sh");
@@ -349,7 +365,7 @@ impl Drop for Immutable {
 fn read_only_checkpoint_folder_keeps_the_earlier_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("ro");
-    vq_train::train(common::tiny_config(20), &run, false, false).unwrap();
+    vq_train::train(common::tiny_config(20), &run, &TrainOptions::default()).unwrap();
     let ck = run.join("checkpoints");
     let Some(_guard) = Immutable::set(&ck) else {
         println!("NOTICE: chattr +i is not available here; skipping the read-only folder check");
@@ -357,7 +373,7 @@ fn read_only_checkpoint_folder_keeps_the_earlier_checkpoint() {
     };
     let mut more = common::tiny_config(20);
     more.train.steps = 40;
-    let e = vq_train::train(more, &run, true, false)
+    let e = vq_train::train(more, &run, &TrainOptions::default().resume(true))
         .unwrap_err()
         .to_string();
     assert!(

@@ -4,6 +4,7 @@
 mod common;
 
 use vq_train::metrics::{read_metrics, split};
+use vq_train::TrainOptions;
 
 #[test]
 fn reconstruction_loss_falls_on_fashion_mnist() {
@@ -11,7 +12,7 @@ fn reconstruction_loss_falls_on_fashion_mnist() {
     let run = dir.path().join("run");
     let mut cfg = common::tiny_config(60);
     cfg.train.report = true;
-    let summary = vq_train::train(cfg, &run, false, false).unwrap();
+    let summary = vq_train::train(cfg, &run, &TrainOptions::default()).unwrap();
     let (train, _) = split(read_metrics(&run.join("metrics.jsonl")).unwrap());
     let first = train.first().unwrap().recon_loss;
     let last = train.last().unwrap().recon_loss;
@@ -44,11 +45,11 @@ fn reconstruction_loss_falls_on_fashion_mnist() {
 fn resume_continues_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("a"), dir.path().join("b"));
-    vq_train::train(common::tiny_config(40), &a, false, false).unwrap();
-    vq_train::train(common::tiny_config(20), &b, false, false).unwrap();
+    vq_train::train(common::tiny_config(40), &a, &TrainOptions::default()).unwrap();
+    vq_train::train(common::tiny_config(20), &b, &TrainOptions::default()).unwrap();
     let mut more = common::tiny_config(20);
     more.train.steps = 40;
-    vq_train::train(more, &b, true, false).unwrap();
+    vq_train::train(more, &b, &TrainOptions::default().resume(true)).unwrap();
     let read = |p: &std::path::Path, f: &str| {
         std::fs::read(p.join("checkpoints/step-00000040").join(f)).unwrap()
     };
@@ -109,15 +110,15 @@ fn resume_continues_exactly() {
 fn refuses_to_overwrite_or_resume_with_other_model() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("r");
-    vq_train::train(common::tiny_config(2), &run, false, false).unwrap();
+    vq_train::train(common::tiny_config(2), &run, &TrainOptions::default()).unwrap();
     let before = std::fs::read(run.join("metrics.jsonl")).unwrap();
-    let e = vq_train::train(common::tiny_config(2), &run, false, false)
+    let e = vq_train::train(common::tiny_config(2), &run, &TrainOptions::default())
         .unwrap_err()
         .to_string();
     assert!(e.contains("already holds a run"), "{e}");
     let mut other = common::tiny_config(4);
     other.model.hidden = 64;
-    let e = vq_train::train(other, &run, true, false)
+    let e = vq_train::train(other, &run, &TrainOptions::default().resume(true))
         .unwrap_err()
         .to_string();
     assert!(e.contains("model.hidden"), "{e}");
@@ -138,9 +139,9 @@ fn paper_tau_keeps_its_horizon_on_resume() {
     cfg.train.val_every = 0;
     cfg.train.checkpoint_every = 0;
     cfg.train.val_batches = 1;
-    vq_train::train(cfg.clone(), &run, false, false).unwrap();
+    vq_train::train(cfg.clone(), &run, &TrainOptions::default()).unwrap();
     cfg.train.steps = 10;
-    vq_train::train(cfg, &run, true, false).unwrap();
+    vq_train::train(cfg, &run, &TrainOptions::default().resume(true)).unwrap();
     let (train, _) = split(read_metrics(&run.join("metrics.jsonl")).unwrap());
     let taus: Vec<(usize, f64)> = train.iter().map(|t| (t.step, t.tau)).collect();
     assert_eq!(
@@ -170,7 +171,7 @@ fn validation_reports_routes_rate_and_usage() {
     let run = dir.path().join("run");
     let mut cfg = common::tiny_config(20);
     cfg.train.val_batches = 2;
-    let summary = vq_train::train(cfg, &run, false, false).unwrap();
+    let summary = vq_train::train(cfg, &run, &TrainOptions::default()).unwrap();
     let v = summary.last_val.unwrap();
     let a = v.argmax.clone().unwrap();
     let (lo, hi) = (49.0 * (6.0 + 5f64.log2()), 49.0 * (10.0 + 5f64.log2()));
