@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::Once;
 
-use candle_core::Module;
+use candle_core::{Module, Tensor};
 use image::RgbImage;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
@@ -82,7 +82,24 @@ pub fn line_chart(
     register_font();
     let (w, h) = (900u32, 540u32);
     let mut buf = vec![255u8; (w * h * 3) as usize];
-    let series: Vec<Series> = series
+    let series = plotted(series, log_y);
+    let y_desc = if log_y {
+        format!("log10 {y_label}")
+    } else {
+        y_label.to_string()
+    };
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        draw_lines(&root, title, (x_label, &y_desc), &series).map_err(|e| plot_err(path, e))?;
+        root.present().map_err(|e| plot_err(path, e))?;
+    }
+    save_rgb(path, buf, w, h)
+}
+
+/// The points a chart draws: finite ones (and positive ones, as log10, on a log scale); series
+/// left empty are dropped.
+fn plotted(series: &[Series], log_y: bool) -> Vec<Series> {
+    series
         .iter()
         .map(|s| Series {
             name: s.name.clone(),
@@ -94,73 +111,76 @@ pub fn line_chart(
                 .collect(),
         })
         .filter(|s| !s.points.is_empty())
-        .collect();
-    {
-        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| plot_err(path, e))?;
-        let all = series.iter().flat_map(|s| s.points.iter());
-        let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-        for &(x, y) in all {
-            x0 = x0.min(x);
-            x1 = x1.max(x);
-            y0 = y0.min(y);
-            y1 = y1.max(y);
-        }
-        if x0 > x1 {
-            (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
-        }
-        if x1 - x0 < 1e-12 {
-            x1 = x0 + 1.0;
-        }
-        let pad = ((y1 - y0).abs() * 0.05).max(1e-9);
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 22))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(70)
-            .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))
-            .map_err(|e| plot_err(path, e))?;
-        let y_desc = if log_y {
-            format!("log10 {y_label}")
-        } else {
-            y_label.to_string()
-        };
-        chart
-            .configure_mesh()
-            .x_desc(x_label)
-            .y_desc(y_desc)
-            .label_style(("sans-serif", 14))
-            .draw()
-            .map_err(|e| plot_err(path, e))?;
-        for (i, s) in series.iter().enumerate() {
-            let color = palette(i);
-            chart
-                .draw_series(LineSeries::new(s.points.clone(), color.stroke_width(2)))
-                .map_err(|e| plot_err(path, e))?
-                .label(s.name.clone())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(3))
-                });
-            // Sparse series (e.g. a validation pass at the end only) get markers, since a line
-            // through one point draws nothing.
-            if s.points.len() <= 5 {
-                chart
-                    .draw_series(s.points.iter().map(|&p| Circle::new(p, 5, color.filled())))
-                    .map_err(|e| plot_err(path, e))?;
-            }
-        }
-        if series.len() > 1 || series.first().is_some_and(|s| !s.name.is_empty()) {
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK)
-                .label_font(("sans-serif", 14))
-                .draw()
-                .map_err(|e| plot_err(path, e))?;
-        }
-        root.present().map_err(|e| plot_err(path, e))?;
+        .collect()
+}
+
+/// The x and y ranges of a chart: the points' extent, the y range padded by 5% (a unit square
+/// when there are no points, a unit width when every x is the same).
+fn chart_ranges(series: &[Series]) -> (std::ops::Range<f64>, std::ops::Range<f64>) {
+    let all = series.iter().flat_map(|s| s.points.iter());
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for &(x, y) in all {
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
     }
-    save_rgb(path, buf, w, h)
+    if x0 > x1 {
+        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
+    }
+    if x1 - x0 < 1e-12 {
+        x1 = x0 + 1.0;
+    }
+    let pad = ((y1 - y0).abs() * 0.05).max(1e-9);
+    (x0..x1, (y0 - pad)..(y1 + pad))
+}
+
+type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
+/// Axes, one coloured line per series (with markers when sparse) and the legend.
+fn draw_lines(
+    root: &DrawingArea<BitMapBackend, plotters::coord::Shift>,
+    title: &str,
+    (x_desc, y_desc): (&str, &str),
+    series: &[Series],
+) -> DrawResult {
+    root.fill(&WHITE)?;
+    let (xs, ys) = chart_ranges(series);
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(xs, ys)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .label_style(("sans-serif", 14))
+        .draw()?;
+    for (i, s) in series.iter().enumerate() {
+        let color = palette(i);
+        chart
+            .draw_series(LineSeries::new(s.points.clone(), color.stroke_width(2)))?
+            .label(s.name.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(3))
+            });
+        // Sparse series (e.g. a validation pass at the end only) get markers, since a line
+        // through one point draws nothing.
+        if s.points.len() <= 5 {
+            chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 5, color.filled())))?;
+        }
+    }
+    if series.len() > 1 || series.first().is_some_and(|s| !s.name.is_empty()) {
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 14))
+            .draw()?;
+    }
+    Ok(())
 }
 
 /// Writes `plots/*.png` from a run's `metrics.jsonl` and `reconstructions.png`.
@@ -249,8 +269,60 @@ pub fn write_metric_plots(records: Vec<Record>, labels: &[String], dir: &Path) -
 /// latent position (bottom, colours as in the legend), for the first `n` validation images.
 pub fn reconstruction_grid(session: &Session, path: &Path, n: usize) -> Result<()> {
     register_font();
+    let (x, recon, book) = reconstruct_first(session, n)?;
+    let norm = session.ordered_batcher(false)?.normalization().clone();
+    let (n, c, h, w) = x.dims4()?;
+    let scale = (96 / h).max(1);
+    let m = session.pool.len();
+    let grid = Grid {
+        tile: (h * scale, w * scale),
+        rows: if m > 1 { 3 } else { 2 },
+        left: 150,
+        gap: 6,
+        legend_h: if m > 1 { 40 } else { 0 },
+        n,
+    };
+    let (width, height) = grid.size();
+    let mut buf = vec![255u8; width * height * 3];
+    let xs = x.flatten_all()?.to_vec1::<f32>()?;
+    let rs = recon.flatten_all()?.to_vec1::<f32>()?;
+    let (th, tw) = grid.tile;
+    for i in 0..n {
+        for (row, src) in [(0usize, &xs), (1, &rs)] {
+            let v = |ch: usize, y: usize, xx: usize| {
+                let ch = ch.min(c - 1);
+                norm.invert(ch, src[((i * c + ch) * h + y / scale) * w + xx / scale])
+            };
+            grid.paint(&mut buf, i, row, &|y, xx| match c {
+                1 => [v(0, y, xx); 3],
+                _ => [v(0, y, xx), v(1, y, xx), v(2, y, xx)],
+            });
+        }
+        if m > 1 {
+            let (book, lh, lw) = &book;
+            grid.paint(&mut buf, i, 2, &|y, xx| {
+                let col = palette(book[(i * lh + y * lh / th) * lw + xx * lw / tw] as usize);
+                [col.0, col.1, col.2]
+            });
+        }
+    }
+    {
+        let root =
+            BitMapBackend::with_buffer(&mut buf, (width as u32, height as u32)).into_drawing_area();
+        let legend = if m > 1 { session.pool_labels() } else { vec![] };
+        grid.label(&root, &legend).map_err(|e| plot_err(path, e))?;
+        root.present().map_err(|e| plot_err(path, e))?;
+    }
+    save_rgb(path, buf, width as u32, height as u32)
+}
+
+/// Codebook id per latent position (`[n·H'·W']`, flattened), with `H'` and `W'`.
+type CodeMap = (Vec<u32>, usize, usize);
+
+/// The first `n` validation images `[n, C, H, W]`, their reconstructions under argmax routing
+/// and the chosen codebook per latent position.
+fn reconstruct_first(session: &Session, n: usize) -> Result<(Tensor, Tensor, CodeMap)> {
     let batcher = session.ordered_batcher(false)?;
-    let norm = batcher.normalization().clone();
     let mut images = Vec::new();
     for b in batcher.stream(Cursor::default(), true) {
         images.push(b?.images);
@@ -258,7 +330,7 @@ pub fn reconstruction_grid(session: &Session, path: &Path, n: usize) -> Result<(
             break;
         }
     }
-    let x = candle_core::Tensor::cat(&images, 0)?;
+    let x = Tensor::cat(&images, 0)?;
     let n = n.min(x.dim(0)?);
     let x = x.narrow(0, 0, n)?.to_device(&session.device)?;
     let z_e = session.model.encoder().forward(&x)?;
@@ -268,83 +340,78 @@ pub fn reconstruction_grid(session: &Session, path: &Path, n: usize) -> Result<(
         .model
         .quantizer()
         .forward(&z_e, &mut vq_core::Step::eval())?;
-    let codes = quant.codes;
     let recon = session.model.decoder().forward(&quant.z_q)?;
-    let (_, c, h, w) = x.dims4()?;
-    let scale = (96 / h).max(1);
-    let (th, tw) = (h * scale, w * scale);
-    let m = session.pool.len();
-    let rows = if m > 1 { 3 } else { 2 };
-    let (left, gap, legend_h) = (150usize, 6usize, if m > 1 { 40 } else { 0 });
-    let width = left + n * (tw + gap) + gap;
-    let height = rows * (th + gap) + gap + legend_h;
-    let mut buf = vec![255u8; width * height * 3];
-    let put = |buf: &mut Vec<u8>, x0: usize, y0: usize, px: &dyn Fn(usize, usize) -> [u8; 3]| {
+    let book = &quant.codes.codebook;
+    let book = (
+        book.flatten_all()?.to_vec1::<u32>()?,
+        book.dim(1)?,
+        book.dim(2)?,
+    );
+    Ok((x, recon, book))
+}
+
+/// The layout of a reconstruction grid: `rows` rows of `n` tiles right of a label column, and a
+/// legend strip below.
+struct Grid {
+    /// Tile height and width in pixels.
+    tile: (usize, usize),
+    rows: usize,
+    /// Width of the label column.
+    left: usize,
+    gap: usize,
+    legend_h: usize,
+    n: usize,
+}
+
+impl Grid {
+    /// Width and height in pixels.
+    fn size(&self) -> (usize, usize) {
+        let (th, tw) = self.tile;
+        let width = self.left + self.n * (tw + self.gap) + self.gap;
+        (
+            width,
+            self.rows * (th + self.gap) + self.gap + self.legend_h,
+        )
+    }
+
+    /// Fills tile `i` of `row` in an RGB buffer with `px(y, x)`.
+    fn paint(&self, buf: &mut [u8], i: usize, row: usize, px: &dyn Fn(usize, usize) -> [u8; 3]) {
+        let ((th, tw), width) = (self.tile, self.size().0);
+        let (x0, y0) = (
+            self.left + self.gap + i * (tw + self.gap),
+            self.gap + row * (th + self.gap),
+        );
         for y in 0..th {
             for xx in 0..tw {
                 let o = ((y0 + y) * width + x0 + xx) * 3;
                 buf[o..o + 3].copy_from_slice(&px(y, xx));
             }
         }
-    };
-    let xs = x.flatten_all()?.to_vec1::<f32>()?;
-    let rs = recon.flatten_all()?.to_vec1::<f32>()?;
-    let book = codes.codebook.flatten_all()?.to_vec1::<u32>()?;
-    let (lh, lw) = (codes.codebook.dim(1)?, codes.codebook.dim(2)?);
-    for i in 0..n {
-        let x0 = left + gap + i * (tw + gap);
-        for (row, src) in [(0usize, &xs), (1, &rs)] {
-            let pix = |y: usize, xx: usize| -> [u8; 3] {
-                let (py, px) = (y / scale, xx / scale);
-                let v = |ch: usize| {
-                    norm.invert(
-                        ch.min(c - 1),
-                        src[((i * c + ch.min(c - 1)) * h + py) * w + px],
-                    )
-                };
-                if c == 1 {
-                    let g = v(0);
-                    [g, g, g]
-                } else {
-                    [v(0), v(1), v(2)]
-                }
-            };
-            put(&mut buf, x0, gap + row * (th + gap), &pix);
-        }
-        if m > 1 {
-            let pix = |y: usize, xx: usize| -> [u8; 3] {
-                let b = book[(i * lh + y * lh / th) * lw + xx * lw / tw] as usize;
-                let col = palette(b);
-                [col.0, col.1, col.2]
-            };
-            put(&mut buf, x0, gap + 2 * (th + gap), &pix);
-        }
     }
-    {
-        let root =
-            BitMapBackend::with_buffer(&mut buf, (width as u32, height as u32)).into_drawing_area();
+
+    /// Row names on the left and, below, a colour legend of `pool` (none when empty).
+    fn label(
+        &self,
+        root: &DrawingArea<BitMapBackend, plotters::coord::Shift>,
+        pool: &[String],
+    ) -> DrawResult {
+        let (th, gap) = (self.tile.0, self.gap);
         let style = ("sans-serif", 16).into_font().color(&BLACK);
         let names = ["original", "reconstruction", "codebook"];
-        for (r, name) in names.iter().take(rows).enumerate() {
-            root.draw_text(name, &style, (8, (gap + r * (th + gap) + th / 2) as i32))
-                .map_err(|e| plot_err(path, e))?;
+        for (r, name) in names.iter().take(self.rows).enumerate() {
+            root.draw_text(name, &style, (8, (gap + r * (th + gap) + th / 2) as i32))?;
         }
-        if m > 1 {
-            let y = (rows * (th + gap) + gap + 8) as i32;
-            for (i, l) in session.pool_labels().iter().enumerate() {
-                let x = 8 + i as i32 * 120;
-                root.draw(&Rectangle::new(
-                    [(x, y), (x + 16, y + 16)],
-                    palette(i).filled(),
-                ))
-                .map_err(|e| plot_err(path, e))?;
-                root.draw_text(l, &style, (x + 20, y))
-                    .map_err(|e| plot_err(path, e))?;
-            }
+        let y = (self.rows * (th + gap) + gap + 8) as i32;
+        for (i, l) in pool.iter().enumerate() {
+            let x = 8 + i as i32 * 120;
+            root.draw(&Rectangle::new(
+                [(x, y), (x + 16, y + 16)],
+                palette(i).filled(),
+            ))?;
+            root.draw_text(l, &style, (x + 20, y))?;
         }
-        root.present().map_err(|e| plot_err(path, e))?;
+        Ok(())
     }
-    save_rgb(path, buf, width as u32, height as u32)
 }
 
 /// Re-draws the plots of a finished run from its metrics (no model needed).

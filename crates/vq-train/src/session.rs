@@ -106,8 +106,7 @@ impl Session {
         let (mut batches, mut images) = (0usize, 0usize);
         let mut sampled = RouteAcc::new(m);
         let mut argmax = RouteAcc::new(m);
-        let mut ppl = vec![0f64; m];
-        let mut code_hist: Vec<Vec<f64>> = self.pool.iter().map(|&[n, _]| vec![0f64; n]).collect();
+        let mut usage = CodeUsage::new(&self.pool);
         for batch in batcher.stream(Cursor::default(), true) {
             let batch = batch?;
             if max_batches > 0 && batches == max_batches {
@@ -124,14 +123,7 @@ impl Session {
             }
             batches += 1;
             images += x.dim(0)?;
-            for (p, v) in ppl.iter_mut().zip(out.quant.perplexity.to_vec1::<f32>()?) {
-                *p += v as f64;
-            }
-            for (h, c) in code_hist.iter_mut().zip(&out.quant.code_counts) {
-                for (a, v) in h.iter_mut().zip(c.to_vec1::<f32>()?) {
-                    *a += v as f64;
-                }
-            }
+            usage.add(&out.quant)?;
         }
         if batches == 0 {
             return Err(TrainError::config(
@@ -140,24 +132,10 @@ impl Session {
             ));
         }
         let s = sampled.finish(images);
-        let codes_used: Vec<usize> = code_hist
+        let codes_used: Vec<usize> = usage
+            .hist
             .iter()
             .map(|h| h.iter().filter(|&&c| c > 0.0).count())
-            .collect();
-        let pass_perplexity = code_hist
-            .iter()
-            .map(|h| {
-                let total: f64 = h.iter().sum();
-                let entropy: f64 = h
-                    .iter()
-                    .filter(|&&c| c > 0.0)
-                    .map(|&c| {
-                        let p = c / total;
-                        -p * p.ln()
-                    })
-                    .sum();
-                entropy.exp()
-            })
             .collect();
         Ok(ValRecord {
             step,
@@ -166,7 +144,11 @@ impl Session {
             batches,
             images,
             selection: s.selection.clone(),
-            perplexity: ppl.iter().map(|p| p / batches as f64).collect(),
+            perplexity: usage
+                .batch_perplexity
+                .iter()
+                .map(|p| p / batches as f64)
+                .collect(),
             psnr: Some(s.psnr),
             ssim: Some(s.ssim),
             bits_per_image: Some(s.bits_per_image),
@@ -176,7 +158,7 @@ impl Session {
                 .map(|(&u, &[n, _])| u as f64 / n as f64)
                 .collect(),
             codes_used,
-            pass_perplexity,
+            pass_perplexity: usage.pass_perplexity(),
             argmax: Some(if deterministic {
                 s.clone()
             } else {
@@ -288,5 +270,54 @@ impl RouteAcc {
             bits_per_image: per_image(self.bits_sum),
             selection: self.counts.iter().map(|c| c / units.max(1.0)).collect(),
         }
+    }
+}
+
+/// Code usage over a validation pass: per codebook, the sum of the batch perplexities and the
+/// count of each codeword's assignments.
+struct CodeUsage {
+    batch_perplexity: Vec<f64>,
+    /// `[codebook][codeword]` assignment counts.
+    hist: Vec<Vec<f64>>,
+}
+
+impl CodeUsage {
+    fn new(pool: &[[usize; 2]]) -> Self {
+        Self {
+            batch_perplexity: vec![0.0; pool.len()],
+            hist: pool.iter().map(|&[n, _]| vec![0.0; n]).collect(),
+        }
+    }
+
+    fn add(&mut self, quant: &vq_core::QuantizerOutput) -> Result<()> {
+        let ppl = quant.perplexity.to_vec1::<f32>()?;
+        for (p, v) in self.batch_perplexity.iter_mut().zip(ppl) {
+            *p += v as f64;
+        }
+        for (h, c) in self.hist.iter_mut().zip(&quant.code_counts) {
+            for (a, v) in h.iter_mut().zip(c.to_vec1::<f32>()?) {
+                *a += v as f64;
+            }
+        }
+        Ok(())
+    }
+
+    /// exp of the entropy of each codebook's codeword frequencies over the whole pass.
+    fn pass_perplexity(&self) -> Vec<f64> {
+        self.hist
+            .iter()
+            .map(|h| {
+                let total: f64 = h.iter().sum();
+                let entropy: f64 = h
+                    .iter()
+                    .filter(|&&c| c > 0.0)
+                    .map(|&c| {
+                        let p = c / total;
+                        -p * p.ln()
+                    })
+                    .sum();
+                entropy.exp()
+            })
+            .collect()
     }
 }
