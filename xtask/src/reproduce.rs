@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use vq_data::DatasetName;
 use vq_models::{EncoderKind, QuantizerSpec};
 use vq_train::checkpoint;
 use vq_train::metrics::{read_metrics, Record, TrainRecord, ValRecord};
@@ -265,18 +266,18 @@ impl Options {
         match (self.dataset.as_str(), &self.data_path) {
             (name, Some(p)) => {
                 c.data.name = if name == "mnist-10k" {
-                    "mnist".into()
+                    DatasetName::Mnist
                 } else {
-                    name.into()
+                    name.parse()?
                 };
                 c.data.path = Some(p.clone());
             }
             ("fashion-mnist", None) => {
-                c.data.name = "fashion-mnist".into();
+                c.data.name = DatasetName::FashionMnist;
                 c.data.path = shared_data("fashion-mnist");
             }
             ("mnist-10k", None) => {
-                c.data.name = "mnist".into();
+                c.data.name = DatasetName::Mnist;
                 c.data.path = Some(shared_data("mnist-10k").with_context(|| {
                     format!(
                         "{}/data/mnist-10k not found; pass --data-path or set VQ_SHARED_DIR",
@@ -284,8 +285,7 @@ impl Options {
                     )
                 })?);
             }
-            ("embedded", None) => c.data.name = "embedded".into(),
-            (other, None) => c.data.name = other.into(),
+            (other, None) => c.data.name = other.parse()?,
         }
         c.model.codebook.init = self.init;
         if self.init == vq_core::CodebookInit::Normal {

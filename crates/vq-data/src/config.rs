@@ -16,17 +16,74 @@ use crate::folder::{
 use crate::hub::{default_repo, HubSource};
 use crate::image_ops::{convert_chw, ImageSpec};
 
-/// Names accepted by `data.name`.
-pub const DATASETS: &[&str] = &[
-    "embedded",
-    "mnist",
-    "fashion-mnist",
-    "cifar10",
-    "tiny-imagenet",
-    "celeba",
-    "retinopathy",
-    "image-folder",
-];
+/// The datasets `data.name` can name (written in kebab-case: `fashion-mnist`, `tiny-imagenet`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatasetName {
+    /// The Fashion-MNIST subset inside this crate (no files needed).
+    #[default]
+    Embedded,
+    Mnist,
+    FashionMnist,
+    Cifar10,
+    TinyImagenet,
+    Celeba,
+    Retinopathy,
+    /// Any folder of class sub-folders of images.
+    ImageFolder,
+}
+
+impl DatasetName {
+    /// Every dataset, in the order the docs list them.
+    pub const ALL: [DatasetName; 8] = [
+        DatasetName::Embedded,
+        DatasetName::Mnist,
+        DatasetName::FashionMnist,
+        DatasetName::Cifar10,
+        DatasetName::TinyImagenet,
+        DatasetName::Celeba,
+        DatasetName::Retinopathy,
+        DatasetName::ImageFolder,
+    ];
+
+    /// The name as a config writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatasetName::Embedded => "embedded",
+            DatasetName::Mnist => "mnist",
+            DatasetName::FashionMnist => "fashion-mnist",
+            DatasetName::Cifar10 => "cifar10",
+            DatasetName::TinyImagenet => "tiny-imagenet",
+            DatasetName::Celeba => "celeba",
+            DatasetName::Retinopathy => "retinopathy",
+            DatasetName::ImageFolder => "image-folder",
+        }
+    }
+}
+
+impl std::fmt::Display for DatasetName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for DatasetName {
+    type Err = DataError;
+
+    /// Parses a config name; an unknown one is an error listing the known ones.
+    fn from_str(s: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|d| d.as_str() == s)
+            .ok_or_else(|| {
+                let known: Vec<&str> = Self::ALL.iter().map(|d| d.as_str()).collect();
+                DataError::config(
+                    "name",
+                    format!("unknown dataset `{s}`; one of {}", known.join(", ")),
+                )
+            })
+    }
+}
 
 /// How pixels become network inputs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,8 +126,8 @@ pub enum BadImagePolicy {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DataConfig {
-    /// One of [`DATASETS`]; `embedded` is the Fashion-MNIST subset inside this crate.
-    pub name: String,
+    /// Which dataset; `embedded` is the Fashion-MNIST subset inside this crate.
+    pub name: DatasetName,
     /// Local folder (IDX files, CIFAR-10 batches, image folders, the CelebA or retinopathy root).
     pub path: Option<PathBuf>,
     /// Hugging Face dataset repository (`owner/name`) holding parquet files. Used when `path`
@@ -118,7 +175,7 @@ pub struct DataConfig {
 impl Default for DataConfig {
     fn default() -> Self {
         Self {
-            name: "embedded".into(),
+            name: DatasetName::Embedded,
             path: None,
             hub_repo: None,
             hub_revision: "main".into(),
@@ -156,12 +213,12 @@ impl Default for DataConfig {
 }
 
 /// Known pixel statistics (mean, std per channel) of the named datasets.
-pub fn known_statistics(name: &str) -> Option<(Vec<f32>, Vec<f32>)> {
+pub fn known_statistics(name: DatasetName) -> Option<(Vec<f32>, Vec<f32>)> {
     Some(match name {
-        "mnist" => (vec![0.1307], vec![0.3081]),
-        "fashion-mnist" | "embedded" => (vec![0.2860], vec![0.3530]),
-        "cifar10" => (vec![0.4914, 0.4822, 0.4465], vec![0.2470, 0.2435, 0.2616]),
-        "tiny-imagenet" => (vec![0.485, 0.456, 0.406], vec![0.229, 0.224, 0.225]),
+        DatasetName::Mnist => (vec![0.1307], vec![0.3081]),
+        DatasetName::FashionMnist | DatasetName::Embedded => (vec![0.2860], vec![0.3530]),
+        DatasetName::Cifar10 => (vec![0.4914, 0.4822, 0.4465], vec![0.2470, 0.2435, 0.2616]),
+        DatasetName::TinyImagenet => (vec![0.485, 0.456, 0.406], vec![0.229, 0.224, 0.225]),
         _ => return None,
     })
 }
@@ -184,16 +241,6 @@ pub struct LoadedData {
 impl DataConfig {
     /// Checks the fields that need no I/O.
     pub fn validate(&self) -> Result<ImageSpec> {
-        if !DATASETS.contains(&self.name.as_str()) {
-            return Err(DataError::config(
-                "name",
-                format!(
-                    "unknown dataset `{}`; one of {}",
-                    self.name,
-                    DATASETS.join(", ")
-                ),
-            ));
-        }
         if !(0.0..1.0).contains(&self.val_fraction) {
             return Err(DataError::config(
                 "val_fraction",
@@ -220,7 +267,7 @@ impl DataConfig {
             NormalizeKind::MeanStd => {
                 let (mean, std) = match (&self.mean, &self.std) {
                     (Some(m), Some(s)) => (m.clone(), s.clone()),
-                    (None, None) => known_statistics(&self.name).ok_or_else(|| {
+                    (None, None) => known_statistics(self.name).ok_or_else(|| {
                         DataError::config(
                             "mean",
                             format!(
@@ -337,8 +384,8 @@ pub fn load(cfg: &DataConfig) -> Result<LoadedData> {
         }
     };
     let numbered = |n: usize| (0..n).map(|i| i.to_string()).collect::<Vec<_>>();
-    let name = cfg.name.as_str();
-    if name == "embedded" {
+    let name = cfg.name;
+    if name == DatasetName::Embedded {
         return Ok(memory(
             crate::embedded::embedded_fashion_mnist()?,
             "embedded Fashion-MNIST subset (6,000 train + 1,000 test, MIT license)".into(),
@@ -381,22 +428,22 @@ pub fn load(cfg: &DataConfig) -> Result<LoadedData> {
     let source = path.display().to_string();
     let policy = cfg.on_bad_image;
     let (train, val, classes, skipped) = match name {
-        "mnist" | "fashion-mnist" => {
+        DatasetName::Mnist | DatasetName::FashionMnist => {
             return Ok(memory(
                 crate::idx::load_idx_dir(path)?,
                 source,
                 numbered(10),
             ))
         }
-        "cifar10" => {
+        DatasetName::Cifar10 => {
             return Ok(memory(
                 crate::cifar::load_cifar_dir(path)?,
                 source,
                 numbered(10),
             ))
         }
-        "tiny-imagenet" => folder_data(load_tiny_imagenet(path, spec)?, max, policy)?,
-        "celeba" => {
+        DatasetName::TinyImagenet => folder_data(load_tiny_imagenet(path, spec)?, max, policy)?,
+        DatasetName::Celeba => {
             let per = (cfg.subset == Subset::Paper).then_some((1000, 80));
             folder_data(
                 load_celeba(
@@ -411,7 +458,7 @@ pub fn load(cfg: &DataConfig) -> Result<LoadedData> {
                 policy,
             )?
         }
-        "retinopathy" => {
+        DatasetName::Retinopathy => {
             let csv = cfg
                 .csv
                 .clone()
@@ -424,12 +471,12 @@ pub fn load(cfg: &DataConfig) -> Result<LoadedData> {
                 policy,
             )?
         }
-        "image-folder" => folder_data(
+        DatasetName::ImageFolder => folder_data(
             load_class_folders(path, spec, cfg.val_fraction, cfg.split_seed)?,
             max,
             policy,
         )?,
-        _ => unreachable!("validated"),
+        DatasetName::Embedded => unreachable!("returned above"),
     };
     if train.is_empty() || val.is_empty() {
         return Err(DataError::Empty {

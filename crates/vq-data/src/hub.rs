@@ -20,6 +20,7 @@ use parquet::record::Field;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::config::DatasetName;
 use crate::dataset::InMemoryDataset;
 use crate::error::{DataError, Result};
 use crate::image_ops::{decode_image, to_spec, ImageSpec};
@@ -57,12 +58,12 @@ impl Default for HubSource {
 }
 
 /// The default Hub repository of each named dataset.
-pub fn default_repo(dataset: &str) -> Option<&'static str> {
+pub fn default_repo(dataset: DatasetName) -> Option<&'static str> {
     Some(match dataset {
-        "mnist" => "ylecun/mnist",
-        "fashion-mnist" => "zalando-datasets/fashion_mnist",
-        "cifar10" => "uoft-cs/cifar10",
-        "tiny-imagenet" => "zh-plus/tiny-imagenet",
+        DatasetName::Mnist => "ylecun/mnist",
+        DatasetName::FashionMnist => "zalando-datasets/fashion_mnist",
+        DatasetName::Cifar10 => "uoft-cs/cifar10",
+        DatasetName::TinyImagenet => "zh-plus/tiny-imagenet",
         _ => return None,
     })
 }

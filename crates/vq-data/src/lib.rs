@@ -33,7 +33,8 @@ pub mod image_ops;
 
 pub use batcher::{Batch, BatchStream, Batcher, BatcherConfig, Cursor, Normalization};
 pub use config::{
-    known_statistics, load, BadImagePolicy, DataConfig, LoadedData, NormalizeKind, Subset, DATASETS,
+    known_statistics, load, BadImagePolicy, DataConfig, DatasetName, LoadedData, NormalizeKind,
+    Subset,
 };
 pub use dataset::{check_images, Dataset, ImageFileDataset, InMemoryDataset, Sample};
 pub use error::{DataError, Result};

@@ -272,7 +272,7 @@ fn cifar_files() {
     write(&base.join("data_batch_2.bin"), &rec(3, 30));
     write(&base.join("test_batch.bin"), &rec(4, 40));
     let cfg = DataConfig {
-        name: "cifar10".into(),
+        name: "cifar10".parse().unwrap(),
         path: Some(dir.path().into()),
         image_size: 32,
         channels: 3,
@@ -308,7 +308,7 @@ fn hub_cache_offline_and_orientation() {
     .unwrap();
     write_image_parquet(&snap.join("test-00000-of-00001.parquet"), &[(img, 9)]).unwrap();
     let cfg = DataConfig {
-        name: "cifar10".into(),
+        name: "cifar10".parse().unwrap(),
         hub_repo: Some("tester/cifar_like".into()),
         hub_cache: Some(cache.path().into()),
         image_size: 32,

@@ -37,7 +37,7 @@ fn hf_home_cache_is_used_without_network() {
     std::env::set_var("HF_ENDPOINT", "http://127.0.0.1:9");
     // `fashion-mnist` without a path: its default repo, found in $HF_HOME/hub.
     let d = load(&DataConfig {
-        name: "fashion-mnist".into(),
+        name: "fashion-mnist".parse().unwrap(),
         ..Default::default()
     })
     .unwrap();

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use vq_data::{load, DataConfig, Dataset, InMemoryDataset};
+use vq_data::{load, DataConfig, Dataset, DatasetName, InMemoryDataset};
 
 fn shared(name: &str) -> Option<PathBuf> {
     // $VQ_SHARED_DIR (see xtask/src/paths.rs), else `shared` beside the repository.
@@ -64,7 +64,7 @@ fn fashion_mnist_full_set() {
         return;
     };
     let cfg = DataConfig {
-        name: "fashion-mnist".into(),
+        name: "fashion-mnist".parse().unwrap(),
         path: Some(path),
         ..Default::default()
     };
@@ -86,7 +86,7 @@ fn mnist_10k() {
         return;
     };
     let cfg = DataConfig {
-        name: "mnist".into(),
+        name: "mnist".parse().unwrap(),
         path: Some(path),
         ..Default::default()
     };
@@ -119,7 +119,7 @@ fn embedded_subset_is_balanced_fashion_mnist() {
     // The same images as the full set's prefix, when the full set is here.
     if let Some(path) = shared("fashion-mnist") {
         let full = load(&DataConfig {
-            name: "fashion-mnist".into(),
+            name: "fashion-mnist".parse().unwrap(),
             path: Some(path),
             ..Default::default()
         })
@@ -149,16 +149,21 @@ fn resize_and_channels_on_load() {
 
 #[test]
 fn unknown_names_and_missing_paths() {
+    let e = "imagenet".parse::<DatasetName>().unwrap_err().to_string();
+    assert!(
+        e.contains("unknown dataset `imagenet`") && e.contains("tiny-imagenet, celeba"),
+        "{e}"
+    );
+    // The same name in a config file: serde names the field's accepted values.
+    let e = toml::from_str::<DataConfig>(r#"name = "imagenet""#)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("unknown variant `imagenet`") && e.contains("fashion-mnist"),
+        "{e}"
+    );
     let e = load(&DataConfig {
-        name: "imagenet".into(),
-        ..Default::default()
-    })
-    .err()
-    .unwrap()
-    .to_string();
-    assert!(e.contains("unknown dataset `imagenet`"), "{e}");
-    let e = load(&DataConfig {
-        name: "mnist".into(),
+        name: "mnist".parse().unwrap(),
         path: Some("/no/such/dir".into()),
         ..Default::default()
     })
@@ -170,7 +175,7 @@ fn unknown_names_and_missing_paths() {
         "{e}"
     );
     let e = load(&DataConfig {
-        name: "celeba".into(),
+        name: "celeba".parse().unwrap(),
         ..Default::default()
     })
     .err()

@@ -465,7 +465,7 @@ mod tests {
         assert!(e.contains("65536"), "{e}");
         let mut c = TrainConfig::default();
         c.data.path = Some("/definitely/missing".into());
-        c.data.name = "mnist".into();
+        c.data.name = vq_data::DatasetName::Mnist;
         assert!(c
             .validate()
             .unwrap_err()

@@ -22,7 +22,7 @@ pub fn tiny_config(steps: usize) -> TrainConfig {
     let mut c = TrainConfig::default();
     match shared_data("fashion-mnist") {
         Some(p) => {
-            c.data.name = "fashion-mnist".into();
+            c.data.name = vq_data::DatasetName::FashionMnist;
             c.data.path = Some(p);
         }
         None => {

@@ -19,7 +19,7 @@ fn shipped_configs_are_valid_and_follow_the_paper() {
     for (name, batch) in expected {
         let path = dir.join(format!("{name}.toml"));
         let c = TrainConfig::load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert_eq!(c.data.name, name);
+        assert_eq!(c.data.name.as_str(), name);
         assert_eq!(c.train.batch_size, batch, "{name}");
         assert_eq!(c.train.lr, 1e-4);
         assert_eq!(c.train.steps, 20_000);
