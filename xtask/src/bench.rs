@@ -216,11 +216,6 @@ pub const CASES: &[(&str, &str)] = &[
     ("quantizer", "cifar"),
 ];
 
-/// The PyTorch reference: `<shared>/bench/torch_reference.py` (see [`crate::paths`]).
-fn torch_script() -> PathBuf {
-    crate::paths::shared_dir().join("bench/torch_reference.py")
-}
-
 fn run_torch(
     model: &str,
     shape: &str,
@@ -228,13 +223,12 @@ fn run_torch(
     warmup: usize,
     threads: usize,
 ) -> Result<CaseResult> {
-    let script = torch_script();
+    let script = crate::paths::torch_reference();
     if !script.is_file() {
         bail!(
-            "--compare-torch: no PyTorch reference at {} (set {} to the folder holding \
-             bench/torch_reference.py)",
+            "--compare-torch: no PyTorch reference at {} (set {} to the script)",
             script.display(),
-            crate::paths::SHARED_DIR_VAR
+            crate::paths::TORCH_REFERENCE_VAR
         );
     }
     let mut cmd = Command::new("python3");

@@ -17,8 +17,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Training-step time and peak memory of fixed and adaptive models (each case in its own
-    /// process); `--compare-torch` runs $VQ_SHARED_DIR/bench/torch_reference.py (default
-    /// ../shared) in alternation.
+    /// process); `--compare-torch` runs the repository's bench/torch_reference.py (or
+    /// $VQ_TORCH_REFERENCE) in alternation.
     Bench {
         #[arg(long, default_value_t = 10)]
         steps: usize,

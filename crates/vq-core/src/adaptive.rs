@@ -68,8 +68,8 @@ impl ProjectOut {
                 // im2col on the channel-last rows, then one GEMM: column (ky·3 + kx)·D + d
                 // holds the input at offset (ky − 1, kx − 1), channel d, and the kernel
                 // [C, D, 3, 3] is viewed as [C, 3, 3, D] → [C, 9D] to match. (candle's CPU
-                // conv2d backward goes through a direct transposed convolution, several times
-                // slower at these sizes.)
+                // conv2d backward goes through a direct transposed convolution, the slower way at
+                // these sizes.)
                 let (d, c) = (q.dim(1)?, weight.dim(0)?);
                 let padded = q
                     .reshape((b, h, w, d))?

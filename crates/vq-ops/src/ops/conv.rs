@@ -141,8 +141,8 @@ fn split_threads(both: bool) -> usize {
 
 /// `a · bᵀ` for `a` `[m, k]` and the large `b` `[n, k]` (a kernel gradient: output gradient
 /// times the column matrix), row-major `[m, n]`. Computed as `(b · aᵀ)ᵀ`: gemm then reads the
-/// large matrix along its rows instead of packing it from strided columns (which took ~6% of
-/// the fixed model's step), and only the small `[n, m]` result is transposed.
+/// large matrix along its rows instead of packing it from strided columns (docs/benchmarks.md
+/// has what that packing cost), and only the small `[n, m]` result is transposed.
 fn kernel_grad(m: usize, n: usize, k: usize, a: &[f32], b: &[f32], threads: usize) -> Vec<f32> {
     let t = matmul(n, m, k, b, false, a, true, threads);
     let mut out = vec![0f32; m * n];
