@@ -145,7 +145,7 @@ pub fn run_case(
     };
     if model == "adaptive-no-restart" {
         // The cost of dead-code restarts is this case's difference from `adaptive`.
-        mc.codebook.restart_below = 0.0;
+        mc.pool.codebook.restart_below = 0.0;
     }
     let cfg = mc.validate(c)?;
     let vm = SeededVarMap::new(0);

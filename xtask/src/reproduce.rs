@@ -142,10 +142,10 @@ impl Setting {
                 c.model = c.model.clone().into_authors_variant();
                 c.train.tau = vq_core::TauSchedule::Paper;
             }
-            Setting::MinError => c.model.router = vq_core::Router::MinError,
+            Setting::MinError => c.model.pool.router = vq_core::Router::MinError,
             Setting::OnlyBest => {
                 let i = best.context("the only-best setting needs Table 1's best structure")?;
-                c.model.router = vq_core::Router::Only(i);
+                c.model.pool.router = vq_core::Router::Only(i);
             }
         }
         Ok(())
@@ -287,10 +287,10 @@ impl Options {
             }
             (other, None) => c.data.name = other.parse()?,
         }
-        c.model.codebook.init = self.init;
+        c.model.pool.codebook.init = self.init;
         if self.init == vq_core::CodebookInit::Normal {
             // The authors' setting as a whole: no dead-code restarts either.
-            c.model.codebook.restart_below = 0.0;
+            c.model.pool.codebook.restart_below = 0.0;
         }
         let steps = self.steps();
         let t = &mut c.train;
@@ -359,7 +359,7 @@ impl Options {
     fn adaptive_specs(&self, best: Option<[usize; 2]>) -> Result<Vec<RunSpec>> {
         let mut v = Vec::new();
         let index = match best {
-            Some(nd) => vq_core::structures(self.base(0)?.model.capacity)?
+            Some(nd) => vq_core::structures(self.base(0)?.model.pool.capacity.unwrap_or(65536))?
                 .iter()
                 .position(|&x| x == nd),
             None => None,
@@ -398,22 +398,22 @@ impl Options {
         };
         for w in [65536usize, 32768, 16384, 8192, 4096] {
             add(format!("W = {w}"), format!("w-{w}"), &|c| {
-                c.model.capacity = w
+                c.model.pool.capacity = Some(w)
             })?;
         }
         add("without EMA".into(), "no-ema".into(), &|c| {
-            c.model.codebook.ema = false;
+            c.model.pool.codebook.ema = false;
             // Restarts act on EMA statistics; a learned codebook has none.
-            c.model.codebook.restart_below = 0.0;
+            c.model.pool.codebook.restart_below = 0.0;
         })?;
         for a in [0.5, 0.75, 1.0, 5.0, 10.0] {
             add(format!("α = {a}"), format!("alpha-{a}"), &|c| {
-                c.model.codebook.commitment = a
+                c.model.pool.codebook.commitment = a
             })?;
         }
         for b in [0.01, 0.2, 5.0] {
             add(format!("β = {b}"), format!("beta-{b}"), &|c| {
-                c.model.codebook.beta = b
+                c.model.pool.codebook.beta = b
             })?;
         }
         add("CNN encoder".into(), "encoder-cnn".into(), &|c| {
@@ -831,8 +831,8 @@ mod tests {
         o.init = vq_core::CodebookInit::Normal;
         assert_eq!(o.label(), "embedded-medium-authors-init");
         let c = o.base(0).unwrap();
-        assert_eq!(c.model.codebook.restart_below, 0.0);
-        assert_eq!(c.model.codebook.init, vq_core::CodebookInit::Normal);
+        assert_eq!(c.model.pool.codebook.restart_below, 0.0);
+        assert_eq!(c.model.pool.codebook.init, vq_core::CodebookInit::Normal);
         assert_eq!(
             o.adaptive_specs(None).unwrap().len(),
             12,
@@ -842,7 +842,7 @@ mod tests {
         assert_eq!(specs.len(), 15);
         assert!(specs[12..]
             .iter()
-            .all(|s| s.config.model.router == vq_core::Router::Only(5)));
+            .all(|s| s.config.model.pool.router == vq_core::Router::Only(5)));
         assert!(specs[6..9].iter().all(|s| s.config.model
             == o.base(0).unwrap().model.into_authors_variant()
             && s.config.train.tau == vq_core::TauSchedule::Paper));
@@ -852,7 +852,7 @@ mod tests {
         ));
         assert!(specs[9..12]
             .iter()
-            .all(|s| s.config.model.router == vq_core::Router::MinError));
+            .all(|s| s.config.model.pool.router == vq_core::Router::MinError));
         o.steps = Some(800);
         assert_eq!(o.label(), "embedded-800-steps-authors-init");
     }
@@ -899,10 +899,10 @@ mod tests {
             assert!(matches!(s.config.model.quantizer, QuantizerSpec::Adaptive));
             let (m, b) = (&s.config.model, &base.model);
             let changed = [
-                m.capacity != b.capacity,
-                m.codebook.ema != b.codebook.ema,
-                m.codebook.commitment != b.codebook.commitment,
-                m.codebook.beta != b.codebook.beta,
+                m.pool.capacity != b.pool.capacity,
+                m.pool.codebook.ema != b.pool.codebook.ema,
+                m.pool.codebook.commitment != b.pool.codebook.commitment,
+                m.pool.codebook.beta != b.pool.codebook.beta,
                 m.encoder != b.encoder,
             ];
             let expected = usize::from(s.group != "W = 65536");
@@ -915,8 +915,8 @@ mod tests {
         }
         let w4096 = specs.iter().find(|s| s.name == "w-4096-s2").unwrap();
         assert_eq!(
-            (w4096.config.model.capacity, w4096.config.train.seed),
-            (4096, 2)
+            (w4096.config.model.pool.capacity, w4096.config.train.seed),
+            (Some(4096), 2)
         );
     }
 

@@ -702,7 +702,7 @@ impl Quantizer for VectorQuantizer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::AdaptiveConfig;
+    use crate::config::{AdaptiveConfig, PoolConfig};
     use crate::init::SeededVarMap;
 
     /// One image, positions p0, p1, channels a..d: channel-last rows `[a0 b0 c0 d0]`,
@@ -726,8 +726,11 @@ mod tests {
     #[test]
     fn raw_view_needs_the_attention_router() {
         let c = AdaptiveConfig {
-            granularity: Granularity::RawView,
-            router: Router::MinError,
+            pool: PoolConfig {
+                granularity: Granularity::RawView,
+                router: Router::MinError,
+                ..AdaptiveConfig::adaptive(8, 32).pool
+            },
             ..AdaptiveConfig::adaptive(8, 32)
         };
         let e = c.validate().unwrap_err().to_string();
@@ -747,7 +750,10 @@ mod tests {
             (AdaptiveConfig::adaptive(8, 32), false),
         ] {
             let config = AdaptiveConfig {
-                back_projection: BackProjection::Conv3x3,
+                pool: PoolConfig {
+                    back_projection: BackProjection::Conv3x3,
+                    ..config.pool
+                },
                 ..config
             }
             .validate()
@@ -779,13 +785,19 @@ mod tests {
     #[test]
     fn only_router_routes_everything_to_one_codebook() {
         let bad = AdaptiveConfig {
-            router: Router::Only(3),
+            pool: PoolConfig {
+                router: Router::Only(3),
+                ..AdaptiveConfig::adaptive(8, 32).pool
+            },
             ..AdaptiveConfig::adaptive(8, 32)
         };
         let e = bad.validate().unwrap_err().to_string();
         assert!(e.contains("only = 3") && e.contains("pool of 3"), "{e}");
         let config = AdaptiveConfig {
-            router: Router::Only(1),
+            pool: PoolConfig {
+                router: Router::Only(1),
+                ..AdaptiveConfig::adaptive(8, 32).pool
+            },
             ..AdaptiveConfig::adaptive(8, 32)
         }
         .validate()

@@ -291,24 +291,24 @@ impl Router {
     }
 }
 
-/// The pool of codebooks of an [`AdaptiveQuantizer`](crate::AdaptiveQuantizer). A pool of one is
-/// the fixed-codebook model of the paper's Table 1.
+/// The pool of codebooks of an [`AdaptiveQuantizer`](crate::AdaptiveQuantizer) and how it
+/// routes: everything of its configuration but the input width. A model config nests it as it
+/// is (its keys sit beside the model's own in a TOML `[model]` table).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AdaptiveConfig {
-    /// C: channel count of the encoder output (the attention's model dimension).
-    pub channels: usize,
-    /// W: the capacity every codebook of the pool must have (`N·D = W`). With an empty `pool`
+#[serde(default)]
+pub struct PoolConfig {
+    /// W: the capacity every codebook of the pool must have (`N·D = W`). With no `structures`
     /// the pool is [`structures(W)`](crate::structures).
     pub capacity: Option<usize>,
-    /// Explicit pool `[[N, D], ...]`; empty means `structures(capacity)`.
-    pub pool: Vec<[usize; 2]>,
+    /// The pool's `[[N, D], ...]` (key `pool`); empty means `structures(capacity)`.
+    #[serde(rename = "pool", skip_serializing_if = "Vec::is_empty")]
+    pub structures: Vec<[usize; 2]>,
     /// Attention heads of the selector (paper: 2). Must divide `channels`.
     pub heads: usize,
     /// Per latent vector or per image selection.
     pub granularity: Granularity,
     /// How attention becomes Gumbel-Softmax logits.
-    pub logits: SelectionLogits,
+    pub selection_logits: SelectionLogits,
     /// How a codebook is chosen (the paper's attention selector, or the nearest output).
     pub router: Router,
     /// How each codebook's output returns to `C` channels.
@@ -319,19 +319,39 @@ pub struct AdaptiveConfig {
     pub codebook: CodebookConfig,
 }
 
-impl Default for AdaptiveConfig {
+impl Default for PoolConfig {
     fn default() -> Self {
         Self {
-            channels: 128,
             capacity: Some(65536),
-            pool: Vec::new(),
+            structures: Vec::new(),
             heads: 2,
             granularity: Granularity::PerVector,
-            logits: SelectionLogits::LogAttention,
+            selection_logits: SelectionLogits::LogAttention,
             router: Router::Attention,
             back_projection: BackProjection::Linear,
             allow_n_le_d: false,
             codebook: CodebookConfig::default(),
+        }
+    }
+}
+
+/// An [`AdaptiveQuantizer`](crate::AdaptiveQuantizer)'s configuration: the width of its input
+/// and its pool. A pool of one is the fixed-codebook model of the paper's Table 1.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdaptiveConfig {
+    /// C: channel count of the encoder output (the attention's model dimension).
+    pub channels: usize,
+    /// The codebooks and their routing.
+    #[serde(flatten)]
+    pub pool: PoolConfig,
+}
+
+impl Default for AdaptiveConfig {
+    fn default() -> Self {
+        Self {
+            channels: 128,
+            pool: PoolConfig::default(),
         }
     }
 }
@@ -341,8 +361,10 @@ impl AdaptiveConfig {
     pub fn adaptive(channels: usize, capacity: usize) -> Self {
         Self {
             channels,
-            capacity: Some(capacity),
-            ..Self::default()
+            pool: PoolConfig {
+                capacity: Some(capacity),
+                ..PoolConfig::default()
+            },
         }
     }
 
@@ -350,9 +372,11 @@ impl AdaptiveConfig {
     pub fn fixed(channels: usize, n: usize, d: usize) -> Self {
         Self {
             channels,
-            capacity: None,
-            pool: vec![[n, d]],
-            ..Self::default()
+            pool: PoolConfig {
+                capacity: None,
+                structures: vec![[n, d]],
+                ..PoolConfig::default()
+            },
         }
     }
 
@@ -361,16 +385,17 @@ impl AdaptiveConfig {
         if self.channels == 0 {
             return Err(ConfigError::invalid("channels", "must be ≥ 1"));
         }
-        self.codebook.validate()?;
-        if self.granularity == Granularity::RawView && self.router == Router::MinError {
+        let p = &self.pool;
+        p.codebook.validate()?;
+        if p.granularity == Granularity::RawView && p.router == Router::MinError {
             return Err(ConfigError::invalid(
                 "granularity",
                 "\"raw-view\" (the authors' selection unit) works with the attention router only; \
                  the min-error router compares whole latent vectors",
             ));
         }
-        let pool: Vec<[usize; 2]> = if self.pool.is_empty() {
-            match self.capacity {
+        let pool: Vec<[usize; 2]> = if p.structures.is_empty() {
+            match p.capacity {
                 Some(w) => structures(w)?,
                 None => {
                     return Err(ConfigError::invalid(
@@ -380,12 +405,12 @@ impl AdaptiveConfig {
                 }
             }
         } else {
-            self.pool.clone()
+            p.structures.clone()
         };
         if pool.is_empty() {
             return Err(ConfigError::EmptyPool);
         }
-        if let Router::Only(i) = self.router {
+        if let Router::Only(i) = p.router {
             if i >= pool.len() {
                 return Err(ConfigError::invalid(
                     "router",
@@ -395,30 +420,30 @@ impl AdaptiveConfig {
         }
         let mut codebooks = Vec::with_capacity(pool.len());
         for &[n, d] in &pool {
-            if let Some(w) = self.capacity {
+            if let Some(w) = p.capacity {
                 if n.checked_mul(d) != Some(w) {
                     return Err(ConfigError::CapacityMismatch { n, d, w });
                 }
             }
-            if n <= d && !self.allow_n_le_d {
+            if n <= d && !p.allow_n_le_d {
                 return Err(ConfigError::NotMoreEmbeddingsThanDims { n, d });
             }
             codebooks.push(
                 VqConfig {
                     num_embeddings: n,
                     embedding_dim: d,
-                    codebook: self.codebook.clone(),
+                    codebook: p.codebook.clone(),
                 }
                 .validate()?,
             );
         }
         if codebooks.len() > 1 {
-            if self.heads == 0 {
+            if p.heads == 0 {
                 return Err(ConfigError::invalid("heads", "must be ≥ 1"));
             }
-            if !self.channels.is_multiple_of(self.heads) {
+            if !self.channels.is_multiple_of(p.heads) {
                 return Err(ConfigError::HeadsDoNotDivide {
-                    heads: self.heads,
+                    heads: p.heads,
                     channels: self.channels,
                 });
             }
@@ -455,23 +480,23 @@ impl ValidAdaptiveConfig {
     }
     /// Attention heads.
     pub fn heads(&self) -> usize {
-        self.config.heads
+        self.config.pool.heads
     }
     /// Per-vector or per-image selection.
     pub fn granularity(&self) -> Granularity {
-        self.config.granularity
+        self.config.pool.granularity
     }
     /// Logit mode of the selector.
     pub fn logits(&self) -> SelectionLogits {
-        self.config.logits
+        self.config.pool.selection_logits
     }
     /// How a codebook is chosen.
     pub fn router(&self) -> Router {
-        self.config.router
+        self.config.pool.router
     }
     /// How each codebook's output returns to `C` channels.
     pub fn back_projection(&self) -> BackProjection {
-        self.config.back_projection
+        self.config.pool.back_projection
     }
     /// The configuration this was validated from.
     pub fn config(&self) -> &AdaptiveConfig {

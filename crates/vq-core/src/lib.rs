@@ -56,7 +56,7 @@ mod vq;
 
 pub use adaptive::{AdaptiveQuantizer, ProjectedQuantizer};
 pub use config::{
-    AdaptiveConfig, BackProjection, CodebookConfig, CodebookInit, Granularity, Router,
+    AdaptiveConfig, BackProjection, CodebookConfig, CodebookInit, Granularity, PoolConfig, Router,
     SelectionLogits, ValidAdaptiveConfig, ValidVqConfig, VqConfig,
 };
 pub use error::{ConfigError, Result, VqError};

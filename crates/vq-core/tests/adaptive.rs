@@ -136,8 +136,8 @@ use candle_core::{DType, Device, Tensor, Var};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use vq_core::{
-    gradient_gap, AdaptiveConfig, AdaptiveQuantizer, ConfigError, Granularity, Quantizer,
-    SeededVarMap, Selection, SelectionLogits, Step,
+    gradient_gap, AdaptiveConfig, AdaptiveQuantizer, ConfigError, Granularity, PoolConfig,
+    Quantizer, SeededVarMap, Selection, SelectionLogits, Step,
 };
 
 /// The nearest row of `codebook` `[N, d]` to `x` `[d]` by f64 squared distance, lowest index on
@@ -185,12 +185,14 @@ fn set(vm: &SeededVarMap, name: &str, values: Vec<f32>, shape: &[usize]) {
 fn reference_quantizer(logits: SelectionLogits) -> (AdaptiveQuantizer, SeededVarMap) {
     let cfg = AdaptiveConfig {
         channels: C,
-        capacity: Some(32),
-        pool: POOL.to_vec(),
-        heads: 2,
-        logits,
-        codebook: vq_core::CodebookConfig::authors(),
-        ..AdaptiveConfig::default()
+        pool: PoolConfig {
+            capacity: Some(32),
+            structures: POOL.to_vec(),
+            heads: 2,
+            selection_logits: logits,
+            codebook: vq_core::CodebookConfig::authors(),
+            ..PoolConfig::default()
+        },
     }
     .validate()
     .unwrap();
@@ -405,9 +407,11 @@ fn matches_pytorch_with_authors_probability_logits() {
 fn random_quantizer(granularity: Granularity, seed: u64) -> AdaptiveQuantizer {
     let cfg = AdaptiveConfig {
         channels: 16,
-        capacity: Some(256),
-        granularity,
-        ..AdaptiveConfig::default()
+        pool: PoolConfig {
+            capacity: Some(256),
+            granularity,
+            ..PoolConfig::default()
+        },
     }
     .validate()
     .unwrap();
@@ -719,7 +723,10 @@ fn config_errors_name_the_problem() {
     let base = AdaptiveConfig::adaptive(128, 65536);
     assert_eq!(base.validate().unwrap().pool().len(), 8);
     let e = AdaptiveConfig {
-        pool: vec![[512, 64]],
+        pool: PoolConfig {
+            structures: vec![[512, 64]],
+            ..base.pool.clone()
+        },
         ..base.clone()
     }
     .validate()
@@ -733,31 +740,43 @@ fn config_errors_name_the_problem() {
         }
     );
     let e = AdaptiveConfig {
-        capacity: Some(4096),
-        pool: vec![[64, 64]],
+        pool: PoolConfig {
+            capacity: Some(4096),
+            structures: vec![[64, 64]],
+            ..base.pool.clone()
+        },
         ..base.clone()
     }
     .validate()
     .unwrap_err();
     assert_eq!(e, ConfigError::NotMoreEmbeddingsThanDims { n: 64, d: 64 });
     assert!(AdaptiveConfig {
-        capacity: Some(4096),
-        pool: vec![[64, 64]],
-        allow_n_le_d: true,
+        pool: PoolConfig {
+            capacity: Some(4096),
+            structures: vec![[64, 64]],
+            allow_n_le_d: true,
+            ..base.pool.clone()
+        },
         ..base.clone()
     }
     .validate()
     .is_ok());
     let e = AdaptiveConfig {
-        capacity: None,
-        pool: vec![],
+        pool: PoolConfig {
+            capacity: None,
+            structures: vec![],
+            ..base.pool.clone()
+        },
         ..base.clone()
     }
     .validate()
     .unwrap_err();
     assert!(e.to_string().contains("pool"), "{e}");
     let e = AdaptiveConfig {
-        heads: 3,
+        pool: PoolConfig {
+            heads: 3,
+            ..base.pool.clone()
+        },
         ..base.clone()
     }
     .validate()
@@ -770,20 +789,23 @@ fn config_errors_name_the_problem() {
         }
     );
     let mut cb = base.clone();
-    cb.codebook.decay = 1.0;
+    cb.pool.codebook.decay = 1.0;
     assert_eq!(
         cb.validate().unwrap_err(),
         ConfigError::DecayOutOfRange(1.0)
     );
     let mut cb = base.clone();
-    cb.codebook.commitment = -1.0;
+    cb.pool.codebook.commitment = -1.0;
     assert!(cb
         .validate()
         .unwrap_err()
         .to_string()
         .contains("commitment"));
     let e = AdaptiveConfig {
-        capacity: Some(1000),
+        pool: PoolConfig {
+            capacity: Some(1000),
+            ..base.pool
+        },
         ..base
     }
     .validate()
@@ -811,12 +833,14 @@ fn min_error_router_by_hand() {
     let build = |granularity: Granularity| {
         let cfg = AdaptiveConfig {
             channels: 2,
-            capacity: None,
-            pool: vec![[4, 2], [8, 1]],
-            router: vq_core::Router::MinError,
-            granularity,
-            codebook: vq_core::CodebookConfig::authors(),
-            ..AdaptiveConfig::default()
+            pool: PoolConfig {
+                capacity: None,
+                structures: vec![[4, 2], [8, 1]],
+                router: vq_core::Router::MinError,
+                granularity,
+                codebook: vq_core::CodebookConfig::authors(),
+                ..PoolConfig::default()
+            },
         }
         .validate()
         .unwrap();

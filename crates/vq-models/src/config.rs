@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use vq_core::{
-    AdaptiveConfig, BackProjection, CodebookConfig, Granularity, Router, SelectionLogits,
+    AdaptiveConfig, BackProjection, CodebookConfig, Granularity, PoolConfig, SelectionLogits,
     ValidAdaptiveConfig,
 };
 
@@ -92,31 +92,18 @@ pub struct ModelConfig {
     pub residual_layers: usize,
     /// `"adaptive"` or `"fixed:N,D"`.
     pub quantizer: QuantizerSpec,
-    /// W: capacity `N·D` of every codebook. Paper: 65536.
-    pub capacity: usize,
-    /// The adaptive quantizer's codebooks `[[N, D], …]`, each of capacity W (not in the paper,
-    /// which pools every structure of W); empty (the default): every structure of W.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub pool: Vec<[usize; 2]>,
-    /// Attention heads of the selector. Paper: 2.
-    pub heads: usize,
-    /// Per-vector or per-image codebook selection.
-    pub granularity: Granularity,
-    /// How attention becomes selection logits.
-    pub selection_logits: SelectionLogits,
-    /// How the pool's codebook is chosen: `attention` (the paper) or `min-error`.
-    pub router: Router,
-    /// How each codebook's output returns to `hidden` channels: `linear` (1×1) or `conv3x3`
-    /// (the authors' script).
-    pub back_projection: BackProjection,
     /// Whether the decoder starts with a 3×3 `hidden → hidden` convolution (the paper and the
     /// zalando VQ-VAE it builds on); the authors' script removes it, its place taken by the
     /// per-codebook 3×3 back-projection.
     pub decoder_conv1: bool,
-    /// Permit codebooks with `N ≤ D`.
-    pub allow_n_le_d: bool,
-    /// α, β, EMA on/off, γ, ε.
-    pub codebook: CodebookConfig,
+    /// The quantizer's pool and routing (vq-core's own config; its keys sit in `[model]`):
+    /// `capacity` (W, paper 65536; W must be `N·D` of a fixed codebook too), `pool` (the
+    /// adaptive quantizer's `[[N, D], …]`, not in the paper; empty: every structure of W),
+    /// `heads` (paper 2), `granularity`, `selection_logits`, `router` (`attention`, the
+    /// paper's, or `min-error`), `back_projection` (`linear` or the authors' `conv3x3`),
+    /// `allow_n_le_d`, and `[model.pool.codebook]` (α, β, EMA, γ, ε, initialisation, restarts).
+    #[serde(flatten)]
+    pub pool: PoolConfig,
 }
 
 impl Default for ModelConfig {
@@ -127,16 +114,8 @@ impl Default for ModelConfig {
             residual_hidden: 32,
             residual_layers: 2,
             quantizer: QuantizerSpec::Adaptive,
-            capacity: 65536,
-            heads: 2,
-            granularity: Granularity::PerVector,
-            selection_logits: SelectionLogits::LogAttention,
-            router: Router::Attention,
-            back_projection: BackProjection::Linear,
             decoder_conv1: true,
-            allow_n_le_d: false,
-            pool: Vec::new(),
-            codebook: CodebookConfig::default(),
+            pool: PoolConfig::default(),
         }
     }
 }
@@ -156,11 +135,14 @@ impl ModelConfig {
     /// quantizer and capacity kept).
     pub fn into_authors_variant(self) -> Self {
         Self {
-            granularity: Granularity::RawView,
-            selection_logits: SelectionLogits::AttentionProbs,
-            back_projection: BackProjection::Conv3x3,
             decoder_conv1: false,
-            codebook: CodebookConfig::authors(),
+            pool: PoolConfig {
+                granularity: Granularity::RawView,
+                selection_logits: SelectionLogits::AttentionProbs,
+                back_projection: BackProjection::Conv3x3,
+                codebook: CodebookConfig::authors(),
+                ..self.pool
+            },
             ..self
         }
     }
@@ -192,21 +174,16 @@ impl ValidModelConfig {
 impl ModelConfig {
     /// The vq-core configuration of the quantizer.
     pub fn quantizer_config(&self) -> AdaptiveConfig {
-        let pool = match self.quantizer {
-            QuantizerSpec::Adaptive => self.pool.clone(),
+        let structures = match self.quantizer {
+            QuantizerSpec::Adaptive => self.pool.structures.clone(),
             QuantizerSpec::Fixed { n, d } => vec![[n, d]],
         };
         AdaptiveConfig {
             channels: self.hidden,
-            capacity: Some(self.capacity),
-            pool,
-            heads: self.heads,
-            granularity: self.granularity,
-            logits: self.selection_logits,
-            router: self.router,
-            back_projection: self.back_projection,
-            allow_n_le_d: self.allow_n_le_d,
-            codebook: self.codebook.clone(),
+            pool: PoolConfig {
+                structures,
+                ..self.pool.clone()
+            },
         }
     }
 
@@ -241,15 +218,15 @@ impl ModelConfig {
                 "the residual stack needs ≥ 1 layer of ≥ 1 channel",
             );
         }
-        if let Some(dup) = self
-            .pool
+        let structures = &self.pool.structures;
+        if let Some(dup) = structures
             .iter()
             .enumerate()
-            .find_map(|(i, nd)| self.pool[..i].contains(nd).then_some(nd))
+            .find_map(|(i, nd)| structures[..i].contains(nd).then_some(nd))
         {
             return bad("pool", &format!("lists [{}, {}] twice", dup[0], dup[1]));
         }
-        if !self.pool.is_empty() && self.quantizer != QuantizerSpec::Adaptive {
+        if !structures.is_empty() && self.quantizer != QuantizerSpec::Adaptive {
             return bad(
                 "pool",
                 "only the adaptive quantizer has a pool (a fixed one is its own [N, D])",

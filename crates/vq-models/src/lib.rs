@@ -10,11 +10,18 @@
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
-//! use vq_core::{SeededVarMap, Step};
+//! use vq_core::{PoolConfig, SeededVarMap, Step};
 //! use vq_models::{ModelConfig, VqVae};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let cfg = ModelConfig { hidden: 16, residual_hidden: 8, capacity: 256, ..Default::default() }.validate(1)?;
+//! // A small model: h = 16 and a pool of capacity W = 256 ([32, 8], [64, 4], [128, 2]).
+//! let cfg = ModelConfig {
+//!     hidden: 16,
+//!     residual_hidden: 8,
+//!     pool: PoolConfig { capacity: Some(256), ..Default::default() },
+//!     ..Default::default()
+//! }
+//! .validate(1)?;
 //! let params = SeededVarMap::new(0);
 //! let model = VqVae::new(&cfg, params.var_builder(DType::F32, &Device::Cpu))?;
 //! let x = Tensor::zeros((2, 1, 28, 28), DType::F32, &Device::Cpu)?;

@@ -524,7 +524,10 @@ fn authors_variant_matches_the_published_script() {
         hidden: 8,
         residual_hidden: 4,
         residual_layers: 2,
-        capacity: 32,
+        pool: vq_core::PoolConfig {
+            capacity: Some(32),
+            ..ModelConfig::authors_variant().pool
+        },
         ..ModelConfig::authors_variant()
     };
     let valid = cfg.validate(1).unwrap();

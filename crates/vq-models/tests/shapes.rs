@@ -104,7 +104,10 @@ fn config_errors_name_the_field() {
     .to_string();
     assert!(e.contains("[512, 64]") && e.contains("65536"), "{e}");
     let e = ModelConfig {
-        heads: 3,
+        pool: vq_core::PoolConfig {
+            heads: 3,
+            ..Default::default()
+        },
         ..Default::default()
     }
     .validate(1)
@@ -113,7 +116,10 @@ fn config_errors_name_the_field() {
     assert!(e.contains("heads"), "{e}");
     // A chosen pool: each member at capacity W, and only for the adaptive quantizer.
     let ok = ModelConfig {
-        pool: vec![[8192, 8], [16384, 4], [32768, 2]],
+        pool: vq_core::PoolConfig {
+            structures: vec![[8192, 8], [16384, 4], [32768, 2]],
+            ..Default::default()
+        },
         ..Default::default()
     }
     .validate(1)
@@ -123,7 +129,10 @@ fn config_errors_name_the_field() {
         vec![[8192, 8], [16384, 4], [32768, 2]]
     );
     let e = ModelConfig {
-        pool: vec![[8192, 8], [4096, 4]],
+        pool: vq_core::PoolConfig {
+            structures: vec![[8192, 8], [4096, 4]],
+            ..Default::default()
+        },
         ..Default::default()
     }
     .validate(1)
@@ -131,7 +140,10 @@ fn config_errors_name_the_field() {
     .to_string();
     assert!(e.contains("[4096, 4]") && e.contains("65536"), "{e}");
     let e = ModelConfig {
-        pool: vec![[8192, 8], [16384, 4], [8192, 8]],
+        pool: vq_core::PoolConfig {
+            structures: vec![[8192, 8], [16384, 4], [8192, 8]],
+            ..Default::default()
+        },
         ..Default::default()
     }
     .validate(1)
@@ -140,7 +152,10 @@ fn config_errors_name_the_field() {
     assert!(e.contains("pool") && e.contains("[8192, 8] twice"), "{e}");
     let e = ModelConfig {
         quantizer: QuantizerSpec::Fixed { n: 512, d: 128 },
-        pool: vec![[8192, 8]],
+        pool: vq_core::PoolConfig {
+            structures: vec![[8192, 8]],
+            ..Default::default()
+        },
         ..Default::default()
     }
     .validate(1)

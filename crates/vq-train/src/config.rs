@@ -418,7 +418,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.train.steps, 10);
         assert_eq!(c.train.batch_size, 8);
-        assert_eq!(c.model.codebook.commitment, 0.5);
+        assert_eq!(c.model.pool.codebook.commitment, 0.5);
         assert_eq!(c.data.path.as_deref(), Some(Path::new("/tmp/x y")));
         let round = TrainConfig::from_toml(&c.to_toml(), "round", &[]).unwrap();
         assert_eq!(round, c);

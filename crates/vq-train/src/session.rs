@@ -102,7 +102,7 @@ impl Session {
         let _span = tracing::debug_span!("validation", step).entered();
         let batcher = self.ordered_batcher(false)?;
         let m = self.pool.len();
-        let deterministic = m == 1 || self.config.model.router.is_deterministic();
+        let deterministic = m == 1 || self.config.model.pool.router.is_deterministic();
         let (mut batches, mut images) = (0usize, 0usize);
         let mut sampled = RouteAcc::new(m);
         let mut argmax = RouteAcc::new(m);

@@ -232,6 +232,7 @@ impl<'a> Run<'a> {
             .session
             .config
             .model
+            .pool
             .codebook
             .init_batches
             .min(batcher.batches_per_epoch());

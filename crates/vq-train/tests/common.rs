@@ -33,7 +33,7 @@ pub fn tiny_config(steps: usize) -> TrainConfig {
     c.data.max_val = Some(128);
     c.model.hidden = 32;
     c.model.residual_hidden = 16;
-    c.model.capacity = 1024;
+    c.model.pool.capacity = Some(1024);
     c.train.steps = steps;
     c.train.batch_size = 32;
     c.train.lr = 1e-3;

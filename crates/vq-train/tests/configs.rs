@@ -23,12 +23,15 @@ fn shipped_configs_are_valid_and_follow_the_paper() {
         assert_eq!(c.train.batch_size, batch, "{name}");
         assert_eq!(c.train.lr, 1e-4);
         assert_eq!(c.train.steps, 20_000);
-        assert_eq!((c.model.capacity, c.model.heads), (65536, 2));
+        assert_eq!(
+            (c.model.pool.capacity, c.model.pool.heads),
+            (Some(65536), 2)
+        );
         assert_eq!(
             (
-                c.model.codebook.commitment,
-                c.model.codebook.beta,
-                c.model.codebook.decay
+                c.model.pool.codebook.commitment,
+                c.model.pool.codebook.beta,
+                c.model.pool.codebook.decay
             ),
             (0.25, 1.0, 0.99)
         );
