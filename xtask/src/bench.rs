@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: ms per training step and peak RSS of the paper's model with fixed and
 //! adaptive quantizers (each case in its own process), optionally beside the PyTorch reference.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
@@ -272,14 +272,15 @@ fn run_torch(
     })
 }
 
+/// One case in a child process of `exe` (this binary, or the `--baseline` one).
 fn run_child(
+    exe: &Path,
     model: &str,
     shape: &str,
     steps: usize,
     warmup: usize,
     device: &str,
 ) -> Result<CaseResult> {
-    let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
     cmd.args([
         "bench-case",
@@ -294,7 +295,10 @@ fn run_child(
         "--device",
         device,
     ]);
-    json_output(&mut cmd, &format!("bench case {model}/{shape}"))
+    json_output(
+        &mut cmd,
+        &format!("bench case {model}/{shape} of {}", exe.display()),
+    )
 }
 
 /// Runs `cmd` (a benchmark child) and parses the last line of its stdout that starts with `{`.
@@ -331,29 +335,54 @@ pub struct BenchOptions {
     pub device: String,
     /// Also write the results as JSON here.
     pub out: Option<PathBuf>,
+    /// Another xtask binary (an earlier build) whose cases alternate with ours in every round:
+    /// a paired A/B of two builds on the same machine at the same time.
+    pub baseline: Option<PathBuf>,
 }
 
-/// Runs every case (in alternation with the PyTorch reference when asked) and prints a table.
+/// The measurements of one case: ours, and those of the reference and the baseline build when
+/// asked (each the median of its rounds).
+#[derive(Clone, Debug, Serialize)]
+pub struct CaseRow {
+    pub ours: CaseResult,
+    pub torch: Option<CaseResult>,
+    pub baseline: Option<CaseResult>,
+}
+
+/// The round with the median time, with the largest peak memory of all rounds.
+fn median_round(v: &mut [CaseResult]) -> Option<CaseResult> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.median_ms.total_cmp(&b.median_ms));
+    let mut r = v[v.len() / 2].clone();
+    r.peak_rss_mib = v.iter().map(|c| c.peak_rss_mib).fold(0.0, f64::max);
+    Some(r)
+}
+
+/// Runs every case (in alternation with the PyTorch reference and the baseline build when
+/// asked) and prints a table.
 pub fn bench(o: &BenchOptions) -> Result<()> {
-    let (steps, warmup, rounds, compare_torch) =
-        (o.steps, o.warmup, o.rounds.max(1), o.compare_torch);
-    let (only, shape_only, device, out) = (
-        o.only.as_deref(),
-        o.shape.as_deref(),
-        o.device.as_str(),
-        o.out.as_deref(),
-    );
+    let (steps, warmup, rounds) = (o.steps, o.warmup, o.rounds.max(1));
+    let device = o.device.as_str();
     let threads = rayon_threads();
-    let mut rows: Vec<(CaseResult, Option<CaseResult>)> = Vec::new();
+    let exe = std::env::current_exe()?;
+    let mut rows: Vec<CaseRow> = Vec::new();
     for &(model, shape) in CASES {
-        if only.is_some_and(|o| o != model) || shape_only.is_some_and(|o| o != shape) {
+        if o.only.as_deref().is_some_and(|x| x != model)
+            || o.shape.as_deref().is_some_and(|x| x != shape)
+        {
             continue;
         }
-        // Paired rounds: ours, then the reference, `rounds` times; medians of the medians.
-        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        // Paired rounds: ours, the baseline build, the reference, `rounds` times; the median
+        // round of each.
+        let (mut ours, mut theirs, mut base) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds {
-            ours.push(run_child(model, shape, steps, warmup, device)?);
-            if compare_torch {
+            ours.push(run_child(&exe, model, shape, steps, warmup, device)?);
+            if let Some(b) = &o.baseline {
+                base.push(run_child(b, model, shape, steps, warmup, device)?);
+            }
+            if o.compare_torch {
                 // The reference has no restarts: its adaptive case stands beside both of ours.
                 let reference = if model == "adaptive-no-restart" {
                     "adaptive"
@@ -363,37 +392,45 @@ pub fn bench(o: &BenchOptions) -> Result<()> {
                 theirs.push(run_torch(reference, shape, steps, warmup, threads)?);
             }
         }
-        let pick = |v: &mut Vec<CaseResult>| -> Option<CaseResult> {
-            if v.is_empty() {
-                return None;
-            }
-            v.sort_by(|a, b| a.median_ms.total_cmp(&b.median_ms));
-            let mut r = v[v.len() / 2].clone();
-            r.peak_rss_mib = v.iter().map(|c| c.peak_rss_mib).fold(0.0, f64::max);
-            Some(r)
+        let row = CaseRow {
+            ours: median_round(&mut ours).expect("at least one round"),
+            torch: median_round(&mut theirs),
+            baseline: median_round(&mut base),
         };
-        let o = pick(&mut ours).expect("at least one round");
-        let t = pick(&mut theirs);
-        eprintln!(
-            "{model:>13} {shape:>5}: {:8.1} ms/step (fwd {:7.1}, bwd {:7.1}) peak {:7.0} MiB{}",
-            o.median_ms,
-            o.fwd_median_ms,
-            o.bwd_median_ms,
-            o.peak_rss_mib,
-            t.as_ref().map_or(String::new(), |t| format!(
-                " | torch {:8.1} ms, {:6.0} MiB | ratio {:.3}× time, {:.3}× memory",
-                t.median_ms,
-                t.peak_rss_mib,
-                o.median_ms / t.median_ms,
-                o.peak_rss_mib / t.peak_rss_mib
-            ))
-        );
-        rows.push((o, t));
+        eprintln!("{}", describe(model, shape, &row));
+        rows.push(row);
     }
     let json = serde_json::to_string_pretty(&rows)?;
     println!("{json}");
-    if let Some(p) = out {
+    if let Some(p) = &o.out {
         std::fs::write(p, json).with_context(|| p.display().to_string())?;
     }
     Ok(())
+}
+
+/// One line of the progress table: our times and memory, and the ratios to the reference and
+/// the baseline build.
+fn describe(model: &str, shape: &str, row: &CaseRow) -> String {
+    let o = &row.ours;
+    let mut line = format!(
+        "{model:>19} {shape:>5}: {:8.1} ms/step (fwd {:7.1}, bwd {:7.1}) peak {:7.0} MiB",
+        o.median_ms, o.fwd_median_ms, o.bwd_median_ms, o.peak_rss_mib
+    );
+    if let Some(t) = &row.torch {
+        line += &format!(
+            " | torch {:8.1} ms, {:6.0} MiB | ratio {:.3}× time, {:.3}× memory",
+            t.median_ms,
+            t.peak_rss_mib,
+            o.median_ms / t.median_ms,
+            o.peak_rss_mib / t.peak_rss_mib
+        );
+    }
+    if let Some(b) = &row.baseline {
+        line += &format!(
+            " | baseline {:8.1} ms | new/baseline {:.3}× time",
+            b.median_ms,
+            o.median_ms / b.median_ms
+        );
+    }
+    line
 }

@@ -41,6 +41,10 @@ enum Cmd {
         /// Also write the results as JSON here.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Another xtask binary (e.g. a build of the previous commit) whose cases alternate
+        /// with ours in every round: a paired A/B of the two builds.
+        #[arg(long)]
+        baseline: Option<PathBuf>,
     },
     /// The paper's tables and figures: runs (resumable) and docs/results/<dataset>.md.
     Reproduce {
@@ -157,6 +161,7 @@ fn main() -> Result<()> {
             shape,
             device,
             out,
+            baseline,
         } => bench::bench(&bench::BenchOptions {
             steps,
             warmup,
@@ -166,6 +171,7 @@ fn main() -> Result<()> {
             shape,
             device,
             out,
+            baseline,
         }),
         Cmd::Reproduce {
             part,
