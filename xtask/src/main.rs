@@ -47,67 +47,7 @@ enum Cmd {
         baseline: Option<PathBuf>,
     },
     /// The paper's tables and figures: runs (resumable) and docs/results/<dataset>.md.
-    Reproduce {
-        #[arg(value_enum)]
-        part: reproduce::Part,
-        /// fashion-mnist, mnist-10k (from $VQ_SHARED_DIR/data, default ../shared/data), embedded,
-        /// or a vq-data name with
-        /// --data-path.
-        #[arg(long, default_value = "fashion-mnist")]
-        dataset: String,
-        #[arg(long)]
-        data_path: Option<PathBuf>,
-        #[arg(long, value_enum, default_value = "quick")]
-        budget: reproduce::Budget,
-        /// Override the budget's steps per run.
-        #[arg(long)]
-        steps: Option<usize>,
-        /// Override the budget's seeds per setting.
-        #[arg(long)]
-        seeds: Option<usize>,
-        /// Table 1 structures, e.g. 512x128,65536x1 (default: all of W = 65536).
-        #[arg(long)]
-        structures: Option<String>,
-        #[arg(long, default_value = "runs/reproduce")]
-        runs_dir: PathBuf,
-        #[arg(long, default_value = "docs/results")]
-        report_dir: PathBuf,
-        /// Training device (default: cpu, or cuda when --slurm-arg asks for GPUs).
-        #[arg(long)]
-        device: Option<String>,
-        /// Where the runs train: local (one after another in this process) or slurm (a job
-        /// array of the unfinished runs, submitted with sbatch; run the same command again to
-        /// submit what has not finished, or with --status to report).
-        #[arg(long, value_enum, default_value = "local")]
-        executor: reproduce::Executor,
-        /// An sbatch argument for the Slurm executor, e.g. --slurm-arg=--partition=gpu
-        /// --slurm-arg=--gres=gpu:1 --slurm-arg=--time=4:00:00 (repeatable).
-        #[arg(long = "slurm-arg", allow_hyphen_values = true, value_name = "ARG")]
-        slurm_args: Vec<String>,
-        /// Train or submit nothing: write the report of the finished runs and name the others
-        /// (with their Slurm state under --executor slurm).
-        #[arg(long)]
-        status: bool,
-        /// With --executor slurm: the vq-train binary the tasks run (default: the one beside
-        /// this binary, built first under `cargo xtask`).
-        #[arg(long)]
-        vq_train: Option<PathBuf>,
-        /// Codebook initialisation: kmeans (default: k-means++ on projected latents, with
-        /// dead-code restarts), authors (N(0, 1) as in the authors' code, no restarts; the
-        /// report is named <dataset>-authors-init) or data (first batch; <dataset>-data-init).
-        #[arg(long, default_value = "kmeans")]
-        init: String,
-        /// Table 2 settings, comma-separated: paper (the paper's selector and τ), exp-tau (the
-        /// selector at τ = max(0.5, 2·0.997^m)), authors (the authors' published model),
-        /// min-error (the min-error router), only-best (diagnostic: the pool with every vector
-        /// routed to Table 1's best structure). Default: all five.
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "paper,exp-tau,authors,min-error,only-best"
-        )]
-        settings: Vec<reproduce::Setting>,
-    },
+    Reproduce(ReproduceArgs),
     /// Runs the cargo-fuzz targets (IDX, CIFAR-10, config parsers) for a bounded time each.
     Fuzz {
         /// Seconds per target.
@@ -149,6 +89,70 @@ enum Cmd {
     },
 }
 
+/// The options of `cargo xtask reproduce`.
+#[derive(clap::Args)]
+struct ReproduceArgs {
+    #[arg(value_enum)]
+    part: reproduce::Part,
+    /// fashion-mnist, mnist-10k (from $VQ_SHARED_DIR/data, default ../shared/data), embedded,
+    /// or a vq-data name with
+    /// --data-path.
+    #[arg(long, default_value = "fashion-mnist")]
+    dataset: String,
+    #[arg(long)]
+    data_path: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "quick")]
+    budget: reproduce::Budget,
+    /// Override the budget's steps per run.
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Override the budget's seeds per setting.
+    #[arg(long)]
+    seeds: Option<usize>,
+    /// Table 1 structures, e.g. 512x128,65536x1 (default: all of W = 65536).
+    #[arg(long)]
+    structures: Option<String>,
+    #[arg(long, default_value = "runs/reproduce")]
+    runs_dir: PathBuf,
+    #[arg(long, default_value = "docs/results")]
+    report_dir: PathBuf,
+    /// Training device (default: cpu, or cuda when --slurm-arg asks for GPUs).
+    #[arg(long)]
+    device: Option<String>,
+    /// Where the runs train: local (one after another in this process) or slurm (a job
+    /// array of the unfinished runs, submitted with sbatch; run the same command again to
+    /// submit what has not finished, or with --status to report).
+    #[arg(long, value_enum, default_value = "local")]
+    executor: reproduce::Executor,
+    /// An sbatch argument for the Slurm executor, e.g. --slurm-arg=--partition=gpu
+    /// --slurm-arg=--gres=gpu:1 --slurm-arg=--time=4:00:00 (repeatable).
+    #[arg(long = "slurm-arg", allow_hyphen_values = true, value_name = "ARG")]
+    slurm_args: Vec<String>,
+    /// Train or submit nothing: write the report of the finished runs and name the others
+    /// (with their Slurm state under --executor slurm).
+    #[arg(long)]
+    status: bool,
+    /// With --executor slurm: the vq-train binary the tasks run (default: the one beside
+    /// this binary, built first under `cargo xtask`).
+    #[arg(long)]
+    vq_train: Option<PathBuf>,
+    /// Codebook initialisation: kmeans (default: k-means++ on projected latents, with
+    /// dead-code restarts), authors (N(0, 1) as in the authors' code, no restarts; the
+    /// report is named <dataset>-authors-init) or data (first batch; <dataset>-data-init).
+    #[arg(long, default_value = "kmeans")]
+    init: String,
+    /// Table 2 settings, comma-separated: paper (the paper's selector and τ), exp-tau (the
+    /// selector at τ = max(0.5, 2·0.997^m)), authors (the authors' published model),
+    /// min-error (the min-error router), only-best (diagnostic: the pool with every vector
+    /// routed to Table 1's best structure). Default: all five.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "paper,exp-tau,authors,min-error,only-best"
+    )]
+    settings: Vec<reproduce::Setting>,
+}
+
 fn main() -> Result<()> {
     vq_train::tune_cpu_runtime();
     match Cli::parse().command {
@@ -173,88 +177,7 @@ fn main() -> Result<()> {
             out,
             baseline,
         }),
-        Cmd::Reproduce {
-            part,
-            dataset,
-            data_path,
-            budget,
-            steps,
-            seeds,
-            structures,
-            runs_dir,
-            report_dir,
-            device,
-            executor,
-            slurm_args,
-            status,
-            vq_train,
-            init,
-            settings,
-        } => {
-            if executor == reproduce::Executor::Local
-                && (vq_train.is_some() || !slurm_args.is_empty())
-            {
-                anyhow::bail!("--vq-train and --slurm-arg need --executor slurm");
-            }
-            xtask::slurm::check_args(&slurm_args)?;
-            let device = device.unwrap_or_else(|| {
-                if executor == reproduce::Executor::Slurm
-                    && xtask::slurm::requests_gpus(&slurm_args)
-                {
-                    "cuda".into()
-                } else {
-                    "cpu".into()
-                }
-            });
-            let init = match init.as_str() {
-                "kmeans" => vq_core::CodebookInit::Kmeans,
-                "authors" | "normal" => vq_core::CodebookInit::Normal,
-                "data" => vq_core::CodebookInit::Data,
-                other => anyhow::bail!("--init {other}: expected kmeans, authors or data"),
-            };
-            let opts = reproduce::Options {
-                part,
-                dataset,
-                data_path,
-                budget,
-                steps,
-                seeds,
-                structures: structures
-                    .as_deref()
-                    .map(reproduce::parse_structures)
-                    .transpose()?,
-                runs_dir,
-                report_dir,
-                device,
-                init,
-                settings,
-                executor,
-                status,
-                slurm: xtask::slurm::SlurmOptions {
-                    args: slurm_args,
-                    vq_train,
-                },
-            };
-            // Ctrl-C / SIGTERM: the run in progress checkpoints its step; re-issuing the same
-            // command resumes it (finished runs are reused).
-            vq_train::signals::install();
-            match reproduce::reproduce(&opts) {
-                Ok(path) => {
-                    println!("{}", path.display());
-                    Ok(())
-                }
-                Err(e) => match e.downcast_ref::<vq_train::TrainError>() {
-                    Some(vq_train::TrainError::Interrupted { step, signal, run }) => {
-                        eprintln!(
-                            "interrupted: {} checkpointed at step {step}; run the same command again to continue",
-                            run.display()
-                        );
-                        std::process::exit(vq_train::signals::exit_status(*signal));
-                    }
-                    _ => Err(e),
-                },
-            }
-        }
+        Cmd::Reproduce(args) => reproduce_cmd(args),
         Cmd::BenchLayers {
             shape,
             steps,
@@ -289,5 +212,86 @@ fn main() -> Result<()> {
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }
+    }
+}
+
+/// `cargo xtask reproduce`: checks the options, then runs (or reports) the study.
+fn reproduce_cmd(args: ReproduceArgs) -> Result<()> {
+    let ReproduceArgs {
+        part,
+        dataset,
+        data_path,
+        budget,
+        steps,
+        seeds,
+        structures,
+        runs_dir,
+        report_dir,
+        device,
+        executor,
+        slurm_args,
+        status,
+        vq_train,
+        init,
+        settings,
+    } = args;
+    if executor == reproduce::Executor::Local && (vq_train.is_some() || !slurm_args.is_empty()) {
+        anyhow::bail!("--vq-train and --slurm-arg need --executor slurm");
+    }
+    xtask::slurm::check_args(&slurm_args)?;
+    let device = device.unwrap_or_else(|| {
+        if executor == reproduce::Executor::Slurm && xtask::slurm::requests_gpus(&slurm_args) {
+            "cuda".into()
+        } else {
+            "cpu".into()
+        }
+    });
+    let init = match init.as_str() {
+        "kmeans" => vq_core::CodebookInit::Kmeans,
+        "authors" | "normal" => vq_core::CodebookInit::Normal,
+        "data" => vq_core::CodebookInit::Data,
+        other => anyhow::bail!("--init {other}: expected kmeans, authors or data"),
+    };
+    let opts = reproduce::Options {
+        part,
+        dataset,
+        data_path,
+        budget,
+        steps,
+        seeds,
+        structures: structures
+            .as_deref()
+            .map(reproduce::parse_structures)
+            .transpose()?,
+        runs_dir,
+        report_dir,
+        device,
+        init,
+        settings,
+        executor,
+        status,
+        slurm: xtask::slurm::SlurmOptions {
+            args: slurm_args,
+            vq_train,
+        },
+    };
+    // Ctrl-C / SIGTERM: the run in progress checkpoints its step; re-issuing the same
+    // command resumes it (finished runs are reused).
+    vq_train::signals::install();
+    match reproduce::reproduce(&opts) {
+        Ok(path) => {
+            println!("{}", path.display());
+            Ok(())
+        }
+        Err(e) => match e.downcast_ref::<vq_train::TrainError>() {
+            Some(vq_train::TrainError::Interrupted { step, signal, run }) => {
+                eprintln!(
+                    "interrupted: {} checkpointed at step {step}; run the same command again to continue",
+                    run.display()
+                );
+                std::process::exit(vq_train::signals::exit_status(*signal));
+            }
+            _ => Err(e),
+        },
     }
 }
