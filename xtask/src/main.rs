@@ -217,62 +217,48 @@ fn main() -> Result<()> {
 
 /// `cargo xtask reproduce`: checks the options, then runs (or reports) the study.
 fn reproduce_cmd(args: ReproduceArgs) -> Result<()> {
-    let ReproduceArgs {
-        part,
-        dataset,
-        data_path,
-        budget,
-        steps,
-        seeds,
-        structures,
-        runs_dir,
-        report_dir,
-        device,
-        executor,
-        slurm_args,
-        status,
-        vq_train,
-        init,
-        settings,
-    } = args;
-    if executor == reproduce::Executor::Local && (vq_train.is_some() || !slurm_args.is_empty()) {
+    let a = args;
+    if a.executor == reproduce::Executor::Local
+        && (a.vq_train.is_some() || !a.slurm_args.is_empty())
+    {
         anyhow::bail!("--vq-train and --slurm-arg need --executor slurm");
     }
-    xtask::slurm::check_args(&slurm_args)?;
-    let device = device.unwrap_or_else(|| {
-        if executor == reproduce::Executor::Slurm && xtask::slurm::requests_gpus(&slurm_args) {
+    xtask::slurm::check_args(&a.slurm_args)?;
+    let device = a.device.unwrap_or_else(|| {
+        if a.executor == reproduce::Executor::Slurm && xtask::slurm::requests_gpus(&a.slurm_args) {
             "cuda".into()
         } else {
             "cpu".into()
         }
     });
-    let init = match init.as_str() {
+    let init = match a.init.as_str() {
         "kmeans" => vq_core::CodebookInit::Kmeans,
         "authors" | "normal" => vq_core::CodebookInit::Normal,
         "data" => vq_core::CodebookInit::Data,
         other => anyhow::bail!("--init {other}: expected kmeans, authors or data"),
     };
     let opts = reproduce::Options {
-        part,
-        dataset,
-        data_path,
-        budget,
-        steps,
-        seeds,
-        structures: structures
+        part: a.part,
+        dataset: a.dataset,
+        data_path: a.data_path,
+        budget: a.budget,
+        steps: a.steps,
+        seeds: a.seeds,
+        structures: a
+            .structures
             .as_deref()
             .map(reproduce::parse_structures)
             .transpose()?,
-        runs_dir,
-        report_dir,
+        runs_dir: a.runs_dir,
+        report_dir: a.report_dir,
         device,
         init,
-        settings,
-        executor,
-        status,
+        settings: a.settings,
+        executor: a.executor,
+        status: a.status,
         slurm: xtask::slurm::SlurmOptions {
-            args: slurm_args,
-            vq_train,
+            args: a.slurm_args,
+            vq_train: a.vq_train,
         },
     };
     // Ctrl-C / SIGTERM: the run in progress checkpoints its step; re-issuing the same
