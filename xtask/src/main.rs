@@ -144,7 +144,10 @@ struct ReproduceArgs {
     /// Table 2 settings, comma-separated: paper (the paper's selector and τ), exp-tau (the
     /// selector at τ = max(0.5, 2·0.997^m)), authors (the authors' published model),
     /// min-error (the min-error router), only-best (diagnostic: the pool with every vector
-    /// routed to Table 1's best structure). Default: all five.
+    /// routed to Table 1's best structure); and, not in the default, selected-loss,
+    /// min-error-selected and only-best-selected (the paper's selector, the min-error router and
+    /// the only-best diagnostic with `model.vq_loss = "selected"`: each vector's VQ loss in its
+    /// chosen codebook only).
     #[arg(
         long,
         value_delimiter = ',',

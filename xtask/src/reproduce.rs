@@ -66,11 +66,19 @@ pub enum Setting {
     /// Table 1 (`router = { only = i }`); against that fixed codebook it measures what the pool
     /// costs apart from routing.
     OnlyBest,
+    /// The paper's selector with the `selected` pool loss (`model.vq_loss`; not in the paper):
+    /// each vector's VQ loss in its chosen codebook only.
+    SelectedLoss,
+    /// The min-error router with the `selected` pool loss (not in the paper).
+    MinErrorSelected,
+    /// The only-best diagnostic with the `selected` pool loss: against the fixed codebook it
+    /// measures what the unused codebooks' commitment terms cost.
+    OnlyBestSelected,
 }
 
 impl Setting {
-    /// Every setting, in report order.
-    pub const ALL: [Setting; 5] = [
+    /// The settings a study runs unless `--settings` names others (the CLI's default).
+    pub const DEFAULT: [Setting; 5] = [
         Setting::Paper,
         Setting::ExpTau,
         Setting::Authors,
@@ -86,6 +94,9 @@ impl Setting {
             Setting::Authors => "authors' variant",
             Setting::MinError => "adaptive, min-error router",
             Setting::OnlyBest => "pool routed to the best fixed",
+            Setting::SelectedLoss => "adaptive, selected VQ loss",
+            Setting::MinErrorSelected => "adaptive, min-error router, selected VQ loss",
+            Setting::OnlyBestSelected => "pool routed to the best fixed, selected VQ loss",
         }
     }
 
@@ -97,6 +108,9 @@ impl Setting {
             Setting::Authors => "authors-variant",
             Setting::MinError => "adaptive-min-error",
             Setting::OnlyBest => "pool-only-best",
+            Setting::SelectedLoss => "adaptive-selected-loss",
+            Setting::MinErrorSelected => "adaptive-min-error-selected-loss",
+            Setting::OnlyBestSelected => "pool-only-best-selected-loss",
         }
     }
 
@@ -110,15 +124,32 @@ impl Setting {
             Setting::OnlyBest => {
                 "pool, every vector routed to the best fixed structure (diagnostic)"
             }
+            Setting::SelectedLoss => {
+                "adaptive, VQ loss of the chosen codebook only (not in the paper)"
+            }
+            Setting::MinErrorSelected => {
+                "adaptive, min-error router, VQ loss of the chosen codebook only (not in the paper)"
+            }
+            Setting::OnlyBestSelected => {
+                "pool routed to the best fixed structure, VQ loss of that codebook only (diagnostic)"
+            }
         }
     }
 
     /// Its routings in the report: a deterministic router has one.
     pub(crate) fn routes(self) -> &'static [Route] {
         match self {
-            Setting::MinError | Setting::OnlyBest => &[Route::Argmax],
+            Setting::MinError
+            | Setting::OnlyBest
+            | Setting::MinErrorSelected
+            | Setting::OnlyBestSelected => &[Route::Argmax],
             _ => &[Route::Sampled, Route::Argmax],
         }
+    }
+
+    /// Whether it routes to Table 1's best structure (so it waits for Table 1).
+    pub(crate) fn needs_best_structure(self) -> bool {
+        matches!(self, Setting::OnlyBest | Setting::OnlyBestSelected)
     }
 
     /// Whether the paper's adaptive number belongs beside it.
@@ -147,6 +178,15 @@ impl Setting {
                 let i = best.context("the only-best setting needs Table 1's best structure")?;
                 c.model.pool.router = vq_core::Router::Only(i);
             }
+            Setting::SelectedLoss | Setting::MinErrorSelected | Setting::OnlyBestSelected => {
+                let base = match self {
+                    Setting::MinErrorSelected => Setting::MinError,
+                    Setting::OnlyBestSelected => Setting::OnlyBest,
+                    _ => Setting::Paper,
+                };
+                base.apply(c, best)?;
+                c.model.pool.vq_loss = vq_core::PoolLoss::Selected;
+            }
         }
         Ok(())
     }
@@ -174,7 +214,7 @@ pub struct Options {
     /// dead-code restarts off) is reported under `<dataset>-authors-init`, `data` under
     /// `<dataset>-data-init`.
     pub init: vq_core::CodebookInit,
-    /// Table 2 settings to run and report (default: [`Setting::ALL`]).
+    /// Table 2 settings to run and report (default: [`Setting::DEFAULT`]).
     pub settings: Vec<Setting>,
     /// Where the runs train.
     pub executor: Executor,
@@ -228,7 +268,7 @@ impl Options {
             let v: Vec<String> = st.iter().map(|[n, d]| format!("{n}x{d}")).collect();
             f.push_str(&format!(" --structures {}", v.join(",")));
         }
-        if self.settings != Setting::ALL {
+        if self.settings != Setting::DEFAULT {
             let v: Vec<String> = self
                 .settings
                 .iter()
@@ -365,8 +405,11 @@ impl Options {
             None => None,
         };
         for &setting in &self.settings {
-            if setting == Setting::OnlyBest && index.is_none() {
-                eprintln!("  only-best: no Table 1 structure of the pool to route to; left out");
+            if setting.needs_best_structure() && index.is_none() {
+                eprintln!(
+                    "  {}: no Table 1 structure of the pool to route to; left out",
+                    setting.tag()
+                );
                 continue;
             }
             for s in 0..self.seeds() as u64 {
@@ -713,7 +756,9 @@ pub(crate) fn survey(study: &Study) -> Result<Survey> {
     for table in study.tables() {
         // Only-best routes to the best of the whole Table 1, never of a part of it.
         let table1_pending = unfinished.iter().any(|u| u.name.starts_with("table1/"));
-        if table == Table::Two && table1_pending && study.opts.settings.contains(&Setting::OnlyBest)
+        if table == Table::Two
+            && table1_pending
+            && study.opts.settings.iter().any(|s| s.needs_best_structure())
         {
             notes.push(
                 "the only-best runs: they route to Table 1's best structure, so they join the \
@@ -812,7 +857,7 @@ mod tests {
             report_dir: PathBuf::from("results"),
             device: "cpu".into(),
             init: vq_core::CodebookInit::Kmeans,
-            settings: Setting::ALL.to_vec(),
+            settings: Setting::DEFAULT.to_vec(),
             executor: Executor::Local,
             status: false,
             slurm: Default::default(),

@@ -17,7 +17,7 @@ fn toy_reproduction_writes_report_and_figures() {
         report_dir: dir.path().join("results"),
         device: "cpu".into(),
         init: vq_core::CodebookInit::Kmeans,
-        settings: Setting::ALL.to_vec(),
+        settings: Setting::DEFAULT.to_vec(),
         executor: Executor::Local,
         status: false,
         slurm: Default::default(),

@@ -5,7 +5,8 @@ use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
 use crate::config::{
-    BackProjection, Granularity, Router, SelectionLogits, ValidAdaptiveConfig, ValidVqConfig,
+    BackProjection, Granularity, PoolLoss, Router, SelectionLogits, ValidAdaptiveConfig,
+    ValidVqConfig,
 };
 use crate::error::{Result, VqError};
 use crate::fused_linear::FusedLinear;
@@ -134,9 +135,31 @@ impl ProjectedQuantizer {
         shape: &[usize],
         update: bool,
     ) -> Result<(Tensor, VqOutput)> {
+        let (back, out, _) = self.forward_with_projection(flat, shape, update)?;
+        Ok((back, out))
+    }
+
+    /// [`Self::forward`] that also returns the projected vectors `[T, D]` it quantized.
+    fn forward_with_projection(
+        &self,
+        flat: &Tensor,
+        shape: &[usize],
+        update: bool,
+    ) -> Result<(Tensor, VqOutput, Tensor)> {
         let z = self.project_in.forward(flat)?;
         let out = self.quantizer.forward(&z, update)?;
-        Ok((self.project_out.forward(&out.quantized, shape)?, out))
+        Ok((self.project_out.forward(&out.quantized, shape)?, out, z))
+    }
+
+    /// `[T]`: each vector's VQ loss in this codebook,
+    /// `β·(mean_d (sg[z] − e)² + α·mean_d (z − sg[e])²)` for the projected vectors `z` and
+    /// their codewords `e` (rows `indices`): the per-vector terms of the codebook's loss.
+    fn per_vector_loss(&self, z: &Tensor, indices: &Tensor) -> Result<Tensor> {
+        let cb = self.quantizer.config().codebook();
+        let e = self.quantizer.codebook().index_select(indices, 0)?;
+        let codebook_term = (z.detach() - &e)?.sqr()?.mean(1)?;
+        let commitment = (z - e.detach())?.sqr()?.mean(1)?;
+        Ok((codebook_term + commitment.affine(cb.commitment, 0.0)?)?.affine(cb.beta, 0.0)?)
     }
 
     /// `[T]` indices of positions `shape` → `[T, C]`.
@@ -339,6 +362,46 @@ impl AdaptiveQuantizer {
         }
     }
 
+    /// The `selected` pool loss: each vector's VQ loss in its chosen codebook (the choice
+    /// `sel_units` `[units, m]` detached: the selector learns from the reconstruction only),
+    /// averaged over the `T` vectors, plus the mean of the min-error router's back-projection
+    /// terms `back_terms` (none for the other routers).
+    fn selected_loss(
+        &self,
+        projected: &[Tensor],
+        vqs: &[VqOutput],
+        back_terms: &[Tensor],
+        sel_units: &Tensor,
+        batch: usize,
+    ) -> Result<Tensor> {
+        let t = projected[0].dim(0)?;
+        let m = self.books.len();
+        let weights = match self.config.granularity() {
+            Granularity::PerVector => sel_units.detach(),
+            Granularity::PerImage => sel_units
+                .detach()
+                .unsqueeze(1)?
+                .broadcast_as((batch, t / batch, m))?
+                .reshape((t, m))?,
+            Granularity::RawView => {
+                return Err(VqError::input(
+                    "vq_loss",
+                    "the selected pool loss does not weigh raw-view rows",
+                ))
+            }
+        };
+        let mut total = Tensor::zeros((), projected[0].dtype(), projected[0].device())?;
+        for (i, ((book, z), v)) in self.books.iter().zip(projected).zip(vqs).enumerate() {
+            let per_vector = book.per_vector_loss(z, &v.indices)?;
+            let w = weights.narrow(1, i, 1)?.squeeze(1)?;
+            total = (total + (per_vector * w)?.sum_all()?.affine(1.0 / t as f64, 0.0)?)?;
+        }
+        if !back_terms.is_empty() {
+            total = (total + Tensor::stack(back_terms, 0)?.mean_all()?)?;
+        }
+        Ok(total)
+    }
+
     /// The pool's output `[T, C]` (channel-last rows) for the selection units `sel_units`
     /// `[units, m]`: per-image choices are repeated over the image's positions, raw-view
     /// choices mix the raw views of the outputs and are put back by the inverse view.
@@ -476,24 +539,34 @@ impl Quantizer for AdaptiveQuantizer {
         let mut vqs = Vec::with_capacity(m);
         let mut losses = Vec::with_capacity(m);
         let mut errors = Vec::with_capacity(if min_error { m } else { 0 });
+        // Per codebook, the min-error router's back-projection term (zero otherwise) and, for
+        // the `selected` pool loss, the projected vectors.
+        let mut back_terms = Vec::with_capacity(m);
+        let selected_loss = m > 1 && self.config.vq_loss() == PoolLoss::Selected;
+        let mut projected = Vec::with_capacity(if selected_loss { m } else { 0 });
         let flat_sg = flat.detach();
         for book in &self.books {
-            let (o, v) = book.forward(flat, shape, step.update_codebooks)?;
+            let (o, v, z) = book.forward_with_projection(flat, shape, step.update_codebooks)?;
             if min_error {
                 // β‖project_out(sg[q]) − sg[z_e]‖²; its forward value is the routing distance.
                 let back = book.back_project_detached(&v.quantized, shape)?;
                 let diff = (&back - &flat_sg)?;
                 errors.push(diff.detach().sqr()?.sum(1)?); // [T]
                 let beta = book.quantizer().config().codebook().beta;
-                losses.push((&v.loss + diff.sqr()?.mean_all()?.affine(beta, 0.0)?)?);
+                let term = diff.sqr()?.mean_all()?.affine(beta, 0.0)?;
+                losses.push((&v.loss + &term)?);
+                back_terms.push(term);
             } else {
                 losses.push(v.loss.clone());
+            }
+            if selected_loss {
+                projected.push(z);
             }
             outs.push(o);
             vqs.push(v);
         }
         let loss_vec = Tensor::stack(&losses, 0)?;
-        let loss = loss_vec.mean_all()?;
+        let mut loss = loss_vec.mean_all()?;
         let ppl: Vec<&Tensor> = vqs.iter().map(|v| &v.perplexity).collect();
         let perplexity = Tensor::stack(&ppl, 0)?.detach();
         let code_counts: Vec<Tensor> = vqs.iter().map(|v| v.counts.clone()).collect();
@@ -537,6 +610,9 @@ impl Quantizer for AdaptiveQuantizer {
                 (outs.swap_remove(0), counts, codes)
             }
             Some(sel_units) => {
+                if selected_loss {
+                    loss = self.selected_loss(&projected, &vqs, &back_terms, &sel_units, batch)?;
+                }
                 let counts = selection_counts(&sel_units)?;
                 let z = self.mix(&outs, &sel_units, batch)?;
                 let codes = self.codes_of(&sel_units, &vqs, shape, batch)?;

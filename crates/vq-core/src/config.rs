@@ -260,6 +260,24 @@ pub enum SelectionLogits {
     AttentionProbs,
 }
 
+/// Which VQ losses make the pool's loss.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PoolLoss {
+    /// The mean over the pool of every codebook's VQ loss on every vector (the paper's
+    /// "mean of the pool's VQ losses"): the commitment term of every codebook pulls the
+    /// encoder, whether or not a vector uses it.
+    #[default]
+    Mean,
+    /// Each vector's VQ loss in the codebook that quantizes it only, averaged over the vectors
+    /// (not in the paper). The codebooks a vector does not use no longer pull the encoder toward
+    /// their codewords, and a pool that routes every vector to one codebook trains as that
+    /// fixed codebook does. Every codebook still sees every vector in its EMA update; the
+    /// min-error router's back-projection terms stay over the whole pool, so every
+    /// back-projection keeps learning. Not with `granularity = "raw-view"`.
+    Selected,
+}
+
 /// Which codebook of the pool each selection unit uses.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -317,6 +335,8 @@ pub struct PoolConfig {
     pub allow_n_le_d: bool,
     /// Learning rule shared by every codebook of the pool.
     pub codebook: CodebookConfig,
+    /// Which VQ losses make the pool's loss: `mean` (the paper) or `selected`.
+    pub vq_loss: PoolLoss,
 }
 
 impl Default for PoolConfig {
@@ -331,6 +351,7 @@ impl Default for PoolConfig {
             back_projection: BackProjection::Linear,
             allow_n_le_d: false,
             codebook: CodebookConfig::default(),
+            vq_loss: PoolLoss::Mean,
         }
     }
 }
@@ -387,6 +408,13 @@ impl AdaptiveConfig {
         }
         let p = &self.pool;
         p.codebook.validate()?;
+        if p.granularity == Granularity::RawView && p.vq_loss == PoolLoss::Selected {
+            return Err(ConfigError::invalid(
+                "vq_loss",
+                "\"selected\" weighs each latent vector's loss by its codebook; raw-view \
+                 selection units are not latent vectors",
+            ));
+        }
         if p.granularity == Granularity::RawView && p.router == Router::MinError {
             return Err(ConfigError::invalid(
                 "granularity",
@@ -497,6 +525,10 @@ impl ValidAdaptiveConfig {
     /// How each codebook's output returns to `C` channels.
     pub fn back_projection(&self) -> BackProjection {
         self.config.pool.back_projection
+    }
+    /// Which VQ losses make the pool's loss.
+    pub fn vq_loss(&self) -> PoolLoss {
+        self.config.pool.vq_loss
     }
     /// The configuration this was validated from.
     pub fn config(&self) -> &AdaptiveConfig {

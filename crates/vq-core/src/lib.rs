@@ -56,8 +56,8 @@ mod vq;
 
 pub use adaptive::{AdaptiveQuantizer, ProjectedQuantizer};
 pub use config::{
-    AdaptiveConfig, BackProjection, CodebookConfig, CodebookInit, Granularity, PoolConfig, Router,
-    SelectionLogits, ValidAdaptiveConfig, ValidVqConfig, VqConfig,
+    AdaptiveConfig, BackProjection, CodebookConfig, CodebookInit, Granularity, PoolConfig,
+    PoolLoss, Router, SelectionLogits, ValidAdaptiveConfig, ValidVqConfig, VqConfig,
 };
 pub use error::{ConfigError, Result, VqError};
 pub use gap::{gradient_gap, GradientGap};

@@ -137,7 +137,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use vq_core::{
     gradient_gap, AdaptiveConfig, AdaptiveQuantizer, ConfigError, Granularity, PoolConfig,
-    Quantizer, SeededVarMap, Selection, SelectionLogits, Step,
+    PoolLoss, Quantizer, SeededVarMap, Selection, SelectionLogits, Step,
 };
 
 /// The nearest row of `codebook` `[N, d]` to `x` `[d]` by f64 squared distance, lowest index on
@@ -830,7 +830,7 @@ fn config_errors_name_the_problem() {
 fn min_error_router_by_hand() {
     use std::collections::HashMap;
     let dev = Device::Cpu;
-    let build = |granularity: Granularity| {
+    let build = |granularity: Granularity, vq_loss: PoolLoss| {
         let cfg = AdaptiveConfig {
             channels: 2,
             pool: PoolConfig {
@@ -838,6 +838,7 @@ fn min_error_router_by_hand() {
                 structures: vec![[4, 2], [8, 1]],
                 router: vq_core::Router::MinError,
                 granularity,
+                vq_loss,
                 codebook: vq_core::CodebookConfig::authors(),
                 ..PoolConfig::default()
             },
@@ -873,7 +874,7 @@ fn min_error_router_by_hand() {
         .unwrap()
     };
     let x = Tensor::from_slice(&[2.9f32, 0.1, 1.0, 1.1], (2, 2), &dev).unwrap();
-    let q = build(Granularity::PerVector);
+    let q = build(Granularity::PerVector, PoolLoss::Mean);
     // Two images of one position each; no noise is drawn (Argmax and Gumbel agree).
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let out = q
@@ -889,10 +890,47 @@ fn min_error_router_by_hand() {
     let per_book = flat(&out.codebook_losses);
     assert!((per_book[0] - 2.491_875).abs() < 1e-6 && (per_book[1] - 0.313_75).abs() < 1e-6);
     // One image of two positions: the summed errors pick book 1 for both.
-    let q = build(Granularity::PerImage);
+    let q = build(Granularity::PerImage, PoolLoss::Mean);
     let out = q.forward_flat(&x, &[1, 2], &mut Step::eval()).unwrap();
     assert_eq!(flat_u32(&out.codes.codebook), vec![1, 1]);
     assert_eq!(flat(&out.z_q), vec![3., 0., 1., 0.]);
+    // The selected pool loss: each vector's VQ loss in its chosen codebook only. x1 → book 1:
+    // z = 2.9, e = 3, 1.25 · 0.01 = 0.0125; x2 → book 0: z = (1.0, 1.1), e = (1, 1),
+    // 1.25 · (0 + 0.01)/2 = 0.00625; over T = 2 vectors 0.009375, plus the mean of the
+    // back-projection terms (1.1075 + 0.3075)/2 = 0.7075: 0.716875. The per-codebook losses
+    // reported stay the unweighted ones.
+    let q = build(Granularity::PerVector, PoolLoss::Selected);
+    let out = q
+        .forward_flat(&x, &[2, 1], &mut Step::validate(&mut rng))
+        .unwrap();
+    assert_eq!(flat_u32(&out.codes.codebook), vec![1, 0]);
+    let loss = out.loss.to_scalar::<f32>().unwrap();
+    assert!((loss - 0.716_875).abs() < 1e-6, "{loss}");
+    let per_book = flat(&out.codebook_losses);
+    assert!((per_book[0] - 2.491_875).abs() < 1e-6 && (per_book[1] - 0.313_75).abs() < 1e-6);
+    // Per image both vectors take book 1: x1 0.0125, x2 z = 1.0 = e, 0; (0.0125 + 0)/2 +
+    // 0.7075 = 0.71375.
+    let q = build(Granularity::PerImage, PoolLoss::Selected);
+    let out = q.forward_flat(&x, &[1, 2], &mut Step::eval()).unwrap();
+    let loss = out.loss.to_scalar::<f32>().unwrap();
+    assert!((loss - 0.713_75).abs() < 1e-6, "{loss}");
+    // Its gradient reaches x through the chosen codebook only: the commitment term
+    // β·α·mean_d (z − sg[e])² / T gives 2·β·α·(z − e)/(D·T). x1 (book 1, projecting onto the
+    // first coordinate): 2 · 0.25 · (2.9 − 3)/(1 · 2) = −0.025 and 0; x2 (book 0, identity):
+    // 2 · 0.25 · (1.0 − 1, 1.1 − 1)/(2 · 2) = (0, 0.0125). Under the mean loss book 0 would also
+    // pull x1 toward (2, 2). (The back-projection terms compare detached values: no gradient to
+    // x.)
+    let xv = candle_core::Var::from_tensor(&x).unwrap();
+    let q = build(Granularity::PerVector, PoolLoss::Selected);
+    let out = q
+        .forward_flat(xv.as_tensor(), &[2, 1], &mut Step::eval())
+        .unwrap();
+    let grads = out.loss.backward().unwrap();
+    let g = flat(grads.get(xv.as_tensor()).unwrap());
+    let want = [-0.025f32, 0.0, 0.0, 0.0125];
+    for (a, b) in g.iter().zip(want) {
+        assert!((a - b).abs() < 1e-6, "{g:?} vs {want:?}");
+    }
 }
 
 fn flat_u32(t: &Tensor) -> Vec<u32> {
