@@ -136,14 +136,15 @@ fn agree(quantizer: QuantizerSpec, dir: &Path) {
         .reshape((b * h * w, c))
         .unwrap();
     let mut differing = 0;
-    for book in used.iter().map(|&k| &model.quantizer().books()[k as usize]) {
+    for &k in &used {
+        let book = &model.quantizer().books()[k as usize];
         let z = book.project(&z_flat).unwrap().to_vec2::<f32>().unwrap();
         let e = book.quantizer().codebook().to_vec2::<f32>().unwrap();
         let dist = |t: usize, i: usize| -> f32 {
             z[t].iter().zip(&e[i]).map(|(p, q)| (p - q) * (p - q)).sum()
         };
         for t in 0..z.len() {
-            if ours_book[t] as usize != book_index(&model, book) {
+            if ours_book[t] as u32 != k {
                 continue;
             }
             let (i, j) = (our_index[t] as usize, their_index[t] as usize);
@@ -186,16 +187,6 @@ fn agree(quantizer: QuantizerSpec, dir: &Path) {
          ties; reconstruction max diff {d}",
         b * h * w
     );
-}
-
-/// The position of `book` in the model's pool.
-fn book_index(model: &VqVae, book: &vq_core::ProjectedQuantizer) -> usize {
-    model
-        .quantizer()
-        .books()
-        .iter()
-        .position(|b| std::ptr::eq(b, book))
-        .unwrap()
 }
 
 #[test]
