@@ -32,21 +32,74 @@ pub fn nearest_gemm(x: &[f32], codebook: &[f32], d: usize) -> Vec<u32> {
             let m = out_b.len();
             // dots[i, j] = Σ_k x[r0 + i, k] · e[j, k]  (row-major m × n), on this thread.
             let dots = matmul(m, n, d, &x[r0 * d..], false, codebook, true, 1);
-            for (i, o) in out_b.iter_mut().enumerate() {
-                let row = &dots[i * n..(i + 1) * n];
-                let mut best = f32::INFINITY;
-                let mut arg = 0u32;
-                for (j, (&dot, &en)) in row.iter().zip(&enorm).enumerate() {
-                    let dist = en - 2.0 * dot;
-                    if dist < best {
-                        best = dist;
-                        arg = j as u32;
-                    }
-                }
-                *o = arg;
-            }
+            argmin_rows(&dots, &enorm, out_b, Isa::current());
         });
     out
+}
+
+/// `out[i] = argmin_j (enorm[j] − 2·dots[i·N + j])` over each row of the `[out.len(), N]` inner
+/// products, `N = enorm.len()`: the first index of the smallest distance, NaN never chosen, 0
+/// when no distance is below +∞. Every ISA gives the same indices (the distance is one
+/// rounding, `2·dot` being exact).
+pub fn argmin_rows(dots: &[f32], enorm: &[f32], out: &mut [u32], isa: Isa) {
+    assert_eq!(dots.len(), out.len() * enorm.len());
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx2 && Isa::detected() >= Isa::Avx2 {
+        // SAFETY: the CPU supports AVX2 (checked just above).
+        unsafe { super::avx2::argmin_rows(dots, enorm, out) };
+        return;
+    }
+    let _ = isa;
+    argmin_rows_generic(dots, enorm, out)
+}
+
+/// Lanes of [`argmin_rows_generic`]'s running minima.
+const ARGMIN_LANES: usize = 16;
+
+/// [`argmin_rows`] in plain Rust (the portable version). Each of a few lanes keeps the first
+/// index of its own minimum (strict `<`), the lanes then reduce to the smallest value, ties to
+/// the lowest index, and the tail past the last whole group of lanes continues with strict
+/// `<`: together the first index of the row's minimum, as a plain scan finds it.
+pub(crate) fn argmin_rows_generic(dots: &[f32], enorm: &[f32], out: &mut [u32]) {
+    let n = enorm.len();
+    if n == 0 {
+        out.fill(0);
+        return;
+    }
+    let whole = n / ARGMIN_LANES * ARGMIN_LANES;
+    for (o, row) in out.iter_mut().zip(dots.chunks_exact(n)) {
+        let mut best_v = [f32::INFINITY; ARGMIN_LANES];
+        let mut best_i = [0u32; ARGMIN_LANES];
+        for (g, (dg, eg)) in row[..whole]
+            .chunks_exact(ARGMIN_LANES)
+            .zip(enorm[..whole].chunks_exact(ARGMIN_LANES))
+            .enumerate()
+        {
+            let j0 = (g * ARGMIN_LANES) as u32;
+            for l in 0..ARGMIN_LANES {
+                let dist = eg[l] - 2.0 * dg[l];
+                let better = dist < best_v[l];
+                best_v[l] = if better { dist } else { best_v[l] };
+                best_i[l] = if better { j0 + l as u32 } else { best_i[l] };
+            }
+        }
+        let (mut best, mut arg) = (f32::INFINITY, 0u32);
+        for l in 0..ARGMIN_LANES {
+            let tie = best_v[l] == best && best_v[l] < f32::INFINITY && best_i[l] < arg;
+            if best_v[l] < best || tie {
+                best = best_v[l];
+                arg = best_i[l];
+            }
+        }
+        for j in whole..n {
+            let dist = enorm[j] - 2.0 * row[j];
+            if dist < best {
+                best = dist;
+                arg = j as u32;
+            }
+        }
+        *o = arg;
+    }
 }
 
 const ROWS: usize = 4;

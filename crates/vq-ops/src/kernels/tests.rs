@@ -309,6 +309,54 @@ fn fused_search_matches_brute_force() {
     }
 }
 
+/// The GEMM search's argmin on every ISA against a plain first-minimum scan, on rows full of
+/// ties (values from a handful of integers), with NaN and ±∞ among them and row lengths that
+/// leave a tail past the last whole group of lanes.
+#[test]
+fn argmin_rows_finds_the_first_minimum_on_every_isa() {
+    let mut state = 7u64;
+    let mut next = move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) as u32
+    };
+    for &n in &[1usize, 5, 16, 33, 100, 1000] {
+        let rows = 40;
+        let enorm: Vec<f32> = (0..n).map(|_| (next() % 4) as f32).collect();
+        let dots: Vec<f32> = (0..rows * n)
+            .map(|_| match next() % 40 {
+                0 => f32::NAN,
+                1 => f32::NEG_INFINITY, // distance +∞: never below the start
+                2 => f32::INFINITY,     // distance −∞: the minimum
+                v => (v % 5) as f32,
+            })
+            .collect();
+        let want: Vec<u32> = dots
+            .chunks_exact(n)
+            .map(|row| {
+                let (mut best, mut arg) = (f32::INFINITY, 0u32);
+                for (j, (&dot, &en)) in row.iter().zip(&enorm).enumerate() {
+                    let dist = en - 2.0 * dot;
+                    if dist < best {
+                        (best, arg) = (dist, j as u32);
+                    }
+                }
+                arg
+            })
+            .collect();
+        for isa in Isa::all_here() {
+            let mut got = vec![u32::MAX; rows];
+            search::argmin_rows(&dots, &enorm, &mut got, isa);
+            assert_eq!(got, want, "n{n} {isa:?}");
+        }
+    }
+    // A row of NaN only: index 0.
+    let mut got = [9u32];
+    search::argmin_rows(&[f32::NAN; 20], &[0.0; 20], &mut got, Isa::current());
+    assert_eq!(got, [0]);
+}
+
 #[test]
 fn the_portable_kernels_run_everywhere() {
     assert!(Isa::Scalar.runs_here());
