@@ -9,6 +9,8 @@
 //!   capacity `N·D = W` (see [`structures`]), each with projections `C → D → C`; an attention
 //!   selector scores the codebooks and a hard straight-through Gumbel-Softmax picks one per
 //!   latent vector (or per image). A pool of one is the fixed-codebook model.
+//! - [`Fsq`]: finite scalar quantization, an implicit codebook of rounded bounded channels
+//!   (no loss, no parameters).
 //! - [`gumbel`]: differentiable Gumbel-Softmax and temperature schedules.
 //! - [`gradient_gap`]: the paper's eq. 5.
 //! - [`SeededVarMap`]: reproducible initialisation (candle's CPU RNG cannot be seeded).
@@ -44,6 +46,7 @@
 mod adaptive;
 mod config;
 mod error;
+mod fsq;
 mod fused_linear;
 mod gap;
 pub mod gumbel;
@@ -60,6 +63,7 @@ pub use config::{
     PoolLoss, Router, SelectionLogits, ValidAdaptiveConfig, ValidVqConfig, VqConfig,
 };
 pub use error::{ConfigError, Result, VqError};
+pub use fsq::{Fsq, FsqConfig, ValidFsqConfig, FSQ_MAX_CODES, FSQ_MAX_LEVELS};
 pub use gap::{gradient_gap, GradientGap};
 pub use gumbel::{TauSchedule, Temperature};
 pub use init::SeededVarMap;

@@ -58,6 +58,21 @@ pub struct VqOutput {
     pub perplexity: Tensor,
 }
 
+/// Code usage of one batch: `[N]` f32 counts of the `[T]` u32 `indices` over a codebook of
+/// `n` codes, and the scalar perplexity `exp(−Σ p log p)` of `p = counts / T`.
+pub(crate) fn code_usage(indices: &Tensor, n: usize) -> Result<(Tensor, Tensor)> {
+    let t = indices.dim(0)?;
+    let dev = indices.device();
+    let ones = Tensor::ones(t, DType::F32, dev)?;
+    let counts = Tensor::zeros(n, DType::F32, dev)?.index_add(indices, &ones, 0)?;
+    let p = counts.affine(1.0 / t.max(1) as f64, 0.0)?;
+    let perplexity = (&p * p.affine(1.0, 1e-10)?.log()?)?
+        .sum_all()?
+        .neg()?
+        .exp()?;
+    Ok((counts, perplexity))
+}
+
 fn as_var(t: Tensor) -> Result<Var> {
     Ok(Var::from_tensor(&t)?)
 }
@@ -213,15 +228,7 @@ impl VectorQuantizer {
             (codebook_loss + commitment.affine(cb.commitment, 0.0)?)?.affine(cb.beta, 0.0)?;
         // Straight-through: forward value is exactly z_q, gradient w.r.t. x is the identity.
         let quantized = (&z_q_sg + (x - &x_sg)?)?;
-        let t = x.dim(0)?;
-        let n = self.config.num_embeddings();
-        let ones = Tensor::ones(t, DType::F32, x.device())?;
-        let counts = Tensor::zeros(n, DType::F32, x.device())?.index_add(&indices, &ones, 0)?;
-        let p = counts.affine(1.0 / t.max(1) as f64, 0.0)?;
-        let perplexity = (&p * p.affine(1.0, 1e-10)?.log()?)?
-            .sum_all()?
-            .neg()?
-            .exp()?;
+        let (counts, perplexity) = code_usage(&indices, self.config.num_embeddings())?;
         if update {
             if let Some(ema) = &self.ema {
                 // A non-finite input would poison the running sums for good; leave the codebook
