@@ -7,10 +7,11 @@
 //! so `bound(0) = 0`. Rounding (half away from zero) gives an integer in
 //! `[−⌊L_i/2⌋, ⌈L_i/2⌉ − 1]`, divided by `⌊L_i/2⌋` into `[−1, 1]`; the gradient passes the
 //! rounding straight through. Index = `Σ_i digit_i·Π_{j<i} L_j` with `digit_i` the level shifted
-//! to start at 0, computed in integers. The grid and index order are those of the paper and of
-//! `vector-quantize-pytorch`'s `FSQ`, and so is the bound: `1 + ε` and `atanh` as that package
-//! has them. The paper's listing has `1 − ε` and `tan`; with `1 − ε`, `o/h > 1` for `L = 2`
-//! and `s` is NaN (`o/h = 1.001`).
+//! to start at 0, computed in integers. The grid, the index order and the bound (`1 + ε`,
+//! `atanh`) are those of `vector-quantize-pytorch`'s `FSQ` with its defaults (checked against
+//! its source of 2026-03); the paper's listing has `1 − ε` and `tan`. Two levels give the
+//! lopsided codes {−1, 0}, as that package's versions before 2025-12 did; its newer versions
+//! refuse `L = 2` unless `preserve_symmetry` (not implemented here) is on.
 //!
 //! There is no loss and no learned parameter; the quantizer runs in f32 whatever the input's
 //! dtype, so reduced-precision models get the same codes as f32 ones.
