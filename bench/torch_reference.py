@@ -23,6 +23,9 @@ Setup: pip install torch (CPU is enough). Commands (one JSON line on stdout each
       the forward alone, and the process's peak RSS in MiB;
   quant-bench --T 3136 [--steps 10 --warmup 3]
       the adaptive quantizer alone on [T, 128] vectors, forward and backward;
+  fsq-bench --T 3136 --levels 8,8,8,5,5,5 [--steps 10 --warmup 3]
+      the FSQ of the vector-quantize-pytorch package (pip install vector-quantize-pytorch)
+      alone on [T, len(levels)] vectors, training mode, forward and backward;
   forward --weights model.safetensors --input x.safetensors --out out.safetensors
       evaluation forward (argmax routing, no codebook update) of the input tensor `x`
       [B, C, H, W]; writes `z_e`, `z_q`, `reconstruction`, and per latent position `codebook`
@@ -305,6 +308,21 @@ def quant_bench(args):
     return summary(timed(step, args.steps, args.warmup), model="quantizer", T=args.T)
 
 
+def fsq_bench(args):
+    from vector_quantize_pytorch import FSQ
+
+    torch.manual_seed(0)
+    levels = [int(v) for v in args.levels.split(",")]
+    fsq = FSQ(levels=levels).train()
+    z = torch.randn(1, args.T, len(levels), requires_grad=True)
+
+    def step():
+        z_q, _ = fsq(z)
+        z_q.square().mean().backward()
+
+    return summary(timed(step, args.steps, args.warmup), model="fsq", T=args.T)
+
+
 def forward(args):
     weights = read_safetensors(args.weights)
     pool = []
@@ -327,12 +345,13 @@ def forward(args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("cmd", choices=["bench", "quant-bench", "forward"])
+    ap.add_argument("cmd", choices=["bench", "quant-bench", "fsq-bench", "forward"])
     ap.add_argument("--model", default="adaptive")
     ap.add_argument("--shape", default="mnist", choices=list(SHAPES))
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--T", type=int, default=3136)
+    ap.add_argument("--levels", default="8,8,8,5,5,5")
     ap.add_argument("--weights")
     ap.add_argument("--input")
     ap.add_argument("--out")
@@ -340,7 +359,8 @@ def main():
     # gathers codewords by index (no one-hot matrix).
     ap.add_argument("--vq-impl", default="index", choices=["index"])
     a = ap.parse_args()
-    run = {"bench": bench, "quant-bench": quant_bench, "forward": forward}[a.cmd]
+    run = {"bench": bench, "quant-bench": quant_bench, "fsq-bench": fsq_bench, "forward": forward}
+    run = run[a.cmd]
     print(json.dumps(run(a)), flush=True)
 
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
-use vq_core::{AdaptiveConfig, AdaptiveQuantizer, Quantizer, SeededVarMap, Step};
+use vq_core::{AdaptiveConfig, AdaptiveQuantizer, Fsq, FsqConfig, Quantizer, SeededVarMap, Step};
 use vq_models::{ModelConfig, QuantizerSpec, VqVae};
 use vq_train::optim::{Adam, AdamConfig};
 
@@ -102,42 +102,21 @@ pub fn run_case(
         let cfg = AdaptiveConfig::adaptive(128, 65536).validate()?;
         let vm = SeededVarMap::new(0);
         let q = AdaptiveQuantizer::new(&cfg, vm.var_builder(DType::F32, &dev))?;
-        let z =
-            candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, 128, side, side), &dev)?)?;
+        let z = Tensor::randn(0f32, 1.0, (b, 128, side, side), &dev)?;
         let mut rng = vq_core::init::stream(0, "bench");
         // Healthy codebooks, as in training: k-means on the batch's projected vectors.
-        let flat = z
-            .as_tensor()
-            .permute((0, 2, 3, 1))?
-            .contiguous()?
-            .reshape(((), 128))?;
+        let flat = z.permute((0, 2, 3, 1))?.contiguous()?.reshape(((), 128))?;
         q.initialise_codebooks(&flat, flat.dim(0)?, &mut rng)?;
-        let mut times = Vec::new();
-        for i in 0..warmup + steps {
-            let t0 = Instant::now();
-            let out = q.forward(z.as_tensor(), &mut Step::train(1.0, &mut rng))?;
-            let l = (out.z_q.sqr()?.mean_all()? + out.loss)?;
-            l.backward()?;
-            if i >= warmup {
-                times.push(t0.elapsed().as_secs_f64() * 1e3);
-            }
-        }
-        let (mn, mx) = (
-            times.iter().cloned().fold(f64::MAX, f64::min),
-            times.iter().cloned().fold(0.0, f64::max),
-        );
-        return Ok(CaseResult {
-            kind: "quantizer_fwd_bwd".into(),
-            model: model.into(),
-            shape: shape.into(),
-            median_ms: median(&mut times),
-            min_ms: mn,
-            max_ms: mx,
-            fwd_median_ms: f64::NAN,
-            bwd_median_ms: f64::NAN,
-            peak_rss_mib: peak_rss_mib(),
-            threads,
-        });
+        return quantizer_alone(&q, z, steps, warmup, &mut rng, (model, shape, threads));
+    }
+    if model == "fsq" {
+        // FSQ alone (levels FSQ_BENCH_LEVELS, 2^16 codes), forward + backward, on the same
+        // T = 64·s'² vectors, each of len(levels) channels.
+        let side = s / 4;
+        let q = Fsq::new(&FsqConfig::new(&FSQ_BENCH_LEVELS).validate()?);
+        let z = Tensor::randn(0f32, 1.0, (b, FSQ_BENCH_LEVELS.len(), side, side), &dev)?;
+        let mut rng = vq_core::init::stream(0, "bench");
+        return quantizer_alone(&q, z, steps, warmup, &mut rng, (model, shape, threads));
     }
     let mut mc = ModelConfig {
         quantizer: quantizer_of(model)?,
@@ -196,6 +175,49 @@ pub fn run_case(
     })
 }
 
+/// FSQ levels of the `fsq` case: the FSQ paper's recommendation for 2^16 codes.
+pub(crate) const FSQ_BENCH_LEVELS: [u32; 6] = [8, 8, 8, 5, 5, 5];
+
+/// Times `steps` forward + backward passes (after `warmup`) of a quantizer alone on `z`
+/// `[B, C, *S]`, with the loss `mean(z_q²) + quantizer loss`; `(model, shape, threads)` label the
+/// result.
+fn quantizer_alone(
+    q: &dyn Quantizer,
+    z: Tensor,
+    steps: usize,
+    warmup: usize,
+    rng: &mut dyn rand::RngCore,
+    (model, shape, threads): (&str, &str, usize),
+) -> Result<CaseResult> {
+    let z = candle_core::Var::from_tensor(&z)?;
+    let mut times = Vec::new();
+    for i in 0..warmup + steps {
+        let t0 = Instant::now();
+        let out = q.forward(z.as_tensor(), &mut Step::train(1.0, &mut *rng))?;
+        let l = (out.z_q.sqr()?.mean_all()? + out.loss)?;
+        l.backward()?;
+        if i >= warmup {
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let (mn, mx) = (
+        times.iter().cloned().fold(f64::MAX, f64::min),
+        times.iter().cloned().fold(0.0, f64::max),
+    );
+    Ok(CaseResult {
+        kind: "quantizer_fwd_bwd".into(),
+        model: model.into(),
+        shape: shape.into(),
+        median_ms: median(&mut times),
+        min_ms: mn,
+        max_ms: mx,
+        fwd_median_ms: f64::NAN,
+        bwd_median_ms: f64::NAN,
+        peak_rss_mib: peak_rss_mib(),
+        threads,
+    })
+}
+
 fn rayon_threads() -> usize {
     std::env::var("RAYON_NUM_THREADS")
         .ok()
@@ -210,6 +232,7 @@ pub const CASES: &[(&str, &str)] = &[
     ("adaptive", "mnist"),
     ("adaptive-no-restart", "mnist"),
     ("quantizer", "mnist"),
+    ("fsq", "mnist"),
     ("fixed512x128", "cifar"),
     ("fixed16384x4", "cifar"),
     ("adaptive", "cifar"),
@@ -233,9 +256,18 @@ fn run_torch(
     }
     let mut cmd = Command::new("python3");
     cmd.arg(&script).env("ADQ_THREADS", threads.to_string());
+    let t = if shape == "mnist" { 3136 } else { 4096 };
     if model == "quantizer" {
-        let t = if shape == "mnist" { 3136 } else { 4096 };
         cmd.args(["quant-bench", "--T", &t.to_string(), "--vq-impl", "index"]);
+    } else if model == "fsq" {
+        let levels: Vec<String> = FSQ_BENCH_LEVELS.iter().map(u32::to_string).collect();
+        cmd.args([
+            "fsq-bench",
+            "--T",
+            &t.to_string(),
+            "--levels",
+            &levels.join(","),
+        ]);
     } else {
         cmd.args([
             "bench",
@@ -327,7 +359,7 @@ pub struct BenchOptions {
     /// Paired rounds per case (the median round is reported).
     pub rounds: usize,
     pub compare_torch: bool,
-    /// Only this model (fixed512x128, fixed16384x4, adaptive, adaptive-no-restart, quantizer).
+    /// Only this model (fixed512x128, fixed16384x4, adaptive, adaptive-no-restart, quantizer, fsq).
     pub only: Option<String>,
     /// Only this input shape (mnist, cifar).
     pub shape: Option<String>,
