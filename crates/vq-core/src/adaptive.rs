@@ -6,24 +6,83 @@ use candle_nn::{Init, VarBuilder};
 
 use crate::config::{
     BackProjection, Granularity, PoolLoss, Router, SelectionLogits, ValidAdaptiveConfig,
-    ValidVqConfig,
+    ValidMember, ValidVqConfig,
 };
 use crate::error::{Result, VqError};
+use crate::fsq::Fsq;
 use crate::fused_linear::FusedLinear;
 use crate::gumbel::{gumbel_softmax, gumbel_softmax_with_noise, one_hot_argmax, selection_counts};
 use crate::quantizer::{from_flat, to_flat, Codes, Quantizer, QuantizerOutput, Selection, Step};
 use crate::search::SearchMethod;
-use crate::vq::{VectorQuantizer, VqOutput};
+use crate::vq::{code_usage, VectorQuantizer, VqOutput};
 
-/// One codebook of the pool with its own projections `C → D` (before) and `D → C` (after).
+/// One member of the pool with its own projections `C → D` (before) and `D → C` (after).
 ///
-/// Variables: `project_in.{weight,bias}`, `quantizer.*`, `project_out.{weight,bias}`
-/// (`[C, D]` for the linear back-projection, `[C, D, 3, 3]` for the 3×3 convolution).
+/// Variables: `project_in.{weight,bias}`, `quantizer.*` (a VQ codebook; FSQ has none),
+/// `project_out.{weight,bias}` (`[C, D]` for the linear back-projection, `[C, D, 3, 3]` for the
+/// 3×3 convolution).
 #[derive(Clone, Debug)]
 pub struct ProjectedQuantizer {
     project_in: FusedLinear,
-    quantizer: VectorQuantizer,
+    quantizer: Member,
     project_out: ProjectOut,
+}
+
+/// The quantizer inside a [`ProjectedQuantizer`].
+#[derive(Clone, Debug)]
+pub enum Member {
+    /// A VQ codebook.
+    Vq(VectorQuantizer),
+    /// Finite scalar quantization (no codebook, no loss).
+    Fsq(Fsq),
+}
+
+impl Member {
+    /// Quantizes the projected vectors `z` `[T, D]` (see [`VectorQuantizer::forward`]); FSQ
+    /// gives a zero loss.
+    fn forward(&self, z: &Tensor, update: bool) -> Result<VqOutput> {
+        match self {
+            Self::Vq(q) => q.forward(z, update),
+            Self::Fsq(q) => {
+                let quantized = q.quantize(z)?;
+                let indices = q.codes_to_indices(&quantized.detach())?;
+                let (counts, perplexity) =
+                    code_usage(&indices, q.config().codebook_size() as usize)?;
+                Ok(VqOutput {
+                    quantized,
+                    indices,
+                    loss: Tensor::zeros((), DType::F32, z.device())?,
+                    counts,
+                    perplexity,
+                })
+            }
+        }
+    }
+
+    /// `[T]` indices → `[T, D]` codes.
+    fn decode(&self, indices: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Vq(q) => q.decode(indices),
+            Self::Fsq(q) => q.indices_to_codes(indices),
+        }
+    }
+
+    /// N: the number of codes.
+    pub fn num_codes(&self) -> usize {
+        match self {
+            Self::Vq(q) => q.config().num_embeddings(),
+            Self::Fsq(q) => q.config().codebook_size() as usize,
+        }
+    }
+
+    /// β of the member's VQ loss (1 for FSQ, which has none, so that the min-error router's
+    /// back-projection term keeps its unit weight).
+    fn beta(&self) -> f64 {
+        match self {
+            Self::Vq(q) => q.config().codebook().beta,
+            Self::Fsq(_) => 1.0,
+        }
+    }
 }
 
 /// The `D → C` back-projection of one codebook.
@@ -99,27 +158,40 @@ impl ProjectedQuantizer {
     /// Builds the projections and the codebook for `channels` input channels, with the
     /// default linear back-projection.
     pub fn new(channels: usize, config: &ValidVqConfig, vb: VarBuilder) -> Result<Self> {
-        Self::with_back_projection(channels, config, BackProjection::Linear, vb)
+        let member = ValidMember::Vq(config.clone());
+        Self::with_back_projection(channels, &member, BackProjection::Linear, vb)
     }
 
-    /// Builds the projections and the codebook with the given back-projection.
+    /// Builds the projections and the member with the given back-projection.
     pub fn with_back_projection(
         channels: usize,
-        config: &ValidVqConfig,
+        config: &ValidMember,
         back: BackProjection,
         vb: VarBuilder,
     ) -> Result<Self> {
-        let d = config.embedding_dim();
+        let d = config.dim();
+        let quantizer = match config {
+            ValidMember::Vq(c) => Member::Vq(VectorQuantizer::new(c, vb.pp("quantizer"))?),
+            ValidMember::Fsq(c) => Member::Fsq(Fsq::new(c)),
+        };
         Ok(Self {
             project_in: FusedLinear::new(channels, d, vb.pp("project_in"))?,
-            quantizer: VectorQuantizer::new(config, vb.pp("quantizer"))?,
+            quantizer,
             project_out: ProjectOut::new(d, channels, back, vb.pp("project_out"))?,
         })
     }
 
-    /// The codebook's quantizer.
-    pub fn quantizer(&self) -> &VectorQuantizer {
+    /// The member's quantizer.
+    pub fn member(&self) -> &Member {
         &self.quantizer
+    }
+
+    /// The member's VQ codebook (`None` for FSQ).
+    pub fn quantizer(&self) -> Option<&VectorQuantizer> {
+        match &self.quantizer {
+            Member::Vq(q) => Some(q),
+            Member::Fsq(_) => None,
+        }
     }
 
     /// `[T, C]` → `[T, D]`: the vectors this codebook quantizes.
@@ -155,8 +227,13 @@ impl ProjectedQuantizer {
     /// `β·(mean_d (sg[z] − e)² + α·mean_d (z − sg[e])²)` for the projected vectors `z` and
     /// their codewords `e` (rows `indices`): the per-vector terms of the codebook's loss.
     fn per_vector_loss(&self, z: &Tensor, indices: &Tensor) -> Result<Tensor> {
-        let cb = self.quantizer.config().codebook();
-        let e = self.quantizer.codebook().index_select(indices, 0)?;
+        let q = match &self.quantizer {
+            Member::Vq(q) => q,
+            // FSQ has no VQ loss.
+            Member::Fsq(_) => return Ok(Tensor::zeros(z.dim(0)?, z.dtype(), z.device())?),
+        };
+        let cb = q.config().codebook();
+        let e = q.codebook().index_select(indices, 0)?;
         let codebook_term = (z.detach() - &e)?.sqr()?.mean(1)?;
         let commitment = (z - e.detach())?.sqr()?.mean(1)?;
         Ok((codebook_term + commitment.affine(cb.commitment, 0.0)?)?.affine(cb.beta, 0.0)?)
@@ -182,12 +259,19 @@ impl ProjectedQuantizer {
         rows_per_step: usize,
         rng: &mut dyn rand::RngCore,
     ) -> Result<bool> {
-        let z = self.project(&flat.detach())?.detach();
-        self.quantizer.initialise(&z, rows_per_step, rng)
+        match &self.quantizer {
+            Member::Vq(q) => {
+                let z = self.project(&flat.detach())?.detach();
+                q.initialise(&z, rows_per_step, rng)
+            }
+            Member::Fsq(_) => Ok(false),
+        }
     }
 
     fn with_search(mut self, search: SearchMethod) -> Self {
-        self.quantizer = self.quantizer.with_search(search);
+        if let Member::Vq(q) = self.quantizer {
+            self.quantizer = Member::Vq(q.with_search(search));
+        }
         self
     }
 }
@@ -552,7 +636,7 @@ impl Quantizer for AdaptiveQuantizer {
                 let back = book.back_project_detached(&v.quantized, shape)?;
                 let diff = (&back - &flat_sg)?;
                 errors.push(diff.detach().sqr()?.sum(1)?); // [T]
-                let beta = book.quantizer().config().codebook().beta;
+                let beta = book.member().beta();
                 let term = diff.sqr()?.mean_all()?.affine(beta, 0.0)?;
                 losses.push((&v.loss + &term)?);
                 back_terms.push(term);
@@ -678,7 +762,7 @@ impl Quantizer for AdaptiveQuantizer {
         let dev = codes.index.device();
         let mut z: Option<Tensor> = None;
         for (i, book) in self.books.iter().enumerate() {
-            let n = book.quantizer().config().num_embeddings() as u32;
+            let n = book.member().num_codes() as u32;
             let mask: Vec<f32> = book_ids
                 .iter()
                 .map(|&b| (b as usize == i) as u32 as f32)

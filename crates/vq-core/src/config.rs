@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
+use crate::fsq::{FsqConfig, ValidFsqConfig};
 use crate::structures::structures;
 
 /// Hyper-parameters of one codebook's learning rule (the paper's eq. 3 and its EMA update).
@@ -309,6 +310,93 @@ impl Router {
     }
 }
 
+/// One member of a pool: a VQ codebook `[N, D]` (TOML `[N, D]`) or an FSQ quantizer
+/// (TOML `"fsq:8,8,8,5,5,5"`, the levels per channel; see [`crate::Fsq`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged, expecting = "a pool member: [N, D] or \"fsq:L1,L2,...\"")]
+pub enum PoolMember {
+    /// A VQ codebook of `N` codewords of dimension `D`.
+    Vq([usize; 2]),
+    /// FSQ with these levels per channel.
+    Fsq(FsqLevels),
+}
+
+impl From<[usize; 2]> for PoolMember {
+    fn from(nd: [usize; 2]) -> Self {
+        Self::Vq(nd)
+    }
+}
+
+impl PoolMember {
+    /// An FSQ member with these levels per channel.
+    pub fn fsq(levels: &[u32]) -> Self {
+        Self::Fsq(FsqLevels(levels.to_vec()))
+    }
+}
+
+impl std::fmt::Display for PoolMember {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Vq([n, d]) => write!(f, "[{n}, {d}]"),
+            Self::Fsq(l) => write!(f, "{}", String::from(l.clone())),
+        }
+    }
+}
+
+/// FSQ levels per channel, written `"fsq:8,8,8,5,5,5"` in a configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct FsqLevels(pub Vec<u32>);
+
+impl TryFrom<String> for FsqLevels {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        let rest = s
+            .trim()
+            .strip_prefix("fsq:")
+            .ok_or_else(|| format!("`{s}`: expected \"fsq:L1,L2,...\" (levels per channel)"))?;
+        let levels = rest
+            .split(',')
+            .map(|v| v.trim().parse::<u32>())
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| format!("`{s}`: levels must be whole numbers ({e})"))?;
+        Ok(Self(levels))
+    }
+}
+
+impl From<FsqLevels> for String {
+    fn from(l: FsqLevels) -> String {
+        let v: Vec<String> = l.0.iter().map(u32::to_string).collect();
+        format!("fsq:{}", v.join(","))
+    }
+}
+
+/// A checked [`PoolMember`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum ValidMember {
+    /// A VQ codebook.
+    Vq(ValidVqConfig),
+    /// An FSQ quantizer.
+    Fsq(ValidFsqConfig),
+}
+
+impl ValidMember {
+    /// N: the number of codes.
+    pub fn num_codes(&self) -> usize {
+        match self {
+            Self::Vq(c) => c.num_embeddings(),
+            Self::Fsq(c) => c.codebook_size() as usize,
+        }
+    }
+    /// D: the width of the vectors it quantizes.
+    pub fn dim(&self) -> usize {
+        match self {
+            Self::Vq(c) => c.embedding_dim(),
+            Self::Fsq(c) => c.levels().len(),
+        }
+    }
+}
+
 /// The pool of codebooks of an [`AdaptiveQuantizer`](crate::AdaptiveQuantizer) and how it
 /// routes: everything of its configuration but the input width. A model config nests it as it
 /// is (its keys sit beside the model's own in a TOML `[model]` table).
@@ -318,9 +406,11 @@ pub struct PoolConfig {
     /// W: the capacity every codebook of the pool must have (`N·D = W`). With no `structures`
     /// the pool is [`structures(W)`](crate::structures).
     pub capacity: Option<usize>,
-    /// The pool's `[[N, D], ...]` (key `pool`); empty means `structures(capacity)`.
+    /// The pool's members (key `pool`: `[[N, D], "fsq:8,8,8,5,5,5", ...]`); empty means
+    /// `structures(capacity)`. A pool with an FSQ member must have equal rate: every member the
+    /// same number of codes (`capacity` is then not checked).
     #[serde(rename = "pool", skip_serializing_if = "Vec::is_empty")]
-    pub structures: Vec<[usize; 2]>,
+    pub structures: Vec<PoolMember>,
     /// Attention heads of the selector (paper: 2). Must divide `channels`.
     pub heads: usize,
     /// Per latent vector or per image selection.
@@ -395,7 +485,7 @@ impl AdaptiveConfig {
             channels,
             pool: PoolConfig {
                 capacity: None,
-                structures: vec![[n, d]],
+                structures: vec![PoolMember::Vq([n, d])],
                 ..PoolConfig::default()
             },
         }
@@ -422,9 +512,9 @@ impl AdaptiveConfig {
                  the min-error router compares whole latent vectors",
             ));
         }
-        let pool: Vec<[usize; 2]> = if p.structures.is_empty() {
+        let pool: Vec<PoolMember> = if p.structures.is_empty() {
             match p.capacity {
-                Some(w) => structures(w)?,
+                Some(w) => structures(w)?.into_iter().map(PoolMember::Vq).collect(),
                 None => {
                     return Err(ConfigError::invalid(
                         "pool",
@@ -446,24 +536,50 @@ impl AdaptiveConfig {
                 ));
             }
         }
+        let has_fsq = pool.iter().any(|m| matches!(m, PoolMember::Fsq(_)));
         let mut codebooks = Vec::with_capacity(pool.len());
-        for &[n, d] in &pool {
-            if let Some(w) = p.capacity {
-                if n.checked_mul(d) != Some(w) {
-                    return Err(ConfigError::CapacityMismatch { n, d, w });
+        for member in &pool {
+            let valid = match member {
+                PoolMember::Fsq(levels) => ValidMember::Fsq(FsqConfig::new(&levels.0).validate()?),
+                &PoolMember::Vq([n, d]) => {
+                    if let (Some(w), false) = (p.capacity, has_fsq) {
+                        if n.checked_mul(d) != Some(w) {
+                            return Err(ConfigError::CapacityMismatch { n, d, w });
+                        }
+                    }
+                    if n <= d && !p.allow_n_le_d {
+                        return Err(ConfigError::NotMoreEmbeddingsThanDims { n, d });
+                    }
+                    ValidMember::Vq(
+                        VqConfig {
+                            num_embeddings: n,
+                            embedding_dim: d,
+                            codebook: p.codebook.clone(),
+                        }
+                        .validate()?,
+                    )
                 }
+            };
+            codebooks.push(valid);
+        }
+        if has_fsq {
+            let n0 = codebooks[0].num_codes();
+            if let Some((i, m)) = codebooks
+                .iter()
+                .enumerate()
+                .find(|(_, m)| m.num_codes() != n0)
+            {
+                return Err(ConfigError::invalid(
+                    "pool",
+                    format!(
+                        "a pool with FSQ members needs equal rate (every member the same number \
+                         of codes): {} has {n0} codes, {} has {}",
+                        pool[0],
+                        pool[i],
+                        m.num_codes()
+                    ),
+                ));
             }
-            if n <= d && !p.allow_n_le_d {
-                return Err(ConfigError::NotMoreEmbeddingsThanDims { n, d });
-            }
-            codebooks.push(
-                VqConfig {
-                    num_embeddings: n,
-                    embedding_dim: d,
-                    codebook: p.codebook.clone(),
-                }
-                .validate()?,
-            );
         }
         if codebooks.len() > 1 {
             if p.heads == 0 {
@@ -487,19 +603,19 @@ impl AdaptiveConfig {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ValidAdaptiveConfig {
     config: AdaptiveConfig,
-    codebooks: Vec<ValidVqConfig>,
+    codebooks: Vec<ValidMember>,
 }
 
 impl ValidAdaptiveConfig {
-    /// The codebooks of the pool, in order.
-    pub fn codebooks(&self) -> &[ValidVqConfig] {
+    /// The members of the pool, in order.
+    pub fn codebooks(&self) -> &[ValidMember] {
         &self.codebooks
     }
-    /// The `[N, D]` of each codebook.
+    /// The `[N, D]` of each member (codes, and the width of the vectors it quantizes).
     pub fn pool(&self) -> Vec<[usize; 2]> {
         self.codebooks
             .iter()
-            .map(|c| [c.num_embeddings(), c.embedding_dim()])
+            .map(|c| [c.num_codes(), c.dim()])
             .collect()
     }
     /// C.

@@ -57,10 +57,11 @@ mod search;
 mod structures;
 mod vq;
 
-pub use adaptive::{AdaptiveQuantizer, ProjectedQuantizer};
+pub use adaptive::{AdaptiveQuantizer, Member, ProjectedQuantizer};
 pub use config::{
-    AdaptiveConfig, BackProjection, CodebookConfig, CodebookInit, Granularity, PoolConfig,
-    PoolLoss, Router, SelectionLogits, ValidAdaptiveConfig, ValidVqConfig, VqConfig,
+    AdaptiveConfig, BackProjection, CodebookConfig, CodebookInit, FsqLevels, Granularity,
+    PoolConfig, PoolLoss, PoolMember, Router, SelectionLogits, ValidAdaptiveConfig, ValidMember,
+    ValidVqConfig, VqConfig,
 };
 pub use error::{ConfigError, Result, VqError};
 pub use fsq::{Fsq, FsqConfig, ValidFsqConfig, FSQ_MAX_CODES, FSQ_MAX_LEVELS};

@@ -187,7 +187,7 @@ fn reference_quantizer(logits: SelectionLogits) -> (AdaptiveQuantizer, SeededVar
         channels: C,
         pool: PoolConfig {
             capacity: Some(32),
-            structures: POOL.to_vec(),
+            structures: POOL.iter().map(|&nd| nd.into()).collect(),
             heads: 2,
             selection_logits: logits,
             codebook: vq_core::CodebookConfig::authors(),
@@ -368,7 +368,7 @@ fn check_reference(mode: SelectionLogits, want: Reference) {
         "dJ/dkeys",
     );
     // EMA update of book 1 ([16, 2]) after the forward pass.
-    let emb = q.books()[1].quantizer().codebook();
+    let emb = q.books()[1].quantizer().unwrap().codebook();
     assert_close(&flat(&emb), NEW_EMB_BOOK1, 2e-6, "EMA codebook");
 }
 
@@ -538,7 +538,7 @@ fn invariants_per_vector_and_per_image() {
                     let pq = &q.books()[cb];
                     let x: Vec<f32> = (0..16).map(|c| at(&zin, b, c, h, w)).collect();
                     let xt = Tensor::from_vec(x, (1, 16), &Device::Cpu).unwrap();
-                    let code = pq.quantizer().codebook();
+                    let code = pq.quantizer().unwrap().codebook();
                     let d = code.dim(1).unwrap();
                     let p_in = flat(&pq.project(&xt).unwrap());
                     let want_index = nearest_row(&p_in, &flat(&code), d);
@@ -724,7 +724,7 @@ fn config_errors_name_the_problem() {
     assert_eq!(base.validate().unwrap().pool().len(), 8);
     let e = AdaptiveConfig {
         pool: PoolConfig {
-            structures: vec![[512, 64]],
+            structures: vec![[512, 64].into()],
             ..base.pool.clone()
         },
         ..base.clone()
@@ -742,7 +742,7 @@ fn config_errors_name_the_problem() {
     let e = AdaptiveConfig {
         pool: PoolConfig {
             capacity: Some(4096),
-            structures: vec![[64, 64]],
+            structures: vec![[64, 64].into()],
             ..base.pool.clone()
         },
         ..base.clone()
@@ -753,7 +753,7 @@ fn config_errors_name_the_problem() {
     assert!(AdaptiveConfig {
         pool: PoolConfig {
             capacity: Some(4096),
-            structures: vec![[64, 64]],
+            structures: vec![[64, 64].into()],
             allow_n_le_d: true,
             ..base.pool.clone()
         },
@@ -835,7 +835,7 @@ fn min_error_router_by_hand() {
             channels: 2,
             pool: PoolConfig {
                 capacity: None,
-                structures: vec![[4, 2], [8, 1]],
+                structures: vec![[4, 2].into(), [8, 1].into()],
                 router: vq_core::Router::MinError,
                 granularity,
                 vq_loss,
@@ -935,4 +935,72 @@ fn min_error_router_by_hand() {
 
 fn flat_u32(t: &Tensor) -> Vec<u32> {
     t.flatten_all().unwrap().to_vec1::<u32>().unwrap()
+}
+
+/// A pool that mixes kinds at equal rate: a VQ codebook [3, 1] (codewords −2, 0.5, 3) and FSQ
+/// with 3 levels (codes −1, 0, 1; `bound(z) = 1.001·tanh z`), identity projections on C = 1,
+/// the min-error router. By hand:
+/// - x = 0.6: VQ 0.5 (error 0.01), FSQ 1.001·tanh 0.6 = 0.538 → 1 (error 0.16) → VQ, index 1;
+/// - x = 1.2: VQ 0.5 (0.49), FSQ 0.834 → 1 (0.04) → FSQ, index 2 (digit of code 1);
+/// - x = −1.1: VQ −2 (0.81), FSQ −0.801 → −1 (0.01) → FSQ, index 0.
+///
+/// Losses (α = 0.25, β = 1): VQ 1.25·(0.01 + 0.49 + 0.81)/3 = 0.545833 plus its back-projection
+/// term 0.436667; FSQ has no VQ loss and its back-projection term is (0.16 + 0.04 + 0.01)/3 =
+/// 0.07; the pool's loss is the mean, (0.9825 + 0.07)/2 = 0.52625.
+#[test]
+fn mixed_vq_and_fsq_pool_by_hand() {
+    use std::collections::HashMap;
+    let dev = Device::Cpu;
+    let cfg = AdaptiveConfig {
+        channels: 1,
+        pool: PoolConfig {
+            capacity: None,
+            structures: vec![[3, 1].into(), vq_core::PoolMember::fsq(&[3])],
+            heads: 1,
+            router: vq_core::Router::MinError,
+            codebook: vq_core::CodebookConfig::authors(),
+            ..PoolConfig::default()
+        },
+    }
+    .validate()
+    .unwrap();
+    assert_eq!(cfg.pool(), vec![[3, 1], [3, 1]]);
+    let t = |v: &[f32], shape: &[usize]| Tensor::from_slice(v, shape, &dev).unwrap();
+    let mut ts: HashMap<String, Tensor> = HashMap::new();
+    for b in 0..2 {
+        for (name, v) in [
+            ("project_in.weight", t(&[1.], &[1, 1])),
+            ("project_in.bias", t(&[0.], &[1])),
+            ("project_out.weight", t(&[1.], &[1, 1])),
+            ("project_out.bias", t(&[0.], &[1])),
+        ] {
+            ts.insert(format!("books.{b}.{name}"), v);
+        }
+    }
+    let cb = [-2f32, 0.5, 3.];
+    ts.insert("books.0.quantizer.embedding".into(), t(&cb, &[3, 1]));
+    ts.insert("books.0.quantizer.ema_w".into(), t(&cb, &[3, 1]));
+    ts.insert(
+        "books.0.quantizer.ema_cluster_size".into(),
+        t(&[1.; 3], &[3]),
+    );
+    let q = AdaptiveQuantizer::new(
+        &cfg,
+        candle_nn::VarBuilder::from_tensors(ts, DType::F32, &dev),
+    )
+    .unwrap();
+    assert!(q.books()[1].quantizer().is_none());
+    let x = t(&[0.6, 1.2, -1.1], &[3, 1]);
+    let out = q.forward_flat(&x, &[3], &mut Step::eval()).unwrap();
+    assert_eq!(flat_u32(&out.codes.codebook), vec![0, 1, 1]);
+    assert_eq!(flat_u32(&out.codes.index), vec![1, 2, 0]);
+    assert_eq!(flat(&out.z_q), vec![0.5, 1.0, -1.0]);
+    assert_eq!(flat(&out.selection_counts), vec![1., 2.]);
+    let per_book = flat(&out.codebook_losses);
+    assert!((per_book[0] - 0.9825).abs() < 1e-6 && (per_book[1] - 0.07).abs() < 1e-6);
+    let loss = out.loss.to_scalar::<f32>().unwrap();
+    assert!((loss - 0.52625).abs() < 1e-6, "{loss}");
+    // Decoding the codes gives the same latents, FSQ rows from their indices alone.
+    let back = q.decode(&out.codes).unwrap();
+    assert_eq!(flat(&back), vec![0.5, 1.0, -1.0]);
 }

@@ -5,8 +5,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use vq_core::{
-    AdaptiveConfig, BackProjection, CodebookConfig, Granularity, PoolConfig, SelectionLogits,
-    ValidAdaptiveConfig,
+    AdaptiveConfig, BackProjection, CodebookConfig, FsqLevels, Granularity, PoolConfig, PoolMember,
+    SelectionLogits, ValidAdaptiveConfig,
 };
 
 use crate::error::{ModelError, Result};
@@ -24,13 +24,17 @@ pub enum EncoderKind {
     CnnInception,
 }
 
-/// Which quantizer sits between encoder and decoder: `"adaptive"` or `"fixed:N,D"`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which quantizer sits between encoder and decoder: `"adaptive"`, `"fixed:N,D"` or
+/// `"fsq:L1,L2,..."`.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum QuantizerSpec {
     /// The pool `structures(capacity)` with attention selection.
     Adaptive,
     /// One codebook `[N, D]` (the paper's Table 1).
     Fixed { n: usize, d: usize },
+    /// Finite scalar quantization with these levels per channel, between projections
+    /// `hidden → len(levels) → hidden` (a pool of one FSQ member).
+    Fsq(FsqLevels),
 }
 
 impl fmt::Display for QuantizerSpec {
@@ -38,20 +42,26 @@ impl fmt::Display for QuantizerSpec {
         match self {
             Self::Adaptive => write!(f, "adaptive"),
             Self::Fixed { n, d } => write!(f, "fixed:{n},{d}"),
+            Self::Fsq(l) => write!(f, "{}", String::from(l.clone())),
         }
     }
 }
 
 impl FromStr for QuantizerSpec {
     type Err = String;
-    /// Accepts `adaptive`, `fixed:N,D`, `fixed:[N,D]` and `fixed:NxD`.
+    /// Accepts `adaptive`, `fixed:N,D`, `fixed:[N,D]`, `fixed:NxD` and `fsq:L1,L2,...`.
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         let s = s.trim();
         if s == "adaptive" {
             return Ok(Self::Adaptive);
         }
+        if s.starts_with("fsq:") {
+            return FsqLevels::try_from(s.to_string()).map(Self::Fsq);
+        }
         let Some(rest) = s.strip_prefix("fixed:") else {
-            return Err(format!("`{s}`: expected \"adaptive\" or \"fixed:N,D\""));
+            return Err(format!(
+                "`{s}`: expected \"adaptive\", \"fixed:N,D\" or \"fsq:L1,L2,...\""
+            ));
         };
         let rest = rest.trim().trim_start_matches('[').trim_end_matches(']');
         let parts: Vec<&str> = rest.split([',', 'x']).map(str::trim).collect();
@@ -174,9 +184,10 @@ impl ValidModelConfig {
 impl ModelConfig {
     /// The vq-core configuration of the quantizer.
     pub fn quantizer_config(&self) -> AdaptiveConfig {
-        let structures = match self.quantizer {
+        let structures = match &self.quantizer {
             QuantizerSpec::Adaptive => self.pool.structures.clone(),
-            QuantizerSpec::Fixed { n, d } => vec![[n, d]],
+            &QuantizerSpec::Fixed { n, d } => vec![PoolMember::Vq([n, d])],
+            QuantizerSpec::Fsq(levels) => vec![PoolMember::Fsq(levels.clone())],
         };
         AdaptiveConfig {
             channels: self.hidden,
@@ -224,7 +235,7 @@ impl ModelConfig {
             .enumerate()
             .find_map(|(i, nd)| structures[..i].contains(nd).then_some(nd))
         {
-            return bad("pool", &format!("lists [{}, {}] twice", dup[0], dup[1]));
+            return bad("pool", &format!("lists {dup} twice"));
         }
         if !structures.is_empty() && self.quantizer != QuantizerSpec::Adaptive {
             return bad(

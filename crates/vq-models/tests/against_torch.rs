@@ -40,7 +40,7 @@ fn max_diff(a: &Tensor, b: &Tensor) -> (f32, f32) {
 /// evaluation forward (argmax routing) with the reference's on the saved weights.
 fn agree(quantizer: QuantizerSpec, dir: &Path) {
     let cfg = ModelConfig {
-        quantizer,
+        quantizer: quantizer.clone(),
         ..ModelConfig::default()
     };
     let valid = cfg.validate(1).unwrap();
@@ -139,7 +139,12 @@ fn agree(quantizer: QuantizerSpec, dir: &Path) {
     for &k in &used {
         let book = &model.quantizer().books()[k as usize];
         let z = book.project(&z_flat).unwrap().to_vec2::<f32>().unwrap();
-        let e = book.quantizer().codebook().to_vec2::<f32>().unwrap();
+        let e = book
+            .quantizer()
+            .unwrap()
+            .codebook()
+            .to_vec2::<f32>()
+            .unwrap();
         let dist = |t: usize, i: usize| -> f32 {
             z[t].iter().zip(&e[i]).map(|(p, q)| (p - q) * (p - q)).sum()
         };

@@ -117,7 +117,7 @@ fn config_errors_name_the_field() {
     // A chosen pool: each member at capacity W, and only for the adaptive quantizer.
     let ok = ModelConfig {
         pool: vq_core::PoolConfig {
-            structures: vec![[8192, 8], [16384, 4], [32768, 2]],
+            structures: vec![[8192, 8].into(), [16384, 4].into(), [32768, 2].into()],
             ..Default::default()
         },
         ..Default::default()
@@ -130,7 +130,7 @@ fn config_errors_name_the_field() {
     );
     let e = ModelConfig {
         pool: vq_core::PoolConfig {
-            structures: vec![[8192, 8], [4096, 4]],
+            structures: vec![[8192, 8].into(), [4096, 4].into()],
             ..Default::default()
         },
         ..Default::default()
@@ -141,7 +141,7 @@ fn config_errors_name_the_field() {
     assert!(e.contains("[4096, 4]") && e.contains("65536"), "{e}");
     let e = ModelConfig {
         pool: vq_core::PoolConfig {
-            structures: vec![[8192, 8], [16384, 4], [8192, 8]],
+            structures: vec![[8192, 8].into(), [16384, 4].into(), [8192, 8].into()],
             ..Default::default()
         },
         ..Default::default()
@@ -153,7 +153,7 @@ fn config_errors_name_the_field() {
     let e = ModelConfig {
         quantizer: QuantizerSpec::Fixed { n: 512, d: 128 },
         pool: vq_core::PoolConfig {
-            structures: vec![[8192, 8]],
+            structures: vec![[8192, 8].into()],
             ..Default::default()
         },
         ..Default::default()
@@ -162,6 +162,53 @@ fn config_errors_name_the_field() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("pool") && e.contains("adaptive"), "{e}");
+    // FSQ members: a pool that mixes kinds needs equal rate (the same number of codes).
+    let mixed = |fsq: &str| ModelConfig {
+        pool: vq_core::PoolConfig {
+            structures: vec![
+                [16384, 4].into(),
+                fsq.parse::<QuantizerSpec>()
+                    .map(|q| match q {
+                        QuantizerSpec::Fsq(l) => vq_core::PoolMember::Fsq(l),
+                        other => panic!("{other}"),
+                    })
+                    .unwrap(),
+            ],
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    // 8·8·8·8·4 = 16384 codes over 5 channels, as many as [16384, 4].
+    let ok = mixed("fsq:8,8,8,8,4").validate(1).unwrap();
+    assert_eq!(ok.quantizer().pool(), vec![[16384, 4], [16384, 5]]);
+    let e = mixed("fsq:8,8,8,5,5,5")
+        .validate(1)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("equal rate") && e.contains("[16384, 4] has 16384") && e.contains("64000"),
+        "{e}"
+    );
+    let fsq = ModelConfig {
+        quantizer: "fsq:8,5,5,5".parse().unwrap(),
+        ..Default::default()
+    }
+    .validate(1)
+    .unwrap();
+    assert_eq!(fsq.quantizer().pool(), vec![[1000, 4]]);
+    let e = "fsq:8,x".parse::<QuantizerSpec>().unwrap_err();
+    assert!(e.contains("whole numbers"), "{e}");
+    let e = ModelConfig {
+        quantizer: "fsq:8,1".parse().unwrap(),
+        ..Default::default()
+    }
+    .validate(1)
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("levels") && e.contains("channel 1 has 1 level"),
+        "{e}"
+    );
     assert_eq!(
         "fixed:[512,128]".parse::<QuantizerSpec>().unwrap(),
         QuantizerSpec::Fixed { n: 512, d: 128 }
