@@ -1,7 +1,7 @@
 //! The paper's adaptive dynamic quantizer (Algorithm 1, Fig. 1): a pool of projected codebooks,
 //! an attention selector and a hard Gumbel-Softmax choice per data point.
 
-use candle_core::{DType, Device, Module, Tensor, D};
+use candle_core::{DType, Module, Tensor, D};
 use candle_nn::{Init, VarBuilder};
 
 use crate::config::{
@@ -12,9 +12,12 @@ use crate::error::{Result, VqError};
 use crate::fsq::Fsq;
 use crate::fused_linear::FusedLinear;
 use crate::gumbel::{gumbel_softmax, gumbel_softmax_with_noise, one_hot_argmax, selection_counts};
-use crate::quantizer::{from_flat, to_flat, Codes, Quantizer, QuantizerOutput, Selection, Step};
+use crate::quantizer::{
+    check_rows, decode_single, from_flat, single_codebook_output, to_flat, Codes, Quantizer,
+    QuantizerOutput, Selection, Step,
+};
 use crate::search::SearchMethod;
-use crate::vq::{code_usage, VectorQuantizer, VqOutput};
+use crate::vq::{VectorQuantizer, VqOutput};
 
 /// One member of the pool with its own projections `C → D` (before) and `D → C` (after).
 ///
@@ -43,19 +46,7 @@ impl Member {
     fn forward(&self, z: &Tensor, update: bool) -> Result<VqOutput> {
         match self {
             Self::Vq(q) => q.forward(z, update),
-            Self::Fsq(q) => {
-                let quantized = q.quantize(z)?;
-                let indices = q.codes_to_indices(&quantized.detach())?;
-                let (counts, perplexity) =
-                    code_usage(&indices, q.config().codebook_size() as usize)?;
-                Ok(VqOutput {
-                    quantized,
-                    indices,
-                    loss: Tensor::zeros((), DType::F32, z.device())?,
-                    counts,
-                    perplexity,
-                })
-            }
+            Self::Fsq(q) => q.forward_rows(z),
         }
     }
 
@@ -811,28 +802,11 @@ impl Quantizer for VectorQuantizer {
         shape: &[usize],
         step: &mut Step<'_>,
     ) -> Result<QuantizerOutput> {
-        let t = flat.dim(0)?;
-        if t != shape.iter().product::<usize>() {
-            return Err(VqError::input(
-                "z_e",
-                format!("{t} vectors for positions {shape:?}"),
-            ));
-        }
-        let out = VectorQuantizer::forward(self, flat, step.update_codebooks)?;
-        let dev: &Device = flat.device();
-        Ok(QuantizerOutput {
-            z_q: out.quantized,
-            codebook_losses: out.loss.detach().reshape(1)?,
-            loss: out.loss,
-            perplexity: out.perplexity.detach().reshape(1)?,
-            code_counts: vec![out.counts.clone()],
-            selection_counts: Tensor::from_vec(vec![t as f32], 1, dev)?,
-            codes: Codes {
-                codebook: Tensor::zeros(shape, DType::U32, dev)?,
-                index: out.indices.reshape(shape)?,
-            },
-            logits: None,
-        })
+        check_rows(flat, shape)?;
+        single_codebook_output(
+            VectorQuantizer::forward(self, flat, step.update_codebooks)?,
+            shape,
+        )
     }
 
     fn initialise_codebooks(
@@ -845,17 +819,7 @@ impl Quantizer for VectorQuantizer {
     }
 
     fn decode(&self, codes: &Codes) -> Result<Tensor> {
-        let shape = codes.index.dims().to_vec();
-        if shape.is_empty() || shape[0] == 0 {
-            return Err(VqError::input(
-                "codes",
-                format!("expected [B, ...] with B ≥ 1, got {shape:?}"),
-            ));
-        }
-        let z = VectorQuantizer::decode(self, &codes.index.flatten_all()?)?;
-        let mut like = vec![shape[0], self.channels()];
-        like.extend(&shape[1..]);
-        from_flat(&z, &like)
+        decode_single(codes, self.channels(), |i| VectorQuantizer::decode(self, i))
     }
 }
 
@@ -864,6 +828,7 @@ mod tests {
     use super::*;
     use crate::config::{AdaptiveConfig, PoolConfig};
     use crate::init::SeededVarMap;
+    use candle_core::Device;
 
     /// One image, positions p0, p1, channels a..d: channel-last rows `[a0 b0 c0 d0]`,
     /// `[a1 b1 c1 d1]`; the channel-first memory is `a0 a1 b0 b1 c0 c1 d0 d1`, so

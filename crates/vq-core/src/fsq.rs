@@ -20,8 +20,10 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ConfigError, Result, VqError};
-use crate::quantizer::{from_flat, Codes, Quantizer, QuantizerOutput, Step};
-use crate::vq::code_usage;
+use crate::quantizer::{
+    check_rows, decode_single, single_codebook_output, Codes, Quantizer, QuantizerOutput, Step,
+};
+use crate::vq::{code_usage, VqOutput};
 
 /// ε of the bound: `tanh·h` reaches just past the outermost grid points, and stays inside
 /// their rounding intervals while `ε·(L − 1)/2 < 1/2`, i.e. up to [`FSQ_MAX_LEVELS`].
@@ -145,6 +147,22 @@ impl Fsq {
         &self.config
     }
 
+    /// Quantizes `z` `[T, D]` like [`VectorQuantizer::forward`](crate::VectorQuantizer::forward)
+    /// does: f32 codes (straight-through), indices, the batch's code usage, and a zero loss
+    /// (FSQ has none).
+    pub fn forward_rows(&self, z: &Tensor) -> Result<VqOutput> {
+        let quantized = self.quantize(z)?;
+        let indices = self.codes_to_indices(&quantized.detach())?;
+        let (counts, perplexity) = code_usage(&indices, self.config.codes as usize)?;
+        Ok(VqOutput {
+            quantized,
+            indices,
+            loss: Tensor::zeros((), DType::F32, z.device())?,
+            counts,
+            perplexity,
+        })
+    }
+
     fn row(&self, v: &[f32], dev: &Device) -> Result<Tensor> {
         Ok(Tensor::from_slice(v, (1, v.len()), dev)?)
     }
@@ -238,31 +256,10 @@ impl Quantizer for Fsq {
         shape: &[usize],
         _step: &mut Step<'_>,
     ) -> Result<QuantizerOutput> {
-        let t = flat.dim(0)?;
-        if t != shape.iter().product::<usize>() {
-            return Err(VqError::input(
-                "z_e",
-                format!("{t} vectors for positions {shape:?}"),
-            ));
-        }
-        let dev = flat.device();
-        let codes = self.quantize(flat)?;
-        let indices = self.codes_to_indices(&codes.detach())?;
-        let (counts, perplexity) = code_usage(&indices, self.config.codes as usize)?;
-        let zero = Tensor::zeros(1, DType::F32, dev)?;
-        Ok(QuantizerOutput {
-            z_q: codes.to_dtype(flat.dtype())?,
-            loss: zero.reshape(())?,
-            codebook_losses: zero,
-            perplexity: perplexity.reshape(1)?,
-            code_counts: vec![counts],
-            selection_counts: Tensor::from_vec(vec![t as f32], 1, dev)?,
-            codes: Codes {
-                codebook: Tensor::zeros(shape, DType::U32, dev)?,
-                index: indices.reshape(shape)?,
-            },
-            logits: None,
-        })
+        check_rows(flat, shape)?;
+        let mut out = single_codebook_output(self.forward_rows(flat)?, shape)?;
+        out.z_q = out.z_q.to_dtype(flat.dtype())?;
+        Ok(out)
     }
 
     fn initialise_codebooks(
@@ -275,17 +272,7 @@ impl Quantizer for Fsq {
     }
 
     fn decode(&self, codes: &Codes) -> Result<Tensor> {
-        let shape = codes.index.dims().to_vec();
-        if shape.is_empty() || shape[0] == 0 {
-            return Err(VqError::input(
-                "codes",
-                format!("expected [B, ...] with B ≥ 1, got {shape:?}"),
-            ));
-        }
-        let z = self.indices_to_codes(&codes.index.flatten_all()?)?;
-        let mut like = vec![shape[0], self.channels()];
-        like.extend(&shape[1..]);
-        from_flat(&z, &like)
+        decode_single(codes, self.channels(), |i| self.indices_to_codes(i))
     }
 }
 

@@ -1,10 +1,11 @@
 //! The [`Quantizer`] trait shared by every quantizer of this crate, what a forward pass is told
 //! ([`Step`]) and what it returns ([`QuantizerOutput`], [`Codes`]).
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use rand::RngCore;
 
 use crate::error::{Result, VqError};
+use crate::vq::VqOutput;
 
 /// How the codebook of each vector is selected in a forward pass.
 pub enum Selection<'a> {
@@ -206,4 +207,56 @@ pub(crate) fn code_shape(like_dims: &[usize]) -> Vec<usize> {
     let mut s = vec![like_dims[0]];
     s.extend(&like_dims[2..]);
     s
+}
+
+/// The [`QuantizerOutput`] of a single codebook (`m = 1`) that quantized the `T` rows of
+/// positions `shape` (`[B, *S]`, checked beforehand by [`check_rows`]) into `out`.
+pub(crate) fn single_codebook_output(out: VqOutput, shape: &[usize]) -> Result<QuantizerOutput> {
+    let t = out.indices.dim(0)?;
+    let dev = out.indices.device().clone();
+    Ok(QuantizerOutput {
+        z_q: out.quantized,
+        codebook_losses: out.loss.detach().reshape(1)?,
+        loss: out.loss,
+        perplexity: out.perplexity.detach().reshape(1)?,
+        code_counts: vec![out.counts],
+        selection_counts: Tensor::from_vec(vec![t as f32], 1, &dev)?,
+        codes: Codes {
+            codebook: Tensor::zeros(shape, DType::U32, &dev)?,
+            index: out.indices.reshape(shape)?,
+        },
+        logits: None,
+    })
+}
+
+/// `T`, the rows of `flat` `[T, C]`, when it equals the number of positions `shape`.
+pub(crate) fn check_rows(flat: &Tensor, shape: &[usize]) -> Result<usize> {
+    let t = flat.dim(0)?;
+    if t != shape.iter().product::<usize>() {
+        return Err(VqError::input(
+            "z_e",
+            format!("{t} vectors for positions {shape:?}"),
+        ));
+    }
+    Ok(t)
+}
+
+/// Latents `[B, C, *S]` of a single codebook's `codes` (index `[B, *S]`), `rows` turning the
+/// `[T]` indices into `[T, C]` rows.
+pub(crate) fn decode_single(
+    codes: &Codes,
+    channels: usize,
+    rows: impl Fn(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let shape = codes.index.dims().to_vec();
+    if shape.is_empty() || shape[0] == 0 {
+        return Err(VqError::input(
+            "codes",
+            format!("expected [B, ...] with B ≥ 1, got {shape:?}"),
+        ));
+    }
+    let z = rows(&codes.index.flatten_all()?)?;
+    let mut like = vec![shape[0], channels];
+    like.extend(&shape[1..]);
+    from_flat(&z, &like)
 }
