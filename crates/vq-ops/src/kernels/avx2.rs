@@ -25,8 +25,8 @@ pub(crate) unsafe fn fused_rows(
 
 /// [`super::search::argmin_rows`] with AVX2 intrinsics: four independent 8-lane running
 /// minima (32 codewords an iteration), each lane keeping the first index of its minimum
-/// (ordered `<`, so NaN never wins); the lanes reduce as the portable version's do, and the
-/// tail continues with a scalar `<`. The distance is `e − (dot + dot)`, `dot + dot` being the
+/// (ordered `<`, so NaN never wins); [`super::search::argmin_finish`] reduces the lanes and
+/// scans the tail. The distance is `e − (dot + dot)`, `dot + dot` being the
 /// exact `2·dot` of the portable version.
 ///
 /// # Safety
@@ -64,27 +64,15 @@ pub(crate) unsafe fn argmin_rows(dots: &[f32], enorm: &[f32], out: &mut [u32]) {
             }
             j += STEP;
         }
-        let (mut best, mut arg) = (f32::INFINITY, 0u32);
+        let (mut v, mut i) = ([0f32; 8 * A], [0u32; 8 * A]);
         for a in 0..A {
-            let (mut v, mut i) = ([0f32; 8], [0u32; 8]);
-            // SAFETY: both arrays hold 8 lanes of 4 bytes.
+            // SAFETY: each lane group of `v` and `i` holds 8 values of 4 bytes.
             unsafe {
-                _mm256_storeu_ps(v.as_mut_ptr(), bv[a]);
-                _mm256_storeu_si256(i.as_mut_ptr().cast(), bi[a]);
-            }
-            for l in 0..8 {
-                let tie = v[l] == best && v[l] < f32::INFINITY && i[l] < arg;
-                if v[l] < best || tie {
-                    (best, arg) = (v[l], i[l]);
-                }
+                _mm256_storeu_ps(v.as_mut_ptr().add(8 * a), bv[a]);
+                _mm256_storeu_si256(i.as_mut_ptr().add(8 * a).cast(), bi[a]);
             }
         }
-        for jj in whole..n {
-            let dist = enorm[jj] - 2.0 * row[jj];
-            if dist < best {
-                (best, arg) = (dist, jj as u32);
-            }
-        }
+        let arg = super::search::argmin_finish(&v, &i, row, enorm, whole);
         *o = arg;
     }
 }

@@ -53,53 +53,44 @@ pub fn argmin_rows(dots: &[f32], enorm: &[f32], out: &mut [u32], isa: Isa) {
     argmin_rows_generic(dots, enorm, out)
 }
 
-/// Lanes of [`argmin_rows_generic`]'s running minima.
-const ARGMIN_LANES: usize = 16;
-
-/// [`argmin_rows`] in plain Rust (the portable version). Each of a few lanes keeps the first
-/// index of its own minimum (strict `<`), the lanes then reduce to the smallest value, ties to
-/// the lowest index, and the tail past the last whole group of lanes continues with strict
-/// `<`: together the first index of the row's minimum, as a plain scan finds it.
+/// [`argmin_rows`] in plain Rust (the portable version): a first-minimum scan of each row.
 pub(crate) fn argmin_rows_generic(dots: &[f32], enorm: &[f32], out: &mut [u32]) {
     let n = enorm.len();
     if n == 0 {
         out.fill(0);
         return;
     }
-    let whole = n / ARGMIN_LANES * ARGMIN_LANES;
     for (o, row) in out.iter_mut().zip(dots.chunks_exact(n)) {
-        let mut best_v = [f32::INFINITY; ARGMIN_LANES];
-        let mut best_i = [0u32; ARGMIN_LANES];
-        for (g, (dg, eg)) in row[..whole]
-            .chunks_exact(ARGMIN_LANES)
-            .zip(enorm[..whole].chunks_exact(ARGMIN_LANES))
-            .enumerate()
-        {
-            let j0 = (g * ARGMIN_LANES) as u32;
-            for l in 0..ARGMIN_LANES {
-                let dist = eg[l] - 2.0 * dg[l];
-                let better = dist < best_v[l];
-                best_v[l] = if better { dist } else { best_v[l] };
-                best_i[l] = if better { j0 + l as u32 } else { best_i[l] };
-            }
-        }
-        let (mut best, mut arg) = (f32::INFINITY, 0u32);
-        for l in 0..ARGMIN_LANES {
-            let tie = best_v[l] == best && best_v[l] < f32::INFINITY && best_i[l] < arg;
-            if best_v[l] < best || tie {
-                best = best_v[l];
-                arg = best_i[l];
-            }
-        }
-        for j in whole..n {
-            let dist = enorm[j] - 2.0 * row[j];
-            if dist < best {
-                best = dist;
-                arg = j as u32;
-            }
-        }
-        *o = arg;
+        *o = argmin_finish(&[], &[], row, enorm, 0);
     }
+}
+
+/// The first index of the row's smallest distance `enorm[j] − 2·row[j]`, given running minima
+/// `vals` at indices `idxs` (lanes, each the first index of its own minimum) over `row[..from]`:
+/// the lanes reduce to the smallest value, ties to the lowest index, then the scan continues
+/// over `row[from..]` with strict `<` (0 when nothing is below +∞, NaN never chosen).
+#[inline]
+pub(crate) fn argmin_finish(
+    vals: &[f32],
+    idxs: &[u32],
+    row: &[f32],
+    enorm: &[f32],
+    from: usize,
+) -> u32 {
+    let (mut best, mut arg) = (f32::INFINITY, 0u32);
+    for (&v, &i) in vals.iter().zip(idxs) {
+        let tie = v == best && v < f32::INFINITY && i < arg;
+        if v < best || tie {
+            (best, arg) = (v, i);
+        }
+    }
+    for j in from..row.len() {
+        let dist = enorm[j] - 2.0 * row[j];
+        if dist < best {
+            (best, arg) = (dist, j as u32);
+        }
+    }
+    arg
 }
 
 const ROWS: usize = 4;
