@@ -157,22 +157,37 @@ pub fn run_case(
             bwd.push((t2 - t1).as_secs_f64() * 1e3);
         }
     }
-    let (mn, mx) = (
-        total.iter().cloned().fold(f64::MAX, f64::min),
-        total.iter().cloned().fold(0.0, f64::max),
-    );
-    Ok(CaseResult {
-        kind: "train_step".into(),
+    let split = [median(&mut fwd), median(&mut bwd)];
+    Ok(timed_result(
+        "train_step",
+        (model, shape, threads),
+        &mut total,
+        split,
+    ))
+}
+
+/// The result of one case from its step times (ms) and the median forward and backward times
+/// (NaN where not measured apart), with this process's peak memory.
+fn timed_result(
+    kind: &str,
+    (model, shape, threads): (&str, &str, usize),
+    times: &mut [f64],
+    [fwd, bwd]: [f64; 2],
+) -> CaseResult {
+    let min_ms = times.iter().cloned().fold(f64::MAX, f64::min);
+    let max_ms = times.iter().cloned().fold(0.0, f64::max);
+    CaseResult {
+        kind: kind.into(),
         model: model.into(),
         shape: shape.into(),
-        median_ms: median(&mut total),
-        min_ms: mn,
-        max_ms: mx,
-        fwd_median_ms: median(&mut fwd),
-        bwd_median_ms: median(&mut bwd),
+        median_ms: median(times),
+        min_ms,
+        max_ms,
+        fwd_median_ms: fwd,
+        bwd_median_ms: bwd,
         peak_rss_mib: peak_rss_mib(),
         threads,
-    })
+    }
 }
 
 /// FSQ levels of the `fsq` case: the FSQ paper's recommendation for 2^16 codes.
@@ -200,22 +215,13 @@ fn quantizer_alone(
             times.push(t0.elapsed().as_secs_f64() * 1e3);
         }
     }
-    let (mn, mx) = (
-        times.iter().cloned().fold(f64::MAX, f64::min),
-        times.iter().cloned().fold(0.0, f64::max),
-    );
-    Ok(CaseResult {
-        kind: "quantizer_fwd_bwd".into(),
-        model: model.into(),
-        shape: shape.into(),
-        median_ms: median(&mut times),
-        min_ms: mn,
-        max_ms: mx,
-        fwd_median_ms: f64::NAN,
-        bwd_median_ms: f64::NAN,
-        peak_rss_mib: peak_rss_mib(),
-        threads,
-    })
+    let label = (model, shape, threads);
+    Ok(timed_result(
+        "quantizer_fwd_bwd",
+        label,
+        &mut times,
+        [f64::NAN; 2],
+    ))
 }
 
 fn rayon_threads() -> usize {
