@@ -26,6 +26,9 @@ Setup: pip install torch (CPU is enough). Commands (one JSON line on stdout each
   fsq-bench --T 3136 --levels 8,8,8,5,5,5 [--steps 10 --warmup 3]
       the FSQ of the vector-quantize-pytorch package (pip install vector-quantize-pytorch)
       alone on [T, len(levels)] vectors, training mode, forward and backward;
+  lfq-bench --T 3136 --bits 16 [--steps 10 --warmup 3]
+      that package's LFQ (default loss: entropy weight 0.1, β = 100) alone on [T, bits]
+      vectors, training mode, forward and backward of mean(z_q²) + its loss;
   forward --weights model.safetensors --input x.safetensors --out out.safetensors
       evaluation forward (argmax routing, no codebook update) of the input tensor `x`
       [B, C, H, W]; writes `z_e`, `z_q`, `reconstruction`, and per latent position `codebook`
@@ -323,6 +326,20 @@ def fsq_bench(args):
     return summary(timed(step, args.steps, args.warmup), model="fsq", T=args.T)
 
 
+def lfq_bench(args):
+    from vector_quantize_pytorch import LFQ
+
+    torch.manual_seed(0)
+    lfq = LFQ(dim=args.bits).train()  # defaults: entropy weight 0.1, β = 100
+    z = torch.randn(1, args.T, args.bits, requires_grad=True)
+
+    def step():
+        z_q, _, aux = lfq(z)
+        (z_q.square().mean() + aux).backward()
+
+    return summary(timed(step, args.steps, args.warmup), model="lfq", T=args.T)
+
+
 def forward(args):
     weights = read_safetensors(args.weights)
     pool = []
@@ -345,13 +362,14 @@ def forward(args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("cmd", choices=["bench", "quant-bench", "fsq-bench", "forward"])
+    ap.add_argument("cmd", choices=["bench", "quant-bench", "fsq-bench", "lfq-bench", "forward"])
     ap.add_argument("--model", default="adaptive")
     ap.add_argument("--shape", default="mnist", choices=list(SHAPES))
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--T", type=int, default=3136)
     ap.add_argument("--levels", default="8,8,8,5,5,5")
+    ap.add_argument("--bits", type=int, default=16)
     ap.add_argument("--weights")
     ap.add_argument("--input")
     ap.add_argument("--out")
@@ -359,7 +377,13 @@ def main():
     # gathers codewords by index (no one-hot matrix).
     ap.add_argument("--vq-impl", default="index", choices=["index"])
     a = ap.parse_args()
-    run = {"bench": bench, "quant-bench": quant_bench, "fsq-bench": fsq_bench, "forward": forward}
+    run = {
+        "bench": bench,
+        "quant-bench": quant_bench,
+        "fsq-bench": fsq_bench,
+        "lfq-bench": lfq_bench,
+        "forward": forward,
+    }
     run = run[a.cmd]
     print(json.dumps(run(a)), flush=True)
 

@@ -8,7 +8,10 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
-use vq_core::{AdaptiveConfig, AdaptiveQuantizer, Fsq, FsqConfig, Quantizer, SeededVarMap, Step};
+use vq_core::{
+    AdaptiveConfig, AdaptiveQuantizer, Fsq, FsqConfig, Lfq, LfqConfig, Quantizer, SeededVarMap,
+    Step,
+};
 use vq_models::{ModelConfig, QuantizerSpec, VqVae};
 use vq_train::optim::{Adam, AdamConfig};
 
@@ -118,6 +121,15 @@ pub fn run_case(
         let mut rng = vq_core::init::stream(0, "bench");
         return quantizer_alone(&q, z, steps, warmup, &mut rng, (model, shape, threads));
     }
+    if model == "lfq" {
+        // LFQ alone (LFQ_BENCH_BITS bits, 2^16 codes, the package's default loss), forward +
+        // backward with its entropy loss, on the same T = 64·s'² vectors.
+        let side = s / 4;
+        let q = Lfq::new(&LfqConfig::new(LFQ_BENCH_BITS).validate()?);
+        let z = Tensor::randn(0f32, 1.0, (b, LFQ_BENCH_BITS as usize, side, side), &dev)?;
+        let mut rng = vq_core::init::stream(0, "bench");
+        return quantizer_alone(&q, z, steps, warmup, &mut rng, (model, shape, threads));
+    }
     let mut mc = ModelConfig {
         quantizer: quantizer_of(model)?,
         ..Default::default()
@@ -193,6 +205,9 @@ fn timed_result(
 /// FSQ levels of the `fsq` case: the FSQ paper's recommendation for 2^16 codes.
 pub(crate) const FSQ_BENCH_LEVELS: [u32; 6] = [8, 8, 8, 5, 5, 5];
 
+/// Bits of the `lfq` case (2^16 codes, as the `fsq` case).
+pub(crate) const LFQ_BENCH_BITS: u32 = 16;
+
 /// Times `steps` forward + backward passes (after `warmup`) of a quantizer alone on `z`
 /// `[B, C, *S]`, with the loss `mean(z_q²) + quantizer loss`; `(model, shape, threads)` label the
 /// result.
@@ -239,6 +254,7 @@ pub const CASES: &[(&str, &str)] = &[
     ("adaptive-no-restart", "mnist"),
     ("quantizer", "mnist"),
     ("fsq", "mnist"),
+    ("lfq", "mnist"),
     ("fixed512x128", "cifar"),
     ("fixed16384x4", "cifar"),
     ("adaptive", "cifar"),
@@ -273,6 +289,14 @@ fn run_torch(
             &t.to_string(),
             "--levels",
             &levels.join(","),
+        ]);
+    } else if model == "lfq" {
+        cmd.args([
+            "lfq-bench",
+            "--T",
+            &t.to_string(),
+            "--bits",
+            &LFQ_BENCH_BITS.to_string(),
         ]);
     } else {
         cmd.args([
@@ -365,7 +389,8 @@ pub struct BenchOptions {
     /// Paired rounds per case (the median round is reported).
     pub rounds: usize,
     pub compare_torch: bool,
-    /// Only this model (fixed512x128, fixed16384x4, adaptive, adaptive-no-restart, quantizer, fsq).
+    /// Only this model (fixed512x128, fixed16384x4, adaptive, adaptive-no-restart, quantizer, fsq,
+    /// lfq).
     pub only: Option<String>,
     /// Only this input shape (mnist, cifar).
     pub shape: Option<String>,

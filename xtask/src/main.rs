@@ -29,7 +29,8 @@ enum Cmd {
         rounds: usize,
         #[arg(long)]
         compare_torch: bool,
-        /// Only this model (fixed512x128, fixed16384x4, adaptive, adaptive-no-restart, quantizer).
+        /// Only this model (fixed512x128, fixed16384x4, adaptive, adaptive-no-restart, quantizer,
+        /// fsq, lfq).
         #[arg(long)]
         only: Option<String>,
         /// Only this input shape (mnist: 64×1×28×28, cifar: 64×3×32×32).

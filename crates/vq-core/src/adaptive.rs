@@ -12,9 +12,10 @@ use crate::error::{Result, VqError};
 use crate::fsq::Fsq;
 use crate::fused_linear::FusedLinear;
 use crate::gumbel::{gumbel_softmax, gumbel_softmax_with_noise, one_hot_argmax, selection_counts};
+use crate::lfq::Lfq;
 use crate::quantizer::{
-    check_rows, decode_single, from_flat, single_codebook_output, to_flat, Codes, Quantizer,
-    QuantizerOutput, Selection, Step,
+    check_rows, decode_single, from_flat, single_codebook_output, to_flat, Codes,
+    ImplicitQuantizer, Quantizer, QuantizerOutput, Selection, Step,
 };
 use crate::search::SearchMethod;
 use crate::vq::{VectorQuantizer, VqOutput};
@@ -38,6 +39,8 @@ pub enum Member {
     Vq(VectorQuantizer),
     /// Finite scalar quantization (no codebook, no loss).
     Fsq(Fsq),
+    /// Lookup-free quantization (no codebook; an entropy loss).
+    Lfq(Lfq),
 }
 
 impl Member {
@@ -47,6 +50,7 @@ impl Member {
         match self {
             Self::Vq(q) => q.forward(z, update),
             Self::Fsq(q) => q.forward_rows(z),
+            Self::Lfq(q) => q.forward_rows(z),
         }
     }
 
@@ -55,6 +59,7 @@ impl Member {
         match self {
             Self::Vq(q) => q.decode(indices),
             Self::Fsq(q) => q.indices_to_codes(indices),
+            Self::Lfq(q) => q.indices_to_codes(indices),
         }
     }
 
@@ -63,15 +68,16 @@ impl Member {
         match self {
             Self::Vq(q) => q.config().num_embeddings(),
             Self::Fsq(q) => q.config().codebook_size() as usize,
+            Self::Lfq(q) => q.config().codebook_size() as usize,
         }
     }
 
-    /// β of the member's VQ loss (1 for FSQ, which has none, so that the min-error router's
-    /// back-projection term keeps its unit weight).
+    /// β of the member's VQ loss (1 for FSQ and LFQ, which have none, so that the min-error
+    /// router's back-projection term keeps its unit weight).
     fn beta(&self) -> f64 {
         match self {
             Self::Vq(q) => q.config().codebook().beta,
-            Self::Fsq(_) => 1.0,
+            Self::Fsq(_) | Self::Lfq(_) => 1.0,
         }
     }
 }
@@ -164,6 +170,7 @@ impl ProjectedQuantizer {
         let quantizer = match config {
             ValidMember::Vq(c) => Member::Vq(VectorQuantizer::new(c, vb.pp("quantizer"))?),
             ValidMember::Fsq(c) => Member::Fsq(Fsq::new(c)),
+            ValidMember::Lfq(c) => Member::Lfq(Lfq::new(c)),
         };
         Ok(Self {
             project_in: FusedLinear::new(channels, d, vb.pp("project_in"))?,
@@ -177,11 +184,11 @@ impl ProjectedQuantizer {
         &self.quantizer
     }
 
-    /// The member's VQ codebook (`None` for FSQ).
+    /// The member's VQ codebook (`None` for FSQ and LFQ).
     pub fn quantizer(&self) -> Option<&VectorQuantizer> {
         match &self.quantizer {
             Member::Vq(q) => Some(q),
-            Member::Fsq(_) => None,
+            Member::Fsq(_) | Member::Lfq(_) => None,
         }
     }
 
@@ -220,8 +227,10 @@ impl ProjectedQuantizer {
     fn per_vector_loss(&self, z: &Tensor, indices: &Tensor) -> Result<Tensor> {
         let q = match &self.quantizer {
             Member::Vq(q) => q,
-            // FSQ has no VQ loss.
-            Member::Fsq(_) => return Ok(Tensor::zeros(z.dim(0)?, z.dtype(), z.device())?),
+            // FSQ has no VQ loss; a pool with LFQ refuses the `selected` loss (config).
+            Member::Fsq(_) | Member::Lfq(_) => {
+                return Ok(Tensor::zeros(z.dim(0)?, z.dtype(), z.device())?)
+            }
         };
         let cb = q.config().codebook();
         let e = q.codebook().index_select(indices, 0)?;
@@ -255,7 +264,7 @@ impl ProjectedQuantizer {
                 let z = self.project(&flat.detach())?.detach();
                 q.initialise(&z, rows_per_step, rng)
             }
-            Member::Fsq(_) => Ok(false),
+            Member::Fsq(_) | Member::Lfq(_) => Ok(false),
         }
     }
 

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ConfigError;
 use crate::fsq::{FsqConfig, ValidFsqConfig};
+use crate::lfq::{LfqConfig, LfqLoss, ValidLfqConfig};
 use crate::structures::structures;
 
 /// Hyper-parameters of one codebook's learning rule (the paper's eq. 3 and its EMA update).
@@ -310,15 +311,21 @@ impl Router {
     }
 }
 
-/// One member of a pool: a VQ codebook `[N, D]` (TOML `[N, D]`) or an FSQ quantizer
-/// (TOML `"fsq:8,8,8,5,5,5"`, the levels per channel; see [`crate::Fsq`]).
+/// One member of a pool: a VQ codebook `[N, D]` (TOML `[N, D]`), an FSQ quantizer
+/// (TOML `"fsq:8,8,8,5,5,5"`, the levels per channel; see [`crate::Fsq`]) or an LFQ quantizer
+/// (TOML `"lfq:16"`, its bits; see [`crate::Lfq`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged, expecting = "a pool member: [N, D] or \"fsq:L1,L2,...\"")]
+#[serde(
+    untagged,
+    expecting = "a pool member: [N, D], \"fsq:L1,L2,...\" or \"lfq:BITS\""
+)]
 pub enum PoolMember {
     /// A VQ codebook of `N` codewords of dimension `D`.
     Vq([usize; 2]),
     /// FSQ with these levels per channel.
     Fsq(FsqLevels),
+    /// LFQ with this many bits (channels).
+    Lfq(LfqBits),
 }
 
 impl From<[usize; 2]> for PoolMember {
@@ -332,6 +339,17 @@ impl PoolMember {
     pub fn fsq(levels: &[u32]) -> Self {
         Self::Fsq(FsqLevels(levels.to_vec()))
     }
+
+    /// An LFQ member of `bits` channels (`2^bits` codes).
+    pub fn lfq(bits: u32) -> Self {
+        Self::Lfq(LfqBits(bits))
+    }
+
+    /// Whether the member has an implicit codebook (FSQ, LFQ): a pool with one needs equal
+    /// rate rather than equal capacity.
+    fn is_implicit(&self) -> bool {
+        !matches!(self, Self::Vq(_))
+    }
 }
 
 impl std::fmt::Display for PoolMember {
@@ -339,6 +357,7 @@ impl std::fmt::Display for PoolMember {
         match self {
             Self::Vq([n, d]) => write!(f, "[{n}, {d}]"),
             Self::Fsq(l) => write!(f, "{}", String::from(l.clone())),
+            Self::Lfq(b) => write!(f, "{}", String::from(*b)),
         }
     }
 }
@@ -371,6 +390,31 @@ impl From<FsqLevels> for String {
     }
 }
 
+/// LFQ bits, written `"lfq:16"` in a configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct LfqBits(pub u32);
+
+impl TryFrom<String> for LfqBits {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        let rest = s
+            .trim()
+            .strip_prefix("lfq:")
+            .ok_or_else(|| format!("`{s}`: expected \"lfq:BITS\""))?;
+        rest.trim()
+            .parse::<u32>()
+            .map(Self)
+            .map_err(|e| format!("`{s}`: the bits must be a whole number ({e})"))
+    }
+}
+
+impl From<LfqBits> for String {
+    fn from(b: LfqBits) -> String {
+        format!("lfq:{}", b.0)
+    }
+}
+
 /// A checked [`PoolMember`].
 #[derive(Clone, Debug, PartialEq)]
 pub enum ValidMember {
@@ -378,6 +422,8 @@ pub enum ValidMember {
     Vq(ValidVqConfig),
     /// An FSQ quantizer.
     Fsq(ValidFsqConfig),
+    /// An LFQ quantizer.
+    Lfq(ValidLfqConfig),
 }
 
 impl ValidMember {
@@ -386,6 +432,15 @@ impl ValidMember {
         match self {
             Self::Vq(c) => c.num_embeddings(),
             Self::Fsq(c) => c.codebook_size() as usize,
+            Self::Lfq(c) => c.codebook_size() as usize,
+        }
+    }
+    /// Its label in logs and reports: `[N,D]` for a VQ codebook, `fsq:L1,L2,…`, `lfq:BITS`.
+    pub fn label(&self) -> String {
+        match self {
+            Self::Vq(c) => format!("[{},{}]", c.num_embeddings(), c.embedding_dim()),
+            Self::Fsq(c) => String::from(FsqLevels(c.levels().to_vec())),
+            Self::Lfq(c) => String::from(LfqBits(c.bits() as u32)),
         }
     }
     /// D: the width of the vectors it quantizes.
@@ -393,6 +448,7 @@ impl ValidMember {
         match self {
             Self::Vq(c) => c.embedding_dim(),
             Self::Fsq(c) => c.levels().len(),
+            Self::Lfq(c) => c.bits(),
         }
     }
 }
@@ -406,9 +462,9 @@ pub struct PoolConfig {
     /// W: the capacity every codebook of the pool must have (`N·D = W`). With no `structures`
     /// the pool is [`structures(W)`](crate::structures).
     pub capacity: Option<usize>,
-    /// The pool's members (key `pool`: `[[N, D], "fsq:8,8,8,5,5,5", ...]`); empty means
-    /// `structures(capacity)`. A pool with an FSQ member must have equal rate: every member the
-    /// same number of codes (`capacity` is then not checked).
+    /// The pool's members (key `pool`: `[[N, D], "fsq:8,8,8,5,5,5", "lfq:16", ...]`); empty
+    /// means `structures(capacity)`. A pool with an FSQ or LFQ member must have equal rate:
+    /// every member the same number of codes (`capacity` is then not checked).
     #[serde(rename = "pool", skip_serializing_if = "Vec::is_empty")]
     pub structures: Vec<PoolMember>,
     /// Attention heads of the selector (paper: 2). Must divide `channels`.
@@ -425,6 +481,8 @@ pub struct PoolConfig {
     pub allow_n_le_d: bool,
     /// Learning rule shared by every codebook of the pool.
     pub codebook: CodebookConfig,
+    /// Loss of every LFQ member (TOML `[model.lfq]`).
+    pub lfq: LfqLoss,
     /// Which VQ losses make the pool's loss: `mean` (the paper) or `selected`.
     pub vq_loss: PoolLoss,
 }
@@ -441,6 +499,7 @@ impl Default for PoolConfig {
             back_projection: BackProjection::Linear,
             allow_n_le_d: false,
             codebook: CodebookConfig::default(),
+            lfq: LfqLoss::default(),
             vq_loss: PoolLoss::Mean,
         }
     }
@@ -536,13 +595,28 @@ impl AdaptiveConfig {
                 ));
             }
         }
-        let has_fsq = pool.iter().any(|m| matches!(m, PoolMember::Fsq(_)));
+        let implicit = pool.iter().any(PoolMember::is_implicit);
+        let has_lfq = pool.iter().any(|m| matches!(m, PoolMember::Lfq(_)));
+        if has_lfq && pool.len() > 1 && p.vq_loss == PoolLoss::Selected {
+            return Err(ConfigError::invalid(
+                "vq_loss",
+                "\"selected\" weighs each latent vector's loss by its codebook; an LFQ member's \
+                 codebook entropy is a property of the whole batch, not of one vector",
+            ));
+        }
         let mut codebooks = Vec::with_capacity(pool.len());
         for member in &pool {
             let valid = match member {
                 PoolMember::Fsq(levels) => ValidMember::Fsq(FsqConfig::new(&levels.0).validate()?),
+                PoolMember::Lfq(bits) => ValidMember::Lfq(
+                    LfqConfig {
+                        bits: bits.0,
+                        loss: p.lfq.clone(),
+                    }
+                    .validate()?,
+                ),
                 &PoolMember::Vq([n, d]) => {
-                    if let (Some(w), false) = (p.capacity, has_fsq) {
+                    if let (Some(w), false) = (p.capacity, implicit) {
                         if n.checked_mul(d) != Some(w) {
                             return Err(ConfigError::CapacityMismatch { n, d, w });
                         }
@@ -562,7 +636,7 @@ impl AdaptiveConfig {
             };
             codebooks.push(valid);
         }
-        if has_fsq {
+        if implicit {
             let n0 = codebooks[0].num_codes();
             if let Some((i, m)) = codebooks
                 .iter()
@@ -572,8 +646,8 @@ impl AdaptiveConfig {
                 return Err(ConfigError::invalid(
                     "pool",
                     format!(
-                        "a pool with FSQ members needs equal rate (every member the same number \
-                         of codes): {} has {n0} codes, {} has {}",
+                        "a pool with FSQ or LFQ members needs equal rate (every member the same \
+                         number of codes): {} has {n0} codes, {} has {}",
                         pool[0],
                         pool[i],
                         m.num_codes()
@@ -617,6 +691,10 @@ impl ValidAdaptiveConfig {
             .iter()
             .map(|c| [c.num_codes(), c.dim()])
             .collect()
+    }
+    /// Each member's label (see [`ValidMember::label`]).
+    pub fn labels(&self) -> Vec<String> {
+        self.codebooks.iter().map(ValidMember::label).collect()
     }
     /// C.
     pub fn channels(&self) -> usize {

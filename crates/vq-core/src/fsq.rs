@@ -20,9 +20,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ConfigError, Result, VqError};
-use crate::quantizer::{
-    check_rows, decode_single, single_codebook_output, Codes, Quantizer, QuantizerOutput, Step,
-};
+use crate::quantizer::{check_indices, ImplicitQuantizer};
 use crate::vq::{code_usage, VqOutput};
 
 /// ε of the bound: `tanh·h` reaches just past the outermost grid points, and stays inside
@@ -147,22 +145,6 @@ impl Fsq {
         &self.config
     }
 
-    /// Quantizes `z` `[T, D]` like [`VectorQuantizer::forward`](crate::VectorQuantizer::forward)
-    /// does: f32 codes (straight-through), indices, the batch's code usage, and a zero loss
-    /// (FSQ has none).
-    pub fn forward_rows(&self, z: &Tensor) -> Result<VqOutput> {
-        let quantized = self.quantize(z)?;
-        let indices = self.codes_to_indices(&quantized.detach())?;
-        let (counts, perplexity) = code_usage(&indices, self.config.codes as usize)?;
-        Ok(VqOutput {
-            quantized,
-            indices,
-            loss: Tensor::zeros((), DType::F32, z.device())?,
-            counts,
-            perplexity,
-        })
-    }
-
     fn row(&self, v: &[f32], dev: &Device) -> Result<Tensor> {
         Ok(Tensor::from_slice(v, (1, v.len()), dev)?)
     }
@@ -205,30 +187,6 @@ impl Fsq {
         Ok(digits.broadcast_mul(&self.basis(dev)?)?.sum(1)?)
     }
 
-    /// Indices `[T]` u32 → `[T, D]` f32 codes, in integer arithmetic (no codebook).
-    pub fn indices_to_codes(&self, indices: &Tensor) -> Result<Tensor> {
-        let dev = indices.device();
-        if indices.rank() != 1 || indices.dtype() != DType::U32 {
-            return Err(VqError::input(
-                "indices",
-                format!(
-                    "expected [T] u32, got {:?} {:?}",
-                    indices.dims(),
-                    indices.dtype()
-                ),
-            ));
-        }
-        let levels: Vec<u32> = self.config.levels.clone();
-        let levels = Tensor::from_slice(&levels, (1, levels.len()), dev)?;
-        let quotient = indices.unsqueeze(1)?.broadcast_div(&self.basis(dev)?)?;
-        let digits = (&quotient - quotient.broadcast_div(&levels)?.broadcast_mul(&levels)?)?;
-        let hw = self.row(&self.half_width, dev)?;
-        Ok(digits
-            .to_dtype(DType::F32)?
-            .broadcast_sub(&hw)?
-            .broadcast_div(&hw)?)
-    }
-
     /// `[1, D]` u32: `Π_{j<i} L_j`.
     fn basis(&self, dev: &Device) -> Result<Tensor> {
         let mut b = Vec::with_capacity(self.config.levels.len());
@@ -241,44 +199,47 @@ impl Fsq {
     }
 }
 
-impl Quantizer for Fsq {
-    fn channels(&self) -> usize {
+impl ImplicitQuantizer for Fsq {
+    fn width(&self) -> usize {
         self.config.levels.len()
     }
 
-    fn num_codebooks(&self) -> usize {
-        1
+    /// Quantizes `z` `[T, D]` like [`VectorQuantizer::forward`](crate::VectorQuantizer::forward)
+    /// does: f32 codes (straight-through), indices, the batch's code usage, and a zero loss
+    /// (FSQ has none).
+    fn forward_rows(&self, z: &Tensor) -> Result<VqOutput> {
+        let quantized = self.quantize(z)?;
+        let indices = self.codes_to_indices(&quantized.detach())?;
+        let (counts, perplexity) = code_usage(&indices, self.config.codes as usize)?;
+        Ok(VqOutput {
+            quantized,
+            indices,
+            loss: Tensor::zeros((), DType::F32, z.device())?,
+            counts,
+            perplexity,
+        })
     }
 
-    fn forward_flat(
-        &self,
-        flat: &Tensor,
-        shape: &[usize],
-        _step: &mut Step<'_>,
-    ) -> Result<QuantizerOutput> {
-        check_rows(flat, shape)?;
-        let mut out = single_codebook_output(self.forward_rows(flat)?, shape)?;
-        out.z_q = out.z_q.to_dtype(flat.dtype())?;
-        Ok(out)
-    }
-
-    fn initialise_codebooks(
-        &self,
-        _flat: &Tensor,
-        _rows_per_step: usize,
-        _rng: &mut dyn rand::RngCore,
-    ) -> Result<bool> {
-        Ok(false)
-    }
-
-    fn decode(&self, codes: &Codes) -> Result<Tensor> {
-        decode_single(codes, self.channels(), |i| self.indices_to_codes(i))
+    /// Indices `[T]` u32 → `[T, D]` f32 codes, in integer arithmetic (no codebook).
+    fn indices_to_codes(&self, indices: &Tensor) -> Result<Tensor> {
+        let dev = indices.device();
+        check_indices(indices)?;
+        let levels: Vec<u32> = self.config.levels.clone();
+        let levels = Tensor::from_slice(&levels, (1, levels.len()), dev)?;
+        let quotient = indices.unsqueeze(1)?.broadcast_div(&self.basis(dev)?)?;
+        let digits = (&quotient - quotient.broadcast_div(&levels)?.broadcast_mul(&levels)?)?;
+        let hw = self.row(&self.half_width, dev)?;
+        Ok(digits
+            .to_dtype(DType::F32)?
+            .broadcast_sub(&hw)?
+            .broadcast_div(&hw)?)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{Quantizer, Step};
     use candle_core::Var;
 
     fn fsq(levels: &[u32]) -> Fsq {

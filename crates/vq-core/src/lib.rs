@@ -52,6 +52,7 @@ mod gap;
 pub mod gumbel;
 pub mod init;
 mod kmeans;
+mod lfq;
 mod quantizer;
 mod search;
 mod structures;
@@ -59,7 +60,7 @@ mod vq;
 
 pub use adaptive::{AdaptiveQuantizer, Member, ProjectedQuantizer};
 pub use config::{
-    AdaptiveConfig, BackProjection, CodebookConfig, CodebookInit, FsqLevels, Granularity,
+    AdaptiveConfig, BackProjection, CodebookConfig, CodebookInit, FsqLevels, Granularity, LfqBits,
     PoolConfig, PoolLoss, PoolMember, Router, SelectionLogits, ValidAdaptiveConfig, ValidMember,
     ValidVqConfig, VqConfig,
 };
@@ -68,7 +69,8 @@ pub use fsq::{Fsq, FsqConfig, ValidFsqConfig, FSQ_MAX_CODES, FSQ_MAX_LEVELS};
 pub use gap::{gradient_gap, GradientGap};
 pub use gumbel::{TauSchedule, Temperature};
 pub use init::SeededVarMap;
-pub use quantizer::{Codes, Quantizer, QuantizerOutput, Selection, Step};
+pub use lfq::{Lfq, LfqConfig, LfqEntropy, LfqLoss, ValidLfqConfig, LFQ_MAX_BITS};
+pub use quantizer::{Codes, ImplicitQuantizer, Quantizer, QuantizerOutput, Selection, Step};
 pub use search::SearchMethod;
 pub use structures::structures;
 pub use vq::{VectorQuantizer, VqOutput};

@@ -229,6 +229,72 @@ pub(crate) fn single_codebook_output(out: VqOutput, shape: &[usize]) -> Result<Q
     })
 }
 
+/// A quantizer of `[T, D]` rows with an implicit codebook and no learned state ([`crate::Fsq`],
+/// [`crate::Lfq`]): implementing it gives the [`Quantizer`] trait (a single codebook over
+/// channel-first latents), and the pool calls the same two methods for its members.
+pub trait ImplicitQuantizer {
+    /// D: the channels of the rows it quantizes.
+    fn width(&self) -> usize;
+
+    /// Quantizes `z` `[T, D]` (any float dtype) like
+    /// [`VectorQuantizer::forward`](crate::VectorQuantizer::forward): f32 codes (straight
+    /// through), `[T]` u32 indices, code usage and the loss (zero where there is none).
+    fn forward_rows(&self, z: &Tensor) -> Result<VqOutput>;
+
+    /// Indices `[T]` u32 → `[T, D]` f32 codes, without a codebook.
+    fn indices_to_codes(&self, indices: &Tensor) -> Result<Tensor>;
+}
+
+impl<Q: ImplicitQuantizer> Quantizer for Q {
+    fn channels(&self) -> usize {
+        self.width()
+    }
+
+    fn num_codebooks(&self) -> usize {
+        1
+    }
+
+    fn forward_flat(
+        &self,
+        flat: &Tensor,
+        shape: &[usize],
+        _step: &mut Step<'_>,
+    ) -> Result<QuantizerOutput> {
+        check_rows(flat, shape)?;
+        let mut out = single_codebook_output(self.forward_rows(flat)?, shape)?;
+        out.z_q = out.z_q.to_dtype(flat.dtype())?;
+        Ok(out)
+    }
+
+    fn initialise_codebooks(
+        &self,
+        _flat: &Tensor,
+        _rows_per_step: usize,
+        _rng: &mut dyn RngCore,
+    ) -> Result<bool> {
+        Ok(false)
+    }
+
+    fn decode(&self, codes: &Codes) -> Result<Tensor> {
+        decode_single(codes, self.width(), |i| self.indices_to_codes(i))
+    }
+}
+
+/// Checks that `indices` is `[T]` u32.
+pub(crate) fn check_indices(indices: &Tensor) -> Result<()> {
+    if indices.rank() != 1 || indices.dtype() != DType::U32 {
+        return Err(VqError::input(
+            "indices",
+            format!(
+                "expected [T] u32, got {:?} {:?}",
+                indices.dims(),
+                indices.dtype()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// `T`, the rows of `flat` `[T, C]`, when it equals the number of positions `shape`.
 pub(crate) fn check_rows(flat: &Tensor, shape: &[usize]) -> Result<usize> {
     let t = flat.dim(0)?;

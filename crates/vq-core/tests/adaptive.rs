@@ -937,34 +937,32 @@ fn flat_u32(t: &Tensor) -> Vec<u32> {
     t.flatten_all().unwrap().to_vec1::<u32>().unwrap()
 }
 
-/// A pool that mixes kinds at equal rate: a VQ codebook [3, 1] (codewords −2, 0.5, 3) and FSQ
-/// with 3 levels (codes −1, 0, 1; `bound(z) = 1.001·tanh z`), identity projections on C = 1,
-/// the min-error router. By hand:
-/// - x = 0.6: VQ 0.5 (error 0.01), FSQ 1.001·tanh 0.6 = 0.538 → 1 (error 0.16) → VQ, index 1;
-/// - x = 1.2: VQ 0.5 (0.49), FSQ 0.834 → 1 (0.04) → FSQ, index 2 (digit of code 1);
-/// - x = −1.1: VQ −2 (0.81), FSQ −0.801 → −1 (0.01) → FSQ, index 0.
-///
-/// Losses (α = 0.25, β = 1): VQ 1.25·(0.01 + 0.49 + 0.81)/3 = 0.545833 plus its back-projection
-/// term 0.436667; FSQ has no VQ loss and its back-projection term is (0.16 + 0.04 + 0.01)/3 =
-/// 0.07; the pool's loss is the mean, (0.9825 + 0.07)/2 = 0.52625.
-#[test]
-fn mixed_vq_and_fsq_pool_by_hand() {
+/// A pool of two members on C = 1 with identity projections, member 0 a VQ codebook with these
+/// codewords (EMA statistics matching them), routed by the min-error router with the authors'
+/// codebook settings; `lfq` is the LFQ loss where member 1 is LFQ.
+fn identity_pair(
+    second: vq_core::PoolMember,
+    codewords: &[f32],
+    lfq: vq_core::LfqLoss,
+) -> AdaptiveQuantizer {
     use std::collections::HashMap;
     let dev = Device::Cpu;
+    let n = codewords.len();
     let cfg = AdaptiveConfig {
         channels: 1,
         pool: PoolConfig {
             capacity: None,
-            structures: vec![[3, 1].into(), vq_core::PoolMember::fsq(&[3])],
+            structures: vec![[n, 1].into(), second],
             heads: 1,
             router: vq_core::Router::MinError,
             codebook: vq_core::CodebookConfig::authors(),
+            lfq,
             ..PoolConfig::default()
         },
     }
     .validate()
     .unwrap();
-    assert_eq!(cfg.pool(), vec![[3, 1], [3, 1]]);
+    assert_eq!(cfg.pool(), vec![[n, 1], [n, 1]]);
     let t = |v: &[f32], shape: &[usize]| Tensor::from_slice(v, shape, &dev).unwrap();
     let mut ts: HashMap<String, Tensor> = HashMap::new();
     for b in 0..2 {
@@ -977,12 +975,11 @@ fn mixed_vq_and_fsq_pool_by_hand() {
             ts.insert(format!("books.{b}.{name}"), v);
         }
     }
-    let cb = [-2f32, 0.5, 3.];
-    ts.insert("books.0.quantizer.embedding".into(), t(&cb, &[3, 1]));
-    ts.insert("books.0.quantizer.ema_w".into(), t(&cb, &[3, 1]));
+    ts.insert("books.0.quantizer.embedding".into(), t(codewords, &[n, 1]));
+    ts.insert("books.0.quantizer.ema_w".into(), t(codewords, &[n, 1]));
     ts.insert(
         "books.0.quantizer.ema_cluster_size".into(),
-        t(&[1.; 3], &[3]),
+        t(&vec![1.; n], &[n]),
     );
     let q = AdaptiveQuantizer::new(
         &cfg,
@@ -990,7 +987,27 @@ fn mixed_vq_and_fsq_pool_by_hand() {
     )
     .unwrap();
     assert!(q.books()[1].quantizer().is_none());
-    let x = t(&[0.6, 1.2, -1.1], &[3, 1]);
+    q
+}
+
+/// A pool that mixes kinds at equal rate: a VQ codebook [3, 1] (codewords −2, 0.5, 3) and FSQ
+/// with 3 levels (codes −1, 0, 1; `bound(z) = 1.001·tanh z`), identity projections on C = 1,
+/// the min-error router. By hand:
+/// - x = 0.6: VQ 0.5 (error 0.01), FSQ 1.001·tanh 0.6 = 0.538 → 1 (error 0.16) → VQ, index 1;
+/// - x = 1.2: VQ 0.5 (0.49), FSQ 0.834 → 1 (0.04) → FSQ, index 2 (digit of code 1);
+/// - x = −1.1: VQ −2 (0.81), FSQ −0.801 → −1 (0.01) → FSQ, index 0.
+///
+/// Losses (α = 0.25, β = 1): VQ 1.25·(0.01 + 0.49 + 0.81)/3 = 0.545833 plus its back-projection
+/// term 0.436667; FSQ has no VQ loss and its back-projection term is (0.16 + 0.04 + 0.01)/3 =
+/// 0.07; the pool's loss is the mean, (0.9825 + 0.07)/2 = 0.52625.
+#[test]
+fn mixed_vq_and_fsq_pool_by_hand() {
+    let q = identity_pair(
+        vq_core::PoolMember::fsq(&[3]),
+        &[-2., 0.5, 3.],
+        Default::default(),
+    );
+    let x = Tensor::new(&[[0.6f32], [1.2], [-1.1]], &Device::Cpu).unwrap();
     let out = q.forward_flat(&x, &[3], &mut Step::eval()).unwrap();
     assert_eq!(flat_u32(&out.codes.codebook), vec![0, 1, 1]);
     assert_eq!(flat_u32(&out.codes.index), vec![1, 2, 0]);
@@ -1003,4 +1020,43 @@ fn mixed_vq_and_fsq_pool_by_hand() {
     // Decoding the codes gives the same latents, FSQ rows from their indices alone.
     let back = q.decode(&out.codes).unwrap();
     assert_eq!(flat(&back), vec![0.5, 1.0, -1.0]);
+}
+
+/// A VQ [2, 1] (codewords −0.5, 3) and LFQ with 1 bit (codes ±1) in one pool, identity
+/// projections on C = 1, the min-error router, LFQ at β = 0.25 (so `P(bit = 1) = σ(x)`). By
+/// hand, for x = (0.6, 2.5, −0.2):
+/// - x = 0.6: VQ −0.5 (error 1.21), LFQ 1 (0.16) → LFQ, index 1;
+/// - x = 2.5: VQ 3 (0.25), LFQ 1 (2.25) → VQ, index 1;
+/// - x = −0.2: VQ −0.5 (0.09), LFQ −1 (0.64) → VQ, index 0.
+///
+/// Losses: VQ 1.25·1.55/3 plus its back-projection term 1.55/3 = 1.1625. LFQ: back-projection
+/// term (0.16 + 2.25 + 0.64)/3 = 1.016667 plus 0.1·(H_sample − H_codebook), with
+/// `q = σ(x)` = (0.645656, 0.924142, 0.450166), H_sample = mean H_b(q) = 0.535600 and
+/// H_codebook = H_b(mean q) = 0.631801 (Python `math`): −0.0096201, so 1.007047. The pool's
+/// loss is the mean, 1.084773.
+#[test]
+fn mixed_vq_and_lfq_pool_by_hand() {
+    let q = identity_pair(
+        vq_core::PoolMember::lfq(1),
+        &[-0.5, 3.],
+        vq_core::LfqLoss {
+            inv_temperature: 0.25,
+            ..Default::default()
+        },
+    );
+    let x = Tensor::new(&[[0.6f32], [2.5], [-0.2]], &Device::Cpu).unwrap();
+    let out = q.forward_flat(&x, &[3], &mut Step::eval()).unwrap();
+    assert_eq!(flat_u32(&out.codes.codebook), vec![1, 0, 0]);
+    assert_eq!(flat_u32(&out.codes.index), vec![1, 1, 0]);
+    assert_eq!(flat(&out.z_q), vec![1.0, 3.0, -0.5]);
+    assert_eq!(flat(&out.selection_counts), vec![2., 1.]);
+    let per_book = flat(&out.codebook_losses);
+    assert!(
+        (per_book[0] - 1.1625).abs() < 1e-6 && (per_book[1] - 1.0070466).abs() < 1e-6,
+        "{per_book:?}"
+    );
+    let loss = out.loss.to_scalar::<f32>().unwrap();
+    assert!((loss - 1.0847733).abs() < 1e-6, "{loss}");
+    let back = q.decode(&out.codes).unwrap();
+    assert_eq!(flat(&back), vec![1.0, 3.0, -0.5]);
 }

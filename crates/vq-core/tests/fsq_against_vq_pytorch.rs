@@ -3,8 +3,7 @@
 //! imports `vector_quantize_pytorch` (`pip install vector-quantize-pytorch`); skipped with a
 //! notice otherwise.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+mod common;
 
 use candle_core::{Device, Tensor};
 use vq_core::{Fsq, FsqConfig, Quantizer, Step};
@@ -31,59 +30,24 @@ for line in sys.stdin.read().split("\n"):
     block = []
 "#;
 
-fn package_available() -> bool {
-    Command::new("python3")
-        .args(["-c", "import vector_quantize_pytorch"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 /// Codes `[T, D]` and indices `[T]`.
 type Quantized = (Vec<Vec<f32>>, Vec<u32>);
 
 /// The package's codes and indices for each `(levels, x)`.
 fn reference(cases: &[(&[u32], Vec<Vec<f32>>)]) -> Vec<Quantized> {
-    let mut child = Command::new("python3")
-        .args(["-c", SCRIPT])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 runs");
-    {
-        let mut stdin = child.stdin.take().unwrap();
-        for (levels, x) in cases {
+    let input: String = cases
+        .iter()
+        .map(|(levels, x)| {
             let lv: Vec<String> = levels.iter().map(u32::to_string).collect();
-            writeln!(stdin, "{}", lv.join(" ")).unwrap();
-            for row in x {
-                // `{:?}` prints the shortest decimal that reads back as the same f32.
-                let r: Vec<String> = row.iter().map(|v| format!("{v:?}")).collect();
-                writeln!(stdin, "{}", r.join(" ")).unwrap();
-            }
-            writeln!(stdin, "end").unwrap();
-        }
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "the reference failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    text.split("end\n")
-        .filter(|b| !b.trim().is_empty())
+            common::block(&lv.join(" "), x)
+        })
+        .collect();
+    common::run_blocks(SCRIPT, &input)
+        .iter()
         .map(|block| {
             let mut lines: Vec<&str> = block.lines().collect();
-            let idx = lines
-                .pop()
-                .unwrap()
-                .split_whitespace()
-                .map(|v| v.parse().unwrap())
-                .collect();
-            let codes = lines
-                .iter()
-                .map(|l| l.split_whitespace().map(|v| v.parse().unwrap()).collect())
-                .collect();
+            let idx = common::parse_row(lines.pop().unwrap());
+            let codes = lines.iter().map(|l| common::parse_row(l)).collect();
             (codes, idx)
         })
         .collect()
@@ -91,11 +55,7 @@ fn reference(cases: &[(&[u32], Vec<Vec<f32>>)]) -> Vec<Quantized> {
 
 #[test]
 fn codes_and_indices_match_vector_quantize_pytorch() {
-    if !package_available() {
-        eprintln!(
-            "NOTICE: python3 cannot import vector_quantize_pytorch; FSQ is not compared with it \
-             (pip install vector-quantize-pytorch)"
-        );
+    if !common::package_available("FSQ") {
         return;
     }
     // The FSQ paper's recommended level sets for 2^8, 2^10, 2^12 and 2^16 codes, and one with

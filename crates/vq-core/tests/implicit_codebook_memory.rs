@@ -1,11 +1,12 @@
-//! Peak memory of a quantizer with a large implicit codebook: FSQ with 2^20 codes quantizes a
-//! batch of latents (forward, code usage, backward, decode) without materialising a codebook or
-//! a distance matrix, so the process stays far below 512 MiB. Linux only (reads the peak
-//! resident set size, `VmHWM`, from `/proc/self/status`); its own test binary, so no other
-//! test's allocations count.
+//! Peak memory of quantizers with large implicit codebooks: FSQ with 2^20 codes and LFQ with
+//! 2^16 quantize a batch of latents (forward, code usage, loss, backward, decode) without
+//! materialising a codebook or a distance matrix, so the process stays far below 512 MiB. Linux
+//! only (reads the peak resident set size, `VmHWM`, from `/proc/self/status`); its own test
+//! binary, so no other test's allocations count (the two tests here may run at once: the peak
+//! each asserts then covers both).
 
 use candle_core::{Device, Tensor, Var};
-use vq_core::{Fsq, FsqConfig, Quantizer, Step};
+use vq_core::{Fsq, FsqConfig, Lfq, LfqConfig, Quantizer, Step};
 
 /// Peak resident set size of this process in MiB, where the OS reports it.
 fn peak_rss_mib() -> Option<f64> {
@@ -45,6 +46,33 @@ fn fsq_with_2_pow_20_codes_stays_under_512_mib() {
     let peak = peak_rss_mib().unwrap();
     // The per-batch code counts are 4 MiB; a materialised codebook would be 20 MiB, a distance
     // matrix to it 3136 × 2^20 × 4 B = 12 GiB.
+    assert!(peak < 512.0, "peak resident memory {peak:.0} MiB");
+    eprintln!("peak resident memory: {peak:.0} MiB");
+}
+
+#[test]
+fn lfq_with_2_pow_16_codes_stays_under_512_mib() {
+    if peak_rss_mib().is_none() {
+        eprintln!("NOTICE: no /proc/self/status here; peak memory is not measured");
+        return;
+    }
+    let q = Lfq::new(&LfqConfig::new(16).validate().unwrap());
+    let dev = Device::Cpu;
+    let z = Var::from_tensor(&Tensor::randn(0f32, 0.05, (64, 16, 7, 7), &dev).unwrap()).unwrap();
+    for _ in 0..3 {
+        let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
+        let mut step = Step::train(1.0, &mut rng);
+        let out = q.forward(z.as_tensor(), &mut step).unwrap();
+        // The loss includes the codebook entropy over all 2^16 codes.
+        let total = (out.z_q.sqr().unwrap().mean_all().unwrap() + &out.loss).unwrap();
+        let grads = total.backward().unwrap();
+        assert!(grads.get(z.as_tensor()).is_some());
+        assert_eq!(out.code_counts[0].dims(), &[1 << 16]);
+        assert_eq!(q.decode(&out.codes).unwrap().dims(), &[64, 16, 7, 7]);
+    }
+    let peak = peak_rss_mib().unwrap();
+    // The batch's mean distribution is 2^16 floats, its two factors 3136 × 256 each; a direct
+    // softmax over the codes would be 3136 × 2^16 × 4 B = 784 MiB, twice that with its gradient.
     assert!(peak < 512.0, "peak resident memory {peak:.0} MiB");
     eprintln!("peak resident memory: {peak:.0} MiB");
 }

@@ -5,8 +5,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use vq_core::{
-    AdaptiveConfig, BackProjection, CodebookConfig, FsqLevels, Granularity, PoolConfig, PoolMember,
-    SelectionLogits, ValidAdaptiveConfig,
+    AdaptiveConfig, BackProjection, CodebookConfig, FsqLevels, Granularity, LfqBits, PoolConfig,
+    PoolMember, SelectionLogits, ValidAdaptiveConfig,
 };
 
 use crate::error::{ModelError, Result};
@@ -24,8 +24,8 @@ pub enum EncoderKind {
     CnnInception,
 }
 
-/// Which quantizer sits between encoder and decoder: `"adaptive"`, `"fixed:N,D"` or
-/// `"fsq:L1,L2,..."`.
+/// Which quantizer sits between encoder and decoder: `"adaptive"`, `"fixed:N,D"`,
+/// `"fsq:L1,L2,..."` or `"lfq:BITS"`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum QuantizerSpec {
     /// The pool `structures(capacity)` with attention selection.
@@ -35,6 +35,9 @@ pub enum QuantizerSpec {
     /// Finite scalar quantization with these levels per channel, between projections
     /// `hidden → len(levels) → hidden` (a pool of one FSQ member).
     Fsq(FsqLevels),
+    /// Lookup-free quantization with this many bits, between projections
+    /// `hidden → bits → hidden` (a pool of one LFQ member; its loss is `[model.lfq]`).
+    Lfq(LfqBits),
 }
 
 impl fmt::Display for QuantizerSpec {
@@ -43,13 +46,15 @@ impl fmt::Display for QuantizerSpec {
             Self::Adaptive => write!(f, "adaptive"),
             Self::Fixed { n, d } => write!(f, "fixed:{n},{d}"),
             Self::Fsq(l) => write!(f, "{}", String::from(l.clone())),
+            Self::Lfq(b) => write!(f, "{}", String::from(*b)),
         }
     }
 }
 
 impl FromStr for QuantizerSpec {
     type Err = String;
-    /// Accepts `adaptive`, `fixed:N,D`, `fixed:[N,D]`, `fixed:NxD` and `fsq:L1,L2,...`.
+    /// Accepts `adaptive`, `fixed:N,D`, `fixed:[N,D]`, `fixed:NxD`, `fsq:L1,L2,...` and
+    /// `lfq:BITS`.
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         let s = s.trim();
         if s == "adaptive" {
@@ -58,9 +63,12 @@ impl FromStr for QuantizerSpec {
         if s.starts_with("fsq:") {
             return FsqLevels::try_from(s.to_string()).map(Self::Fsq);
         }
+        if s.starts_with("lfq:") {
+            return LfqBits::try_from(s.to_string()).map(Self::Lfq);
+        }
         let Some(rest) = s.strip_prefix("fixed:") else {
             return Err(format!(
-                "`{s}`: expected \"adaptive\", \"fixed:N,D\" or \"fsq:L1,L2,...\""
+                "`{s}`: expected \"adaptive\", \"fixed:N,D\", \"fsq:L1,L2,...\" or \"lfq:BITS\""
             ));
         };
         let rest = rest.trim().trim_start_matches('[').trim_end_matches(']');
@@ -188,6 +196,7 @@ impl ModelConfig {
             QuantizerSpec::Adaptive => self.pool.structures.clone(),
             &QuantizerSpec::Fixed { n, d } => vec![PoolMember::Vq([n, d])],
             QuantizerSpec::Fsq(levels) => vec![PoolMember::Fsq(levels.clone())],
+            &QuantizerSpec::Lfq(bits) => vec![PoolMember::Lfq(bits)],
         };
         AdaptiveConfig {
             channels: self.hidden,

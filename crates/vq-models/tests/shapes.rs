@@ -209,6 +209,48 @@ fn config_errors_name_the_field() {
         e.contains("levels") && e.contains("channel 1 has 1 level"),
         "{e}"
     );
+    // LFQ members: 2^14 codes match [16384, 4]; 2^12 do not; the bits are checked; and an LFQ
+    // member's batch-level entropy refuses the per-vector `selected` pool loss.
+    let with_lfq = |bits: u32, vq_loss: vq_core::PoolLoss| ModelConfig {
+        pool: vq_core::PoolConfig {
+            structures: vec![[16384, 4].into(), vq_core::PoolMember::lfq(bits)],
+            vq_loss,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let ok = with_lfq(14, vq_core::PoolLoss::Mean).validate(1).unwrap();
+    assert_eq!(ok.quantizer().pool(), vec![[16384, 4], [16384, 14]]);
+    let e = with_lfq(12, vq_core::PoolLoss::Mean)
+        .validate(1)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("equal rate") && e.contains("lfq:12 has 4096"),
+        "{e}"
+    );
+    let e = with_lfq(14, vq_core::PoolLoss::Selected)
+        .validate(1)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("vq_loss") && e.contains("LFQ"), "{e}");
+    let e = ModelConfig {
+        quantizer: "lfq:40".parse().unwrap(),
+        ..Default::default()
+    }
+    .validate(1)
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("bits") && e.contains("40"), "{e}");
+    let lfq = ModelConfig {
+        quantizer: "lfq:10".parse().unwrap(),
+        ..Default::default()
+    }
+    .validate(1)
+    .unwrap();
+    assert_eq!(lfq.quantizer().pool(), vec![[1024, 10]]);
+    let e = "lfq:ten".parse::<QuantizerSpec>().unwrap_err();
+    assert!(e.contains("whole number"), "{e}");
     assert_eq!(
         "fixed:[512,128]".parse::<QuantizerSpec>().unwrap(),
         QuantizerSpec::Fixed { n: 512, d: 128 }

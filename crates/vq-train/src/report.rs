@@ -417,14 +417,11 @@ impl Grid {
 /// Re-draws the plots of a finished run from its metrics (no model needed).
 pub fn plot_run(run: &Path) -> Result<()> {
     let config = crate::config::TrainConfig::load(&run.join("config.toml"), &[])?;
-    let labels: Vec<String> = config
+    let labels = config
         .model
         .validate(config.data.channels)?
         .quantizer()
-        .pool()
-        .iter()
-        .map(|[n, d]| format!("[{n},{d}]"))
-        .collect();
+        .labels();
     let records = read_metrics(&run.join("metrics.jsonl"))?;
     write_metric_plots(records, &labels, &run.join("plots"))
 }

@@ -25,6 +25,7 @@ pub struct Session {
     pub data: LoadedData,
     /// `[N, D]` of each codebook.
     pub pool: Vec<[usize; 2]>,
+    labels: Vec<String>,
 }
 
 impl Session {
@@ -34,6 +35,7 @@ impl Session {
         let device = parse_device(&config.train.device)?;
         let valid = config.model.validate(config.data.channels)?;
         let pool = valid.quantizer().pool();
+        let labels = valid.quantizer().labels();
         let data = load(&config.data)?;
         let params = SeededVarMap::new(config.train.seed);
         let model = VqVae::new(&valid, params.var_builder(DType::F32, &device))?;
@@ -44,6 +46,7 @@ impl Session {
             model,
             data,
             pool,
+            labels,
         })
     }
 
@@ -64,12 +67,9 @@ impl Session {
         Ok((session, ck))
     }
 
-    /// Labels of the pool's codebooks, `"[N,D]"`.
+    /// Labels of the pool's members: `"[N,D]"` for a codebook, `"fsq:8,5,5,5"`, `"lfq:16"`.
     pub fn pool_labels(&self) -> Vec<String> {
-        self.pool
-            .iter()
-            .map(|[n, d]| format!("[{n},{d}]"))
-            .collect()
+        self.labels.clone()
     }
 
     /// A batcher over a split in file order (for validation, pictures, code dumps).
