@@ -41,6 +41,26 @@ pub struct CodebookConfig {
     /// to a random vector of the current batch, with its EMA statistics reset (cluster size = the
     /// mean, running sum = the vector times it). 0 = never; EMA codebooks only. Not in the paper.
     pub restart_below: f64,
+    /// How the gradient passes the quantization to the encoder: `straight-through` (the
+    /// paper) or `rotation` (Fifty et al., 2024). The forward value is the codeword either way.
+    pub gradient: VqGradient,
+}
+
+/// The gradient estimator of a VQ codebook (TOML `gradient = "rotation"` in
+/// `[model.codebook]`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VqGradient {
+    /// The gradient with respect to the codeword is passed to the input unchanged.
+    #[default]
+    StraightThrough,
+    /// The rotation trick ("Restructuring Vector Quantization with the Rotation Trick", Fifty et
+    /// al., 2024): the output is `sg[λR]·z` with `R` the rotation (a reflection pair) taking
+    /// `z`'s direction to the codeword's and `λ = ‖e‖/‖z‖`, so the gradient reaching `z` is
+    /// rotated and scaled as the codeword is from `z`. As `vector-quantize-pytorch`'s
+    /// `rotate_to` (norms clamped at 1e-6), except that the forward value is the codeword
+    /// exactly rather than `λRz` after rounding.
+    Rotation,
 }
 
 /// Initial codewords.
@@ -84,6 +104,7 @@ impl Default for CodebookConfig {
             kmeans_iters: 10,
             init_batches: 4,
             restart_below: 0.03,
+            gradient: VqGradient::StraightThrough,
         }
     }
 }

@@ -62,7 +62,7 @@ pub use adaptive::{AdaptiveQuantizer, Member, ProjectedQuantizer};
 pub use config::{
     AdaptiveConfig, BackProjection, CodebookConfig, CodebookInit, FsqLevels, Granularity, LfqBits,
     PoolConfig, PoolLoss, PoolMember, Router, SelectionLogits, ValidAdaptiveConfig, ValidMember,
-    ValidVqConfig, VqConfig,
+    ValidVqConfig, VqConfig, VqGradient,
 };
 pub use error::{ConfigError, Result, VqError};
 pub use fsq::{Fsq, FsqConfig, ValidFsqConfig, FSQ_MAX_CODES, FSQ_MAX_LEVELS};

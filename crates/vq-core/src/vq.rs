@@ -4,7 +4,7 @@
 use candle_core::{DType, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 
-use crate::config::{CodebookInit, ValidVqConfig};
+use crate::config::{CodebookInit, ValidVqConfig, VqGradient};
 use crate::error::{Result, VqError};
 use crate::search::{nearest, SearchMethod};
 
@@ -56,6 +56,27 @@ pub struct VqOutput {
     pub counts: Tensor,
     /// Scalar: `exp(−Σ p log p)` of the code usage in this batch.
     pub perplexity: Tensor,
+}
+
+/// The rotation trick's `sg[λR]·x` for rows `x` `[T, D]` and their codewords `e` `[T, D]`:
+/// `λ·(x − 2(x·w)w + 2(x·û)ê)` with `û = x/‖x‖`, `ê = e/‖e‖`, `w = (û + ê)/‖û + ê‖` and
+/// `λ = ‖e‖/‖x‖`, everything but the `x` of the products detached (norms clamped at 1e-6,
+/// as `vector-quantize-pytorch`'s `rotate_to`). Its value is `e` up to rounding.
+pub(crate) fn rotate_to(x: &Tensor, e: &Tensor) -> Result<Tensor> {
+    const EPS: f64 = 1e-6;
+    let x_sg = x.detach();
+    let e = e.detach();
+    let norm = |t: &Tensor| -> Result<Tensor> { Ok(t.sqr()?.sum_keepdim(1)?.sqrt()?) };
+    let unit = |t: &Tensor| -> Result<Tensor> { Ok(t.broadcast_div(&norm(t)?.maximum(EPS)?)?) };
+    let (nx, ne) = (norm(&x_sg)?, norm(&e)?);
+    let u = unit(&x_sg)?;
+    let q = unit(&e)?;
+    let w = unit(&(&u + &q)?)?;
+    let dot = |a: &Tensor, b: &Tensor| -> Result<Tensor> { Ok((a * b)?.sum_keepdim(1)?) };
+    let reflected = (x - dot(x, &w)?.broadcast_mul(&w)?.affine(2.0, 0.0)?)?;
+    let rotated = (reflected + dot(x, &u)?.broadcast_mul(&q)?.affine(2.0, 0.0)?)?;
+    let scale = ne.broadcast_div(&nx.maximum(EPS)?)?;
+    Ok(rotated.broadcast_mul(&scale)?)
 }
 
 /// Code usage of one batch: `[N]` f32 counts of the `[T]` u32 `indices` over a codebook of
@@ -226,8 +247,13 @@ impl VectorQuantizer {
         let commitment = (x - &z_q_sg)?.sqr()?.mean_all()?;
         let loss =
             (codebook_loss + commitment.affine(cb.commitment, 0.0)?)?.affine(cb.beta, 0.0)?;
-        // Straight-through: forward value is exactly z_q, gradient w.r.t. x is the identity.
-        let quantized = (&z_q_sg + (x - &x_sg)?)?;
+        // Forward value exactly z_q; the gradient w.r.t. x is the identity (straight-through)
+        // or that of the rotation trick's `sg[λR]·x`.
+        let through = match cb.gradient {
+            VqGradient::StraightThrough => x.clone(),
+            VqGradient::Rotation => rotate_to(x, &z_q_sg)?,
+        };
+        let quantized = (&z_q_sg + (&through - through.detach())?)?;
         let (counts, perplexity) = code_usage(&indices, self.config.num_embeddings())?;
         if update {
             if let Some(ema) = &self.ema {
@@ -593,6 +619,62 @@ mod tests {
                 .unwrap(),
             vec![2]
         );
+    }
+
+    /// The rotation trick, by hand: codewords (0, 2) and (−5, −5), inputs x₁ = (1, 0) and
+    /// x₂ = (0, 3), both nearest (0, 2). Row 1: û = (1, 0), ê = (0, 1), w = (1, 1)/√2, λ = 2,
+    /// R = I − 2wwᵀ + 2êûᵀ = [[0, −1], [1, 0]] (a quarter turn), so the gradient of `g·q` is
+    /// λRᵀg: for g = (1, 0), (0, −2). Row 2: û = ê = w, R = I, λ = 2/3: (2/3, 0). The output is
+    /// the codeword exactly, and straight-through gives g itself.
+    #[test]
+    fn rotation_trick_by_hand() {
+        let dev = Device::Cpu;
+        let build = |gradient: VqGradient| {
+            let cfg = VqConfig {
+                num_embeddings: 2,
+                embedding_dim: 2,
+                codebook: CodebookConfig {
+                    gradient,
+                    ..CodebookConfig::authors()
+                },
+            }
+            .validate()
+            .unwrap();
+            let e = Tensor::from_slice(&[0f32, 2., -5., -5.], (2, 2), &dev).unwrap();
+            let mut ts = HashMap::new();
+            ts.insert("embedding".to_string(), e.clone());
+            ts.insert("ema_w".to_string(), e);
+            ts.insert(
+                "ema_cluster_size".to_string(),
+                Tensor::ones(2, DType::F32, &dev).unwrap(),
+            );
+            VectorQuantizer::new(&cfg, VarBuilder::from_tensors(ts, DType::F32, &dev)).unwrap()
+        };
+        let x = candle_core::Var::new(&[[1f32, 0.], [0., 3.]], &dev).unwrap();
+        let g = Tensor::new(&[[1f32, 0.], [1., 0.]], &dev).unwrap();
+        let grad_of = |vq: &VectorQuantizer| {
+            let out = vq.forward(x.as_tensor(), false).unwrap();
+            assert_eq!(
+                out.quantized.to_vec2::<f32>().unwrap(),
+                vec![vec![0., 2.], vec![0., 2.]]
+            );
+            let grads = (&out.quantized * &g)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            grads.get(x.as_tensor()).unwrap().to_vec2::<f32>().unwrap()
+        };
+        let rot = grad_of(&build(VqGradient::Rotation));
+        let want = [[0f32, -2.], [2. / 3., 0.]];
+        for (r, w) in rot.iter().zip(want) {
+            for (a, b) in r.iter().zip(w) {
+                assert!((a - b).abs() < 1e-6, "{rot:?}");
+            }
+        }
+        let st = grad_of(&build(VqGradient::StraightThrough));
+        assert_eq!(st, vec![vec![1., 0.], vec![1., 0.]]);
     }
 
     /// A codeword whose EMA cluster size is below the threshold moves onto a batch vector.

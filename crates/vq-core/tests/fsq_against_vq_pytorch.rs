@@ -12,22 +12,15 @@ use vq_core::{Fsq, FsqConfig, Quantizer, Step};
 /// block prints the codes of the package's `FSQ(levels)` (one row per line), the indices, and
 /// `end`. One process for every block: importing torch is the slow part.
 const SCRIPT: &str = r#"
-import sys, torch
+import torch
 from vector_quantize_pytorch import FSQ
-block = []
-for line in sys.stdin.read().split("\n"):
-    if line.strip() != "end":
-        if line.strip():
-            block.append(line)
-        continue
+def handle(block):
     levels = [int(v) for v in block[0].split()]
     x = torch.tensor([[float(v) for v in l.split()] for l in block[1:]])
     codes, idx = FSQ(levels=levels)(x.unsqueeze(0))
     for row in codes[0].tolist():
         print(" ".join(repr(v) for v in row))
     print(" ".join(str(int(v)) for v in idx[0].tolist()))
-    print("end")
-    block = []
 "#;
 
 /// Codes `[T, D]` and indices `[T]`.

@@ -14,14 +14,9 @@ use vq_core::{ImplicitQuantizer, Lfq, LfqConfig};
 /// prints the package's codes (one row per line), the indices, the per-sample entropy, the
 /// codebook entropy, the loss, the loss's gradient rows, and `end`.
 const SCRIPT: &str = r#"
-import sys, torch
+import torch
 from vector_quantize_pytorch import LFQ
-block = []
-for line in sys.stdin.read().split("\n"):
-    if line.strip() != "end":
-        if line.strip():
-            block.append(line)
-        continue
+def handle(block):
     d, beta = block[0].split()
     x = torch.tensor([[float(v) for v in l.split()] for l in block[1:]]).unsqueeze(0)
     x.requires_grad_(True)
@@ -37,8 +32,6 @@ for line in sys.stdin.read().split("\n"):
     print(repr(loss.item()))
     for row in x.grad[0].tolist():
         print(" ".join(repr(v) for v in row))
-    print("end")
-    block = []
 "#;
 
 struct Reference {

@@ -32,11 +32,28 @@ pub fn block(header: &str, rows: &[Vec<f32>]) -> String {
     s
 }
 
-/// Runs `script` with `input` on stdin (one process for every block: importing torch is the
-/// slow part) and returns its stdout split into the blocks it ends with `end`.
+/// The loop that feeds each block of stdin (its lines without `end`) to the script's
+/// `handle(block)` and ends each block's output with `end`.
+const BLOCK_LOOP: &str = r#"
+import sys
+block = []
+for line in sys.stdin.read().split("\n"):
+    if line.strip() != "end":
+        if line.strip():
+            block.append(line)
+        continue
+    handle(block)
+    print("end")
+    block = []
+"#;
+
+/// Runs `script` (Python defining `handle(block)`, which prints its answer to one block) with
+/// `input` on stdin, all blocks in one process (importing torch is the slow part), and returns
+/// the answers.
 pub fn run_blocks(script: &str, input: &str) -> Vec<String> {
+    let program = format!("{script}\n{BLOCK_LOOP}");
     let mut child = Command::new("python3")
-        .args(["-c", script])
+        .args(["-c", &program])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
