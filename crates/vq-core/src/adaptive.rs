@@ -233,7 +233,8 @@ impl ProjectedQuantizer {
             }
         };
         let cb = q.config().codebook();
-        let e = q.codebook().index_select(indices, 0)?;
+        let z = &q.prepare(z)?;
+        let e = q.codebook()?.index_select(indices, 0)?;
         let codebook_term = (z.detach() - &e)?.sqr()?.mean(1)?;
         let commitment = (z - e.detach())?.sqr()?.mean(1)?;
         Ok((codebook_term + commitment.affine(cb.commitment, 0.0)?)?.affine(cb.beta, 0.0)?)

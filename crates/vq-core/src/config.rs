@@ -44,6 +44,29 @@ pub struct CodebookConfig {
     /// How the gradient passes the quantization to the encoder: `straight-through` (the
     /// paper) or `rotation` (Fifty et al., 2024). The forward value is the codeword either way.
     pub gradient: VqGradient,
+    /// SimVQ ("Addressing Representation Collapse in Vector Quantized Models with One Linear
+    /// Layer", Zhu et al., 2024): the codebook is a frozen `N(0, 1/D)` draw times a learned
+    /// `D × D` linear map, `C·Wᵀ`, learned by the VQ loss's codebook term (needs `ema = false`;
+    /// `init` and restarts do not apply: the frozen draw is its initialisation). Not in the
+    /// paper.
+    pub sim_vq: bool,
+    /// `l2` (the paper) or `cosine`: inputs and codewords l2-normalised, so the nearest codeword
+    /// is the most similar in direction (vector-quantize-pytorch's `use_cosine_sim`). Not in
+    /// the paper.
+    pub distance: Distance,
+}
+
+/// How a VQ codebook compares vectors (TOML `distance = "cosine"` in `[model.codebook]`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Distance {
+    /// Squared Euclidean distance.
+    #[default]
+    L2,
+    /// Cosine similarity: inputs and codewords are l2-normalised (norms clamped at 1e-6), the
+    /// search, the loss and the EMA statistics work on unit vectors, and every codeword is
+    /// renormalised after each update; the output is the unit codeword.
+    Cosine,
 }
 
 /// The gradient estimator of a VQ codebook (TOML `gradient = "rotation"` in
@@ -105,6 +128,8 @@ impl Default for CodebookConfig {
             init_batches: 4,
             restart_below: 0.03,
             gradient: VqGradient::StraightThrough,
+            sim_vq: false,
+            distance: Distance::L2,
         }
     }
 }
@@ -144,6 +169,12 @@ impl CodebookConfig {
         }
         if self.init_batches == 0 {
             return Err(ConfigError::invalid("init_batches", "must be ≥ 1"));
+        }
+        if self.sim_vq && self.ema {
+            return Err(ConfigError::invalid(
+                "sim_vq",
+                "SimVQ learns its linear map by gradient: set ema = false (and restart_below = 0)",
+            ));
         }
         if self.restart_below > 0.0 && !self.ema {
             return Err(ConfigError::invalid(

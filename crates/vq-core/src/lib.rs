@@ -60,9 +60,9 @@ mod vq;
 
 pub use adaptive::{AdaptiveQuantizer, Member, ProjectedQuantizer};
 pub use config::{
-    AdaptiveConfig, BackProjection, CodebookConfig, CodebookInit, FsqLevels, Granularity, LfqBits,
-    PoolConfig, PoolLoss, PoolMember, Router, SelectionLogits, ValidAdaptiveConfig, ValidMember,
-    ValidVqConfig, VqConfig, VqGradient,
+    AdaptiveConfig, BackProjection, CodebookConfig, CodebookInit, Distance, FsqLevels, Granularity,
+    LfqBits, PoolConfig, PoolLoss, PoolMember, Router, SelectionLogits, ValidAdaptiveConfig,
+    ValidMember, ValidVqConfig, VqConfig, VqGradient,
 };
 pub use error::{ConfigError, Result, VqError};
 pub use fsq::{Fsq, FsqConfig, ValidFsqConfig, FSQ_MAX_CODES, FSQ_MAX_LEVELS};

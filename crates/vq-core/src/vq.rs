@@ -4,7 +4,7 @@
 use candle_core::{DType, Tensor, Var};
 use candle_nn::{Init, VarBuilder};
 
-use crate::config::{CodebookInit, ValidVqConfig, VqGradient};
+use crate::config::{CodebookInit, Distance, ValidVqConfig, VqGradient};
 use crate::error::{Result, VqError};
 use crate::search::{nearest, SearchMethod};
 
@@ -36,6 +36,8 @@ pub struct VectorQuantizer {
     config: ValidVqConfig,
     embedding: Var,
     ema: Option<EmaState>,
+    /// SimVQ's learned map `W` `[D, D]` (the codebook is then `embedding·Wᵀ`).
+    transform: Option<Var>,
     updates: Option<Var>,
     /// Stream key of this codebook's random choices (hash of its variable path).
     key: u64,
@@ -58,6 +60,12 @@ pub struct VqOutput {
     pub perplexity: Tensor,
 }
 
+/// Rows of `x` `[T, D]` divided by their norms, clamped at 1e-6 (PyTorch's `F.normalize`).
+pub(crate) fn l2_normalize(x: &Tensor) -> Result<Tensor> {
+    let norm = x.sqr()?.sum_keepdim(1)?.sqrt()?.maximum(1e-6)?;
+    Ok(x.broadcast_div(&norm)?)
+}
+
 /// The rotation trick's `sg[λR]·x` for rows `x` `[T, D]` and their codewords `e` `[T, D]`:
 /// `λ·(x − 2(x·w)w + 2(x·û)ê)` with `û = x/‖x‖`, `ê = e/‖e‖`, `w = (û + ê)/‖û + ê‖` and
 /// `λ = ‖e‖/‖x‖`, everything but the `x` of the products detached (norms clamped at 1e-6,
@@ -67,11 +75,10 @@ pub(crate) fn rotate_to(x: &Tensor, e: &Tensor) -> Result<Tensor> {
     let x_sg = x.detach();
     let e = e.detach();
     let norm = |t: &Tensor| -> Result<Tensor> { Ok(t.sqr()?.sum_keepdim(1)?.sqrt()?) };
-    let unit = |t: &Tensor| -> Result<Tensor> { Ok(t.broadcast_div(&norm(t)?.maximum(EPS)?)?) };
     let (nx, ne) = (norm(&x_sg)?, norm(&e)?);
-    let u = unit(&x_sg)?;
-    let q = unit(&e)?;
-    let w = unit(&(&u + &q)?)?;
+    let u = l2_normalize(&x_sg)?;
+    let q = l2_normalize(&e)?;
+    let w = l2_normalize(&(&u + &q)?)?;
     let dot = |a: &Tensor, b: &Tensor| -> Result<Tensor> { Ok((a * b)?.sum_keepdim(1)?) };
     let reflected = (x - dot(x, &w)?.broadcast_mul(&w)?.affine(2.0, 0.0)?)?;
     let rotated = (reflected + dot(x, &u)?.broadcast_mul(&q)?.affine(2.0, 0.0)?)?;
@@ -119,6 +126,17 @@ impl VectorQuantizer {
                     ema_w,
                 }),
             )
+        } else if cb.sim_vq {
+            // The frozen draw (a variable, so it is seeded and checkpointed, but only ever read
+            // detached, so no optimizer moves it), as the package's `randn · D^−½`.
+            let frozen = Init::Randn {
+                mean: 0.0,
+                stdev: (d as f64).powf(-0.5),
+            };
+            (
+                as_var(vb.get_with_hints((n, d), "embedding", frozen)?)?,
+                None,
+            )
         } else {
             let bound = 1.0 / n as f64;
             let init = Init::Uniform {
@@ -127,7 +145,20 @@ impl VectorQuantizer {
             };
             (as_var(vb.get_with_hints((n, d), "embedding", init)?)?, None)
         };
-        let updates = (cb.init != CodebookInit::Normal || cb.restart_below > 0.0)
+        // SimVQ's map W [D, D], PyTorch's `nn.Linear(D, D, bias=False)` initialisation.
+        let transform = if cb.sim_vq {
+            let bound = 1.0 / (d as f64).sqrt();
+            let init = Init::Uniform {
+                lo: -bound,
+                up: bound,
+            };
+            Some(as_var(vb.get_with_hints((d, d), "transform", init)?)?)
+        } else {
+            None
+        };
+        // The update counter drives the data-driven init and the restarts' random streams;
+        // SimVQ has neither.
+        let updates = ((cb.init != CodebookInit::Normal || cb.restart_below > 0.0) && !cb.sim_vq)
             .then(|| {
                 vb.get_with_hints_dtype(1, "updates", Init::Const(0.0), candle_core::DType::U32)
                     .map_err(VqError::from)
@@ -138,6 +169,7 @@ impl VectorQuantizer {
             config: config.clone(),
             embedding,
             ema,
+            transform,
             updates,
             key: crate::init::stable_hash(vb.prefix().as_bytes()),
             search: SearchMethod::Auto,
@@ -155,12 +187,25 @@ impl VectorQuantizer {
         &self.config
     }
 
-    /// `[N, D]`: the current codebook (detached in EMA mode).
-    pub fn codebook(&self) -> Tensor {
-        if self.ema.is_some() {
-            self.embedding.as_detached_tensor()
-        } else {
-            self.embedding.as_tensor().clone()
+    /// `[N, D]`: the current codebook (detached in EMA mode; `C·Wᵀ` for SimVQ, with the
+    /// gradient reaching `W` only; unit rows for the cosine distance).
+    pub fn codebook(&self) -> Result<Tensor> {
+        self.prepare(&match (&self.ema, &self.transform) {
+            (Some(_), _) => self.embedding.as_detached_tensor(),
+            (None, Some(w)) => self
+                .embedding
+                .as_detached_tensor()
+                .matmul(&w.as_tensor().t()?)?,
+            (None, None) => self.embedding.as_tensor().clone(),
+        })
+    }
+
+    /// Rows `x` `[T, D]` as this codebook compares them: l2-normalised for the cosine
+    /// distance, unchanged for L2.
+    pub fn prepare(&self, x: &Tensor) -> Result<Tensor> {
+        match self.config.codebook().distance {
+            Distance::L2 => Ok(x.clone()),
+            Distance::Cosine => l2_normalize(x),
         }
     }
 
@@ -175,8 +220,8 @@ impl VectorQuantizer {
     pub fn encode(&self, x: &Tensor) -> Result<Tensor> {
         self.check_input(x)?;
         nearest(
-            &x.detach(),
-            &self.embedding.as_detached_tensor(),
+            &self.prepare(&x.detach())?,
+            &self.codebook()?.detach(),
             self.search,
         )
     }
@@ -197,7 +242,7 @@ impl VectorQuantizer {
                 format!("an index is ≥ the codebook size N = {n}"),
             ));
         }
-        Ok(self.codebook().index_select(indices, 0)?)
+        Ok(self.codebook()?.index_select(indices, 0)?)
     }
 
     fn check_input(&self, x: &Tensor) -> Result<()> {
@@ -222,6 +267,7 @@ impl VectorQuantizer {
         )
         .entered();
         self.check_input(x)?;
+        let x = &self.prepare(x)?;
         let cb = self.config.codebook();
         let x_sg = x.detach();
         let updates = match &self.updates {
@@ -237,7 +283,7 @@ impl VectorQuantizer {
         } else {
             updates
         };
-        let codebook = self.codebook();
+        let codebook = self.codebook()?;
         let indices = nearest(&x_sg, &codebook.detach(), self.search)?;
         let z_q = codebook.index_select(&indices, 0)?;
         let z_q_sg = z_q.detach();
@@ -316,11 +362,13 @@ impl VectorQuantizer {
     ) -> Result<bool> {
         use rand::Rng;
         self.check_input(x)?;
+        let x = &self.prepare(x)?;
         let cb = self.config.codebook();
         let (t, d) = x.dims2()?;
         let n = self.config.num_embeddings();
         let dev = x.device().clone();
         let (emb, cs): (Vec<f32>, Vec<f32>) = match cb.init {
+            _ if cb.sim_vq => return Ok(false),
             CodebookInit::Normal => return Ok(false),
             CodebookInit::Data => {
                 let xs = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
@@ -348,7 +396,7 @@ impl VectorQuantizer {
                 (k.centers, cs)
             }
         };
-        let emb_t = Tensor::from_vec(emb, (n, d), &dev)?;
+        let emb_t = self.prepare(&Tensor::from_vec(emb, (n, d), &dev)?)?;
         self.embedding.set(&emb_t)?;
         if let Some(ema) = &self.ema {
             let cs_t = Tensor::from_vec(cs, n, &dev)?;
@@ -425,7 +473,7 @@ impl VectorQuantizer {
             .broadcast_mul(&total)?;
         let dw = ema.ema_w.zeros_like()?.index_add(indices, x, 0)?;
         let ema_w = (ema.ema_w.as_detached_tensor().affine(g, 0.0)? + dw.affine(1.0 - g, 0.0)?)?;
-        let embedding = ema_w.broadcast_div(&cs.unsqueeze(1)?)?;
+        let embedding = self.prepare(&ema_w.broadcast_div(&cs.unsqueeze(1)?)?)?;
         ema.cluster_size.set(&cs)?;
         ema.ema_w.set(&ema_w)?;
         self.embedding.set(&embedding)?;
@@ -441,13 +489,24 @@ mod tests {
     use std::collections::HashMap;
 
     fn vq_from(embedding: &[f32], n: usize, d: usize, ema: bool) -> VectorQuantizer {
+        let cb = CodebookConfig {
+            ema,
+            ..CodebookConfig::authors()
+        };
+        vq_with_codebook(embedding, n, d, cb)
+    }
+
+    /// A codebook of these codewords (EMA sums equal to them, cluster sizes 1).
+    fn vq_with_codebook(
+        embedding: &[f32],
+        n: usize,
+        d: usize,
+        codebook: CodebookConfig,
+    ) -> VectorQuantizer {
         let cfg = VqConfig {
             num_embeddings: n,
             embedding_dim: d,
-            codebook: CodebookConfig {
-                ema,
-                ..CodebookConfig::authors()
-            },
+            codebook,
         }
         .validate()
         .unwrap();
@@ -497,6 +556,7 @@ mod tests {
             .collect();
         let got = vq
             .codebook()
+            .unwrap()
             .flatten_all()
             .unwrap()
             .to_vec1::<f32>()
@@ -606,8 +666,8 @@ mod tests {
         );
         again.forward(&x, true).unwrap();
         assert_eq!(
-            data.codebook().to_vec2::<f32>().unwrap(),
-            again.codebook().to_vec2::<f32>().unwrap()
+            data.codebook().unwrap().to_vec2::<f32>().unwrap(),
+            again.codebook().unwrap().to_vec2::<f32>().unwrap()
         );
         // The initialisation and the step's EMA update each count.
         assert_eq!(
@@ -630,25 +690,11 @@ mod tests {
     fn rotation_trick_by_hand() {
         let dev = Device::Cpu;
         let build = |gradient: VqGradient| {
-            let cfg = VqConfig {
-                num_embeddings: 2,
-                embedding_dim: 2,
-                codebook: CodebookConfig {
-                    gradient,
-                    ..CodebookConfig::authors()
-                },
-            }
-            .validate()
-            .unwrap();
-            let e = Tensor::from_slice(&[0f32, 2., -5., -5.], (2, 2), &dev).unwrap();
-            let mut ts = HashMap::new();
-            ts.insert("embedding".to_string(), e.clone());
-            ts.insert("ema_w".to_string(), e);
-            ts.insert(
-                "ema_cluster_size".to_string(),
-                Tensor::ones(2, DType::F32, &dev).unwrap(),
-            );
-            VectorQuantizer::new(&cfg, VarBuilder::from_tensors(ts, DType::F32, &dev)).unwrap()
+            let cb = CodebookConfig {
+                gradient,
+                ..CodebookConfig::authors()
+            };
+            vq_with_codebook(&[0., 2., -5., -5.], 2, 2, cb)
         };
         let x = candle_core::Var::new(&[[1f32, 0.], [0., 3.]], &dev).unwrap();
         let g = Tensor::new(&[[1f32, 0.], [1., 0.]], &dev).unwrap();
@@ -675,6 +721,107 @@ mod tests {
         }
         let st = grad_of(&build(VqGradient::StraightThrough));
         assert_eq!(st, vec![vec![1., 0.], vec![1., 0.]]);
+    }
+
+    /// SimVQ by hand: frozen C = I₂, W = diag(2, 1), so the codebook C·Wᵀ is (2, 0), (0, 1).
+    /// x₁ = (1.8, 0.1) → code 0, x₂ = (0.2, 0.7) → code 1. Residuals x − Wc: (−0.2, 0.1) and
+    /// (0.2, −0.3); loss (1 + α)·mean of their squares = 1.25·0.18/4 = 0.05625. The codebook
+    /// term's gradient, −(2/(T·D))·Σ (x − Wc)cᵀ = −0.5·[[−0.2, 0.2], [0.1, −0.3]], reaches W
+    /// only: [[0.1, −0.1], [−0.05, 0.15]]; the frozen draw gets none.
+    #[test]
+    fn sim_vq_by_hand() {
+        let dev = Device::Cpu;
+        let cfg = VqConfig {
+            num_embeddings: 2,
+            embedding_dim: 2,
+            codebook: CodebookConfig {
+                ema: false,
+                restart_below: 0.0,
+                sim_vq: true,
+                ..CodebookConfig::default()
+            },
+        }
+        .validate()
+        .unwrap();
+        let mut ts = HashMap::new();
+        ts.insert(
+            "embedding".to_string(),
+            Tensor::from_slice(&[1f32, 0., 0., 1.], (2, 2), &dev).unwrap(),
+        );
+        ts.insert(
+            "transform".to_string(),
+            Tensor::from_slice(&[2f32, 0., 0., 1.], (2, 2), &dev).unwrap(),
+        );
+        let vq =
+            VectorQuantizer::new(&cfg, VarBuilder::from_tensors(ts, DType::F32, &dev)).unwrap();
+        assert_eq!(
+            vq.codebook().unwrap().to_vec2::<f32>().unwrap(),
+            vec![vec![2., 0.], vec![0., 1.]]
+        );
+        let x = Tensor::from_slice(&[1.8f32, 0.1, 0.2, 0.7], (2, 2), &dev).unwrap();
+        let out = vq.forward(&x, true).unwrap();
+        assert_eq!(out.indices.to_vec1::<u32>().unwrap(), vec![0, 1]);
+        let loss = out.loss.to_scalar::<f32>().unwrap();
+        assert!((loss - 0.05625).abs() < 1e-6, "{loss}");
+        let grads = out.loss.backward().unwrap();
+        let w = vq.transform.as_ref().unwrap();
+        let g = grads.get(w.as_tensor()).unwrap().to_vec2::<f32>().unwrap();
+        let want = [[0.1f32, -0.1], [-0.05, 0.15]];
+        for (r, wr) in g.iter().zip(want) {
+            for (a, b) in r.iter().zip(wr) {
+                assert!((a - b).abs() < 1e-6, "{g:?}");
+            }
+        }
+        assert!(grads.get(vq.embedding.as_tensor()).is_none());
+        // An update does not move the frozen draw, and no data-driven init replaces it.
+        assert_eq!(
+            vq.embedding.as_tensor().to_vec2::<f32>().unwrap(),
+            vec![vec![1., 0.], vec![0., 1.]]
+        );
+        let e = VqConfig {
+            num_embeddings: 2,
+            embedding_dim: 2,
+            codebook: CodebookConfig {
+                sim_vq: true,
+                ..CodebookConfig::default()
+            },
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("sim_vq") && e.contains("ema = false"), "{e}");
+    }
+
+    /// Cosine codebooks by hand: codewords (3, 0) and (0, −2) compare as (1, 0) and (0, −1);
+    /// x₁ = (2, 1) → (0.894427, 0.447214), nearest code 0; x₂ = (0.1, −5) → (0.019996,
+    /// −0.999800), code 1. Output: the unit codewords. Loss 1.25·mean of the squared
+    /// differences of the unit vectors = 0.0661080. The EMA update (decay 0.99, sums starting at
+    /// the raw codewords) then renormalises: code 0 = unit(0.99·(3, 0) + 0.01·x̂₁) = (0.999999,
+    /// 0.001501), code 1 = (0.000100, −1.0) (Python `math`).
+    #[test]
+    fn cosine_codebook_by_hand() {
+        let cb = CodebookConfig {
+            distance: Distance::Cosine,
+            ..CodebookConfig::authors()
+        };
+        let vq = vq_with_codebook(&[3., 0., 0., -2.], 2, 2, cb);
+        let x = Tensor::from_slice(&[2f32, 1., 0.1, -5.], (2, 2), &Device::Cpu).unwrap();
+        let out = vq.forward(&x, true).unwrap();
+        assert_eq!(out.indices.to_vec1::<u32>().unwrap(), vec![0, 1]);
+        assert_eq!(
+            out.quantized.to_vec2::<f32>().unwrap(),
+            vec![vec![1., 0.], vec![0., -1.]]
+        );
+        let loss = out.loss.to_scalar::<f32>().unwrap();
+        assert!((loss - 0.066_108).abs() < 1e-6, "{loss}");
+        let got = vq.codebook().unwrap().to_vec2::<f32>().unwrap();
+        let want = [[0.999_998_9f32, 0.001_501_2], [0.000_100_5, -1.0]];
+        for (r, w) in got.iter().zip(want) {
+            for (a, b) in r.iter().zip(w) {
+                assert!((a - b).abs() < 1e-6, "{got:?}");
+            }
+        }
+        assert_eq!(vq.encode(&x).unwrap().to_vec1::<u32>().unwrap(), vec![0, 1]);
     }
 
     /// A codeword whose EMA cluster size is below the threshold moves onto a batch vector.
@@ -708,7 +855,7 @@ mod tests {
             VectorQuantizer::new(&cfg, VarBuilder::from_tensors(ts, DType::F32, &dev)).unwrap();
         let x = Tensor::from_slice(&[0.1f32, 0.0, 0.9, 1.1, 0.2, 0.1], (3, 2), &dev).unwrap();
         vq.forward(&x, true).unwrap();
-        let cb = vq.codebook().to_vec2::<f32>().unwrap();
+        let cb = vq.codebook().unwrap().to_vec2::<f32>().unwrap();
         let rows = x.to_vec2::<f32>().unwrap();
         assert!(
             rows.contains(&cb[2]),
@@ -770,7 +917,7 @@ mod tests {
             let out = vq.forward(&x, true).unwrap();
             assert!(!out.loss.to_scalar::<f32>().unwrap().is_finite());
             assert_eq!(
-                vq.codebook().to_vec2::<f32>().unwrap(),
+                vq.codebook().unwrap().to_vec2::<f32>().unwrap(),
                 vec![vec![0., 0.], vec![1., 1.], vec![5., 5.]]
             );
         }
@@ -790,6 +937,7 @@ mod tests {
         assert!(cs[2] < 1e-3, "unused code decays: {cs:?}");
         assert!(vq
             .codebook()
+            .unwrap()
             .flatten_all()
             .unwrap()
             .to_vec1::<f32>()
@@ -841,6 +989,9 @@ mod tests {
             }
         }
         // No EMA update in learned mode: codebook unchanged by forward.
-        assert_eq!(vq.codebook().to_vec2::<f32>().unwrap()[2], vec![5.0, 5.0]);
+        assert_eq!(
+            vq.codebook().unwrap().to_vec2::<f32>().unwrap()[2],
+            vec![5.0, 5.0]
+        );
     }
 }

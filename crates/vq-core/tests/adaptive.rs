@@ -368,7 +368,7 @@ fn check_reference(mode: SelectionLogits, want: Reference) {
         "dJ/dkeys",
     );
     // EMA update of book 1 ([16, 2]) after the forward pass.
-    let emb = q.books()[1].quantizer().unwrap().codebook();
+    let emb = q.books()[1].quantizer().unwrap().codebook().unwrap();
     assert_close(&flat(&emb), NEW_EMB_BOOK1, 2e-6, "EMA codebook");
 }
 
@@ -538,7 +538,7 @@ fn invariants_per_vector_and_per_image() {
                     let pq = &q.books()[cb];
                     let x: Vec<f32> = (0..16).map(|c| at(&zin, b, c, h, w)).collect();
                     let xt = Tensor::from_vec(x, (1, 16), &Device::Cpu).unwrap();
-                    let code = pq.quantizer().unwrap().codebook();
+                    let code = pq.quantizer().unwrap().codebook().unwrap();
                     let d = code.dim(1).unwrap();
                     let p_in = flat(&pq.project(&xt).unwrap());
                     let want_index = nearest_row(&p_in, &flat(&code), d);

@@ -143,6 +143,7 @@ fn agree(quantizer: QuantizerSpec, dir: &Path) {
             .quantizer()
             .unwrap()
             .codebook()
+            .unwrap()
             .to_vec2::<f32>()
             .unwrap();
         let dist = |t: usize, i: usize| -> f32 {
