@@ -26,6 +26,10 @@ Setup: pip install torch (CPU is enough). Commands (one JSON line on stdout each
   fsq-bench --T 3136 --levels 8,8,8,5,5,5 [--steps 10 --warmup 3]
       the FSQ of the vector-quantize-pytorch package (pip install vector-quantize-pytorch)
       alone on [T, len(levels)] vectors, training mode, forward and backward;
+  vq-bench --T 3136 --variant rotation|cosine|simvq [--steps 10 --warmup 3]
+      that package's VectorQuantize (EMA, decay 0.99, commitment 0.25) with the rotation trick
+      or cosine similarity, or its SimVQ (straight-through), codebook [1024, 64], alone on
+      [T, 64] vectors, training mode, forward and backward of mean(z_q²) + its loss;
   lfq-bench --T 3136 --bits 16 [--steps 10 --warmup 3]
       that package's LFQ (default loss: entropy weight 0.1, β = 100) alone on [T, bits]
       vectors, training mode, forward and backward of mean(z_q²) + its loss;
@@ -340,6 +344,33 @@ def lfq_bench(args):
     return summary(timed(step, args.steps, args.warmup), model="lfq", T=args.T)
 
 
+def vq_bench(args):
+    import vector_quantize_pytorch as vqp
+
+    torch.manual_seed(0)
+    common = dict(dim=VQ_BENCH_DIM, codebook_size=VQ_BENCH_CODES)
+    if args.variant == "simvq":
+        q = vqp.SimVQ(**common, rotation_trick=False)
+    else:
+        ema = dict(decay=0.99, commitment_weight=0.25)
+        if args.variant == "rotation":
+            q = vqp.VectorQuantize(**common, **ema, rotation_trick=True)
+        else:
+            q = vqp.VectorQuantize(**common, **ema, use_cosine_sim=True, rotation_trick=False)
+    q.train()
+    z = torch.randn(1, args.T, VQ_BENCH_DIM, requires_grad=True)
+
+    def step():
+        z_q, _, loss = q(z)
+        (z_q.square().mean() + loss.sum()).backward()
+
+    return summary(timed(step, args.steps, args.warmup), model=args.variant, T=args.T)
+
+
+# The codebook of `vq-bench` (and of `xtask bench`'s rotation, cosine and simvq cases).
+VQ_BENCH_CODES, VQ_BENCH_DIM = 1024, 64
+
+
 def forward(args):
     weights = read_safetensors(args.weights)
     pool = []
@@ -362,7 +393,9 @@ def forward(args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("cmd", choices=["bench", "quant-bench", "fsq-bench", "lfq-bench", "forward"])
+    ap.add_argument(
+        "cmd", choices=["bench", "quant-bench", "fsq-bench", "lfq-bench", "vq-bench", "forward"]
+    )
     ap.add_argument("--model", default="adaptive")
     ap.add_argument("--shape", default="mnist", choices=list(SHAPES))
     ap.add_argument("--steps", type=int, default=10)
@@ -370,6 +403,7 @@ def main():
     ap.add_argument("--T", type=int, default=3136)
     ap.add_argument("--levels", default="8,8,8,5,5,5")
     ap.add_argument("--bits", type=int, default=16)
+    ap.add_argument("--variant", default="rotation", choices=["rotation", "cosine", "simvq"])
     ap.add_argument("--weights")
     ap.add_argument("--input")
     ap.add_argument("--out")
@@ -382,6 +416,7 @@ def main():
         "quant-bench": quant_bench,
         "fsq-bench": fsq_bench,
         "lfq-bench": lfq_bench,
+        "vq-bench": vq_bench,
         "forward": forward,
     }
     run = run[a.cmd]

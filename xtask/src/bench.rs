@@ -9,8 +9,8 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use vq_core::{
-    AdaptiveConfig, AdaptiveQuantizer, Fsq, FsqConfig, Lfq, LfqConfig, Quantizer, SeededVarMap,
-    Step,
+    AdaptiveConfig, AdaptiveQuantizer, CodebookConfig, Distance, Fsq, FsqConfig, Lfq, LfqConfig,
+    Quantizer, SeededVarMap, Step, VectorQuantizer, VqConfig, VqGradient,
 };
 use vq_models::{ModelConfig, QuantizerSpec, VqVae};
 use vq_train::optim::{Adam, AdamConfig};
@@ -130,6 +130,23 @@ pub fn run_case(
         let mut rng = vq_core::init::stream(0, "bench");
         return quantizer_alone(&q, z, steps, warmup, &mut rng, (model, shape, threads));
     }
+    if let Some(codebook) = vq_variant(model) {
+        // One VQ codebook [VQ_BENCH_CODES, VQ_BENCH_DIM] alone with the variant's settings,
+        // forward + backward on the same T = 64·s'² vectors; the first (warm-up) step runs its
+        // k-means initialisation.
+        let side = s / 4;
+        let cfg = VqConfig {
+            num_embeddings: VQ_BENCH_CODES,
+            embedding_dim: VQ_BENCH_DIM,
+            codebook,
+        }
+        .validate()?;
+        let vm = SeededVarMap::new(0);
+        let q = VectorQuantizer::new(&cfg, vm.var_builder(DType::F32, &dev))?;
+        let z = Tensor::randn(0f32, 1.0, (b, VQ_BENCH_DIM, side, side), &dev)?;
+        let mut rng = vq_core::init::stream(0, "bench");
+        return quantizer_alone(&q, z, steps, warmup, &mut rng, (model, shape, threads));
+    }
     let mut mc = ModelConfig {
         quantizer: quantizer_of(model)?,
         ..Default::default()
@@ -205,6 +222,34 @@ fn timed_result(
 /// FSQ levels of the `fsq` case: the FSQ paper's recommendation for 2^16 codes.
 pub(crate) const FSQ_BENCH_LEVELS: [u32; 6] = [8, 8, 8, 5, 5, 5];
 
+/// The codebook `[N, D]` of the `rotation`, `cosine` and `simvq` cases (as
+/// `bench/torch_reference.py vq-bench`).
+pub(crate) const VQ_BENCH_CODES: usize = 1024;
+pub(crate) const VQ_BENCH_DIM: usize = 64;
+
+/// The codebook settings of a VQ-variant case: the rotation trick, cosine similarity, or SimVQ
+/// (straight-through), each with EMA decay 0.99 and α = 0.25 where it has them.
+fn vq_variant(model: &str) -> Option<CodebookConfig> {
+    let base = CodebookConfig::default();
+    Some(match model {
+        "rotation" => CodebookConfig {
+            gradient: VqGradient::Rotation,
+            ..base
+        },
+        "cosine" => CodebookConfig {
+            distance: Distance::Cosine,
+            ..base
+        },
+        "simvq" => CodebookConfig {
+            ema: false,
+            restart_below: 0.0,
+            sim_vq: true,
+            ..base
+        },
+        _ => return None,
+    })
+}
+
 /// Bits of the `lfq` case (2^16 codes, as the `fsq` case).
 pub(crate) const LFQ_BENCH_BITS: u32 = 16;
 
@@ -255,6 +300,9 @@ pub const CASES: &[(&str, &str)] = &[
     ("quantizer", "mnist"),
     ("fsq", "mnist"),
     ("lfq", "mnist"),
+    ("rotation", "mnist"),
+    ("cosine", "mnist"),
+    ("simvq", "mnist"),
     ("fixed512x128", "cifar"),
     ("fixed16384x4", "cifar"),
     ("adaptive", "cifar"),
@@ -290,6 +338,8 @@ fn run_torch(
             "--levels",
             &levels.join(","),
         ]);
+    } else if vq_variant(model).is_some() {
+        cmd.args(["vq-bench", "--T", &t.to_string(), "--variant", model]);
     } else if model == "lfq" {
         cmd.args([
             "lfq-bench",
@@ -390,7 +440,7 @@ pub struct BenchOptions {
     pub rounds: usize,
     pub compare_torch: bool,
     /// Only this model (fixed512x128, fixed16384x4, adaptive, adaptive-no-restart, quantizer, fsq,
-    /// lfq).
+    /// lfq, rotation, cosine, simvq).
     pub only: Option<String>,
     /// Only this input shape (mnist, cifar).
     pub shape: Option<String>,
