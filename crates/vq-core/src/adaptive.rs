@@ -17,6 +17,7 @@ use crate::quantizer::{
     check_rows, decode_single, from_flat, single_codebook_output, to_flat, Codes,
     ImplicitQuantizer, Quantizer, QuantizerOutput, Selection, Step,
 };
+use crate::rvq::ResidualVq;
 use crate::search::SearchMethod;
 use crate::vq::{VectorQuantizer, VqOutput};
 
@@ -41,6 +42,8 @@ pub enum Member {
     Fsq(Fsq),
     /// Lookup-free quantization (no codebook; an entropy loss).
     Lfq(Lfq),
+    /// A residual stack of VQ codebooks.
+    Rvq(ResidualVq),
 }
 
 impl Member {
@@ -51,6 +54,7 @@ impl Member {
             Self::Vq(q) => q.forward(z, update),
             Self::Fsq(q) => q.forward_rows(z),
             Self::Lfq(q) => q.forward_rows(z),
+            Self::Rvq(q) => q.forward(z, update),
         }
     }
 
@@ -60,6 +64,7 @@ impl Member {
             Self::Vq(q) => q.decode(indices),
             Self::Fsq(q) => q.indices_to_codes(indices),
             Self::Lfq(q) => q.indices_to_codes(indices),
+            Self::Rvq(q) => q.decode(indices),
         }
     }
 
@@ -69,6 +74,7 @@ impl Member {
             Self::Vq(q) => q.config().num_embeddings(),
             Self::Fsq(q) => q.config().codebook_size() as usize,
             Self::Lfq(q) => q.config().codebook_size() as usize,
+            Self::Rvq(q) => q.config().codebook_size() as usize,
         }
     }
 
@@ -77,6 +83,7 @@ impl Member {
     fn beta(&self) -> f64 {
         match self {
             Self::Vq(q) => q.config().codebook().beta,
+            Self::Rvq(q) => q.config().stage().codebook().beta,
             Self::Fsq(_) | Self::Lfq(_) => 1.0,
         }
     }
@@ -171,6 +178,7 @@ impl ProjectedQuantizer {
             ValidMember::Vq(c) => Member::Vq(VectorQuantizer::new(c, vb.pp("quantizer"))?),
             ValidMember::Fsq(c) => Member::Fsq(Fsq::new(c)),
             ValidMember::Lfq(c) => Member::Lfq(Lfq::new(c)),
+            ValidMember::Rvq(c) => Member::Rvq(ResidualVq::new(c, vb.pp("quantizer"))?),
         };
         Ok(Self {
             project_in: FusedLinear::new(channels, d, vb.pp("project_in"))?,
@@ -184,11 +192,11 @@ impl ProjectedQuantizer {
         &self.quantizer
     }
 
-    /// The member's VQ codebook (`None` for FSQ and LFQ).
+    /// The member's VQ codebook (`None` for FSQ, LFQ and residual stacks).
     pub fn quantizer(&self) -> Option<&VectorQuantizer> {
         match &self.quantizer {
             Member::Vq(q) => Some(q),
-            Member::Fsq(_) | Member::Lfq(_) => None,
+            Member::Fsq(_) | Member::Lfq(_) | Member::Rvq(_) => None,
         }
     }
 
@@ -227,8 +235,8 @@ impl ProjectedQuantizer {
     fn per_vector_loss(&self, z: &Tensor, indices: &Tensor) -> Result<Tensor> {
         let q = match &self.quantizer {
             Member::Vq(q) => q,
-            // FSQ has no VQ loss; a pool with LFQ refuses the `selected` loss (config).
-            Member::Fsq(_) | Member::Lfq(_) => {
+            // FSQ has no VQ loss; a pool with LFQ or RVQ refuses the `selected` loss (config).
+            Member::Fsq(_) | Member::Lfq(_) | Member::Rvq(_) => {
                 return Ok(Tensor::zeros(z.dim(0)?, z.dtype(), z.device())?)
             }
         };
@@ -265,14 +273,20 @@ impl ProjectedQuantizer {
                 let z = self.project(&flat.detach())?.detach();
                 q.initialise(&z, rows_per_step, rng)
             }
+            Member::Rvq(q) => {
+                let z = self.project(&flat.detach())?.detach();
+                q.initialise(&z, rows_per_step, rng)
+            }
             Member::Fsq(_) | Member::Lfq(_) => Ok(false),
         }
     }
 
     fn with_search(mut self, search: SearchMethod) -> Self {
-        if let Member::Vq(q) = self.quantizer {
-            self.quantizer = Member::Vq(q.with_search(search));
-        }
+        self.quantizer = match self.quantizer {
+            Member::Vq(q) => Member::Vq(q.with_search(search)),
+            Member::Rvq(q) => Member::Rvq(q.with_search(search)),
+            other => other,
+        };
         self
     }
 }

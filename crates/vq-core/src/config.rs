@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ConfigError;
 use crate::fsq::{FsqConfig, ValidFsqConfig};
 use crate::lfq::{LfqConfig, LfqLoss, ValidLfqConfig};
+use crate::rvq::{RvqConfig, ValidRvqConfig};
 use crate::structures::structures;
 
 /// Hyper-parameters of one codebook's learning rule (the paper's eq. 3 and its EMA update).
@@ -365,11 +366,12 @@ impl Router {
 
 /// One member of a pool: a VQ codebook `[N, D]` (TOML `[N, D]`), an FSQ quantizer
 /// (TOML `"fsq:8,8,8,5,5,5"`, the levels per channel; see [`crate::Fsq`]) or an LFQ quantizer
-/// (TOML `"lfq:16"`, its bits; see [`crate::Lfq`]).
+/// (TOML `"lfq:16"`, its bits; see [`crate::Lfq`]) or a residual stack (TOML `"rvq:2x256,8"`,
+/// K stages of `[N, D]`; see [`crate::ResidualVq`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(
     untagged,
-    expecting = "a pool member: [N, D], \"fsq:L1,L2,...\" or \"lfq:BITS\""
+    expecting = "a pool member: [N, D], \"fsq:L1,L2,...\", \"lfq:BITS\" or \"rvq:KxN,D\""
 )]
 pub enum PoolMember {
     /// A VQ codebook of `N` codewords of dimension `D`.
@@ -378,6 +380,8 @@ pub enum PoolMember {
     Fsq(FsqLevels),
     /// LFQ with this many bits (channels).
     Lfq(LfqBits),
+    /// Residual VQ: K stages of `[N, D]`.
+    Rvq(RvqShape),
 }
 
 impl From<[usize; 2]> for PoolMember {
@@ -397,9 +401,14 @@ impl PoolMember {
         Self::Lfq(LfqBits(bits))
     }
 
-    /// Whether the member has an implicit codebook (FSQ, LFQ): a pool with one needs equal
-    /// rate rather than equal capacity.
-    fn is_implicit(&self) -> bool {
+    /// A residual member of `stages` codebooks `[n, d]`.
+    pub fn rvq(stages: usize, n: usize, d: usize) -> Self {
+        Self::Rvq(RvqShape { stages, n, d })
+    }
+
+    /// Whether a pool with this member needs equal rate (every member the same number of
+    /// codes) rather than equal capacity `N·D = W`: FSQ, LFQ and residual members.
+    fn needs_equal_rate(&self) -> bool {
         !matches!(self, Self::Vq(_))
     }
 }
@@ -410,6 +419,7 @@ impl std::fmt::Display for PoolMember {
             Self::Vq([n, d]) => write!(f, "[{n}, {d}]"),
             Self::Fsq(l) => write!(f, "{}", String::from(l.clone())),
             Self::Lfq(b) => write!(f, "{}", String::from(*b)),
+            Self::Rvq(r) => write!(f, "{}", String::from(*r)),
         }
     }
 }
@@ -467,6 +477,41 @@ impl From<LfqBits> for String {
     }
 }
 
+/// The shape of a residual member, written `"rvq:KxN,D"` (K stages of `[N, D]`) in a
+/// configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RvqShape {
+    /// K.
+    pub stages: usize,
+    /// N.
+    pub n: usize,
+    /// D.
+    pub d: usize,
+}
+
+impl TryFrom<String> for RvqShape {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        let bad = || format!("`{s}`: expected \"rvq:KxN,D\" (K stages of [N, D] codebooks)");
+        let rest = s.trim().strip_prefix("rvq:").ok_or_else(bad)?;
+        let (k, nd) = rest.split_once('x').ok_or_else(bad)?;
+        let (n, d) = nd.split_once(',').ok_or_else(bad)?;
+        let num = |v: &str| v.trim().parse::<usize>().map_err(|_| bad());
+        Ok(Self {
+            stages: num(k)?,
+            n: num(n)?,
+            d: num(d)?,
+        })
+    }
+}
+
+impl From<RvqShape> for String {
+    fn from(r: RvqShape) -> String {
+        format!("rvq:{}x{},{}", r.stages, r.n, r.d)
+    }
+}
+
 /// A checked [`PoolMember`].
 #[derive(Clone, Debug, PartialEq)]
 pub enum ValidMember {
@@ -476,6 +521,8 @@ pub enum ValidMember {
     Fsq(ValidFsqConfig),
     /// An LFQ quantizer.
     Lfq(ValidLfqConfig),
+    /// A residual stack.
+    Rvq(ValidRvqConfig),
 }
 
 impl ValidMember {
@@ -485,6 +532,7 @@ impl ValidMember {
             Self::Vq(c) => c.num_embeddings(),
             Self::Fsq(c) => c.codebook_size() as usize,
             Self::Lfq(c) => c.codebook_size() as usize,
+            Self::Rvq(c) => c.codebook_size() as usize,
         }
     }
     /// Its label in logs and reports: `[N,D]` for a VQ codebook, `fsq:L1,L2,…`, `lfq:BITS`.
@@ -493,6 +541,11 @@ impl ValidMember {
             Self::Vq(c) => format!("[{},{}]", c.num_embeddings(), c.embedding_dim()),
             Self::Fsq(c) => String::from(FsqLevels(c.levels().to_vec())),
             Self::Lfq(c) => String::from(LfqBits(c.bits() as u32)),
+            Self::Rvq(c) => String::from(RvqShape {
+                stages: c.stages(),
+                n: c.stage().num_embeddings(),
+                d: c.stage().embedding_dim(),
+            }),
         }
     }
     /// D: the width of the vectors it quantizes.
@@ -501,6 +554,7 @@ impl ValidMember {
             Self::Vq(c) => c.embedding_dim(),
             Self::Fsq(c) => c.levels().len(),
             Self::Lfq(c) => c.bits(),
+            Self::Rvq(c) => c.stage().embedding_dim(),
         }
     }
 }
@@ -535,6 +589,9 @@ pub struct PoolConfig {
     pub codebook: CodebookConfig,
     /// Loss of every LFQ member (TOML `[model.lfq]`).
     pub lfq: LfqLoss,
+    /// Quantize dropout of every residual member: the fewest stages a training forward keeps
+    /// (none: every stage, always).
+    pub rvq_min_stages: Option<usize>,
     /// Which VQ losses make the pool's loss: `mean` (the paper) or `selected`.
     pub vq_loss: PoolLoss,
 }
@@ -552,6 +609,7 @@ impl Default for PoolConfig {
             allow_n_le_d: false,
             codebook: CodebookConfig::default(),
             lfq: LfqLoss::default(),
+            rvq_min_stages: None,
             vq_loss: PoolLoss::Mean,
         }
     }
@@ -647,19 +705,34 @@ impl AdaptiveConfig {
                 ));
             }
         }
-        let implicit = pool.iter().any(PoolMember::is_implicit);
-        let has_lfq = pool.iter().any(|m| matches!(m, PoolMember::Lfq(_)));
-        if has_lfq && pool.len() > 1 && p.vq_loss == PoolLoss::Selected {
-            return Err(ConfigError::invalid(
-                "vq_loss",
-                "\"selected\" weighs each latent vector's loss by its codebook; an LFQ member's \
-                 codebook entropy is a property of the whole batch, not of one vector",
-            ));
+        let implicit = pool.iter().any(PoolMember::needs_equal_rate);
+        let per_vector = |m: &PoolMember| matches!(m, PoolMember::Vq(_) | PoolMember::Fsq(_));
+        if let Some(m) = pool.iter().find(|m| !per_vector(m)) {
+            if pool.len() > 1 && p.vq_loss == PoolLoss::Selected {
+                return Err(ConfigError::invalid(
+                    "vq_loss",
+                    format!(
+                        "\"selected\" weighs each latent vector's loss by its codebook, which \
+                         {m} does not give (an LFQ member's codebook entropy belongs to the \
+                         batch; a residual member's loss is the sum of its stages')"
+                    ),
+                ));
+            }
         }
         let mut codebooks = Vec::with_capacity(pool.len());
         for member in &pool {
             let valid = match member {
                 PoolMember::Fsq(levels) => ValidMember::Fsq(FsqConfig::new(&levels.0).validate()?),
+                &PoolMember::Rvq(RvqShape { stages, n, d }) => ValidMember::Rvq(
+                    RvqConfig {
+                        stages,
+                        num_embeddings: n,
+                        embedding_dim: d,
+                        codebook: p.codebook.clone(),
+                        min_stages: p.rvq_min_stages.unwrap_or(stages).min(stages),
+                    }
+                    .validate()?,
+                ),
                 PoolMember::Lfq(bits) => ValidMember::Lfq(
                     LfqConfig {
                         bits: bits.0,
@@ -698,8 +771,8 @@ impl AdaptiveConfig {
                 return Err(ConfigError::invalid(
                     "pool",
                     format!(
-                        "a pool with FSQ or LFQ members needs equal rate (every member the same \
-                         number of codes): {} has {n0} codes, {} has {}",
+                        "a pool with FSQ, LFQ or residual members needs equal rate (every member \
+                         the same number of codes): {} has {n0} codes, {} has {}",
                         pool[0],
                         pool[i],
                         m.num_codes()

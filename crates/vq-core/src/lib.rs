@@ -54,6 +54,7 @@ pub mod init;
 mod kmeans;
 mod lfq;
 mod quantizer;
+mod rvq;
 mod search;
 mod structures;
 mod vq;
@@ -61,8 +62,8 @@ mod vq;
 pub use adaptive::{AdaptiveQuantizer, Member, ProjectedQuantizer};
 pub use config::{
     AdaptiveConfig, BackProjection, CodebookConfig, CodebookInit, Distance, FsqLevels, Granularity,
-    LfqBits, PoolConfig, PoolLoss, PoolMember, Router, SelectionLogits, ValidAdaptiveConfig,
-    ValidMember, ValidVqConfig, VqConfig, VqGradient,
+    LfqBits, PoolConfig, PoolLoss, PoolMember, Router, RvqShape, SelectionLogits,
+    ValidAdaptiveConfig, ValidMember, ValidVqConfig, VqConfig, VqGradient,
 };
 pub use error::{ConfigError, Result, VqError};
 pub use fsq::{Fsq, FsqConfig, ValidFsqConfig, FSQ_MAX_CODES, FSQ_MAX_LEVELS};
@@ -71,6 +72,7 @@ pub use gumbel::{TauSchedule, Temperature};
 pub use init::SeededVarMap;
 pub use lfq::{Lfq, LfqConfig, LfqEntropy, LfqLoss, ValidLfqConfig, LFQ_MAX_BITS};
 pub use quantizer::{Codes, ImplicitQuantizer, Quantizer, QuantizerOutput, Selection, Step};
+pub use rvq::{ResidualVq, RvqConfig, ValidRvqConfig, RVQ_MAX_CODES};
 pub use search::SearchMethod;
 pub use structures::structures;
 pub use vq::{VectorQuantizer, VqOutput};

@@ -6,7 +6,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use vq_core::{
     AdaptiveConfig, BackProjection, CodebookConfig, FsqLevels, Granularity, LfqBits, PoolConfig,
-    PoolMember, SelectionLogits, ValidAdaptiveConfig,
+    PoolMember, RvqShape, SelectionLogits, ValidAdaptiveConfig,
 };
 
 use crate::error::{ModelError, Result};
@@ -25,7 +25,7 @@ pub enum EncoderKind {
 }
 
 /// Which quantizer sits between encoder and decoder: `"adaptive"`, `"fixed:N,D"`,
-/// `"fsq:L1,L2,..."` or `"lfq:BITS"`.
+/// `"fsq:L1,L2,..."`, `"lfq:BITS"` or `"rvq:KxN,D"`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum QuantizerSpec {
     /// The pool `structures(capacity)` with attention selection.
@@ -38,6 +38,9 @@ pub enum QuantizerSpec {
     /// Lookup-free quantization with this many bits, between projections
     /// `hidden → bits → hidden` (a pool of one LFQ member; its loss is `[model.lfq]`).
     Lfq(LfqBits),
+    /// Residual VQ, K stages of `[N, D]`, between projections `hidden → D → hidden` (a pool
+    /// of one residual member; quantize dropout is `model.rvq_min_stages`).
+    Rvq(RvqShape),
 }
 
 impl fmt::Display for QuantizerSpec {
@@ -47,14 +50,15 @@ impl fmt::Display for QuantizerSpec {
             Self::Fixed { n, d } => write!(f, "fixed:{n},{d}"),
             Self::Fsq(l) => write!(f, "{}", String::from(l.clone())),
             Self::Lfq(b) => write!(f, "{}", String::from(*b)),
+            Self::Rvq(r) => write!(f, "{}", String::from(*r)),
         }
     }
 }
 
 impl FromStr for QuantizerSpec {
     type Err = String;
-    /// Accepts `adaptive`, `fixed:N,D`, `fixed:[N,D]`, `fixed:NxD`, `fsq:L1,L2,...` and
-    /// `lfq:BITS`.
+    /// Accepts `adaptive`, `fixed:N,D`, `fixed:[N,D]`, `fixed:NxD`, `fsq:L1,L2,...`,
+    /// `lfq:BITS` and `rvq:KxN,D`.
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         let s = s.trim();
         if s == "adaptive" {
@@ -66,9 +70,12 @@ impl FromStr for QuantizerSpec {
         if s.starts_with("lfq:") {
             return LfqBits::try_from(s.to_string()).map(Self::Lfq);
         }
+        if s.starts_with("rvq:") {
+            return RvqShape::try_from(s.to_string()).map(Self::Rvq);
+        }
         let Some(rest) = s.strip_prefix("fixed:") else {
             return Err(format!(
-                "`{s}`: expected \"adaptive\", \"fixed:N,D\", \"fsq:L1,L2,...\" or \"lfq:BITS\""
+                "`{s}`: expected \"adaptive\", \"fixed:N,D\", \"fsq:L1,L2,...\", \"lfq:BITS\" or \"rvq:KxN,D\""
             ));
         };
         let rest = rest.trim().trim_start_matches('[').trim_end_matches(']');
@@ -197,6 +204,7 @@ impl ModelConfig {
             &QuantizerSpec::Fixed { n, d } => vec![PoolMember::Vq([n, d])],
             QuantizerSpec::Fsq(levels) => vec![PoolMember::Fsq(levels.clone())],
             &QuantizerSpec::Lfq(bits) => vec![PoolMember::Lfq(bits)],
+            &QuantizerSpec::Rvq(shape) => vec![PoolMember::Rvq(shape)],
         };
         AdaptiveConfig {
             channels: self.hidden,

@@ -249,6 +249,44 @@ fn config_errors_name_the_field() {
     .validate(1)
     .unwrap();
     assert_eq!(lfq.quantizer().pool(), vec![[1024, 10]]);
+    // Residual members: 2 stages of 256 codewords make 65536 codes, as [65536, 1]; the shape
+    // parses and prints back; a stack is refused the per-vector `selected` pool loss.
+    let with_rvq = |other: [usize; 2], vq_loss: vq_core::PoolLoss| ModelConfig {
+        pool: vq_core::PoolConfig {
+            structures: vec![other.into(), vq_core::PoolMember::rvq(2, 256, 8)],
+            vq_loss,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let ok = with_rvq([65536, 1], vq_core::PoolLoss::Mean)
+        .validate(1)
+        .unwrap();
+    assert_eq!(ok.quantizer().pool(), vec![[65536, 1], [65536, 8]]);
+    assert_eq!(ok.quantizer().labels()[1], "rvq:2x256,8");
+    let e = with_rvq([16384, 4], vq_core::PoolLoss::Mean)
+        .validate(1)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("equal rate") && e.contains("rvq:2x256,8 has 65536"),
+        "{e}"
+    );
+    let e = with_rvq([65536, 1], vq_core::PoolLoss::Selected)
+        .validate(1)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("vq_loss") && e.contains("rvq:2x256,8"), "{e}");
+    let e = "rvq:2,256,8".parse::<QuantizerSpec>().unwrap_err();
+    assert!(e.contains("rvq:KxN,D"), "{e}");
+    let e = ModelConfig {
+        quantizer: "rvq:4x1024,8".parse().unwrap(),
+        ..Default::default()
+    }
+    .validate(1)
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("stages") && e.contains("2^24"), "{e}");
     let e = "lfq:ten".parse::<QuantizerSpec>().unwrap_err();
     assert!(e.contains("whole number"), "{e}");
     assert_eq!(
