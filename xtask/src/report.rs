@@ -370,6 +370,9 @@ pub(crate) fn write(
         let _ = writeln!(page.md, "## Table 3: ablations (adaptive quantizer)\n");
         table(&mut page.md, &rows(&done.ablation), "setting", &|_| None);
     }
+    if !done.zoo.is_empty() {
+        zoo(&mut page, study, &done.zoo)?;
+    }
     if !missing.is_empty() {
         let _ = writeln!(
             page.md,
@@ -415,6 +418,13 @@ fn init_note(init: vq_core::CodebookInit) -> (&'static str, &'static str) {
 fn header(page: &mut Page, study: &Study, done: &Results) {
     let opts = study.opts;
     let (fixed, adaptive, ablation) = (&done.fixed, &done.adaptive, &done.ablation);
+    let all = || {
+        fixed
+            .iter()
+            .chain(adaptive)
+            .chain(ablation)
+            .chain(&done.zoo)
+    };
     let init = init_note(opts.init);
     let md = &mut page.md;
     let _ = writeln!(md, "# Reproduction on {}\n", page.label);
@@ -431,8 +441,8 @@ fn header(page: &mut Page, study: &Study, done: &Results) {
         machine(),
         commit(),
         page.label,
-        fixed.len() + adaptive.len() + ablation.len(),
-        fixed.iter().chain(adaptive).chain(ablation).map(|r| r.train_s).sum::<f64>() / 60.0
+        all().count(),
+        all().map(|r| r.train_s).sum::<f64>() / 60.0
     );
     let _ = writeln!(
         md,
@@ -448,6 +458,89 @@ fn header(page: &mut Page, study: &Study, done: &Results) {
          positions, plus log2 8 = 3 bits per position for naming it in the pool.\n",
         init.1
     );
+}
+
+/// The quantizer zoo: one row per quantizer (validation MSE, PSNR, SSIM, bits, codewords in
+/// use, ms per step; mean ± std over seeds) and the mixed pool's selection frequency.
+fn zoo(page: &mut Page, study: &Study, zoo: &[Finished]) -> Result<()> {
+    let steps = study.opts.steps() as f64;
+    let _ = writeln!(
+        page.md,
+        "## The quantizer zoo\n\nEvery quantizer at {} codes per latent position (14 bits, 686 \
+         bits per 28×28 image), the rate of the best fixed codebook at the quick budget, except \
+         the paper's pool (W = 65536: its members have 2^9 to 2^16 codes, plus 3 bits to name \
+         one). Each quantizer sits between the same encoder and decoder, with projections \
+         128 → D → 128; the VQ rows share the healthy codebook settings (k-means, restarts), \
+         SimVQ learns its map by gradient. ms / step is the training wall time over the steps, \
+         on a machine shared with other runs: compare it within this table only.\n",
+        crate::reproduce::ZOO_CODES
+    );
+    let _ = writeln!(
+        page.md,
+        "| quantizer | runs | validation MSE (mean ± std) | PSNR dB | SSIM | bits / image | fewest codewords in use | ms / step |"
+    );
+    let _ = writeln!(page.md, "| --- | --- | --- | --- | --- | --- | --- | --- |");
+    for r in rows(zoo) {
+        let ms = mean_std(
+            &zoo.iter()
+                .filter(|f| f.group == r.group)
+                .map(|f| 1000.0 * f.train_s / steps)
+                .collect::<Vec<_>>(),
+        );
+        let used = r.fewest_used.map_or("–".to_string(), |(u, p)| {
+            format!("{u} ({:.1}%)", 100.0 * p)
+        });
+        let _ = writeln!(
+            page.md,
+            "| {} | {} | {} | {:.2} ± {:.2} | {:.4} ± {:.4} | {:.0} | {used} | {:.0} ± {:.0} |",
+            r.label,
+            r.runs,
+            fmt_ms(r.mse),
+            r.psnr.0,
+            r.psnr.1,
+            r.ssim.0,
+            r.ssim.1,
+            r.bits,
+            ms.0,
+            ms.1,
+        );
+    }
+    let _ = writeln!(page.md);
+    let mut mixed = vq_train::TrainConfig::default();
+    let set = crate::reproduce::zoo_rows()
+        .into_iter()
+        .find(|r| r.0 == crate::reproduce::ZOO_MIXED)
+        .context("the zoo has a mixed pool")?
+        .2;
+    set(&mut mixed);
+    let labels = mixed.model.validate(1)?.quantizer().labels();
+    let series: Vec<Series> = labels
+        .iter()
+        .enumerate()
+        .map(|(i, name)| Series {
+            name: name.clone(),
+            points: mean_curve(zoo, crate::reproduce::ZOO_MIXED, &|t| {
+                t.selection.get(i).copied()
+            }),
+        })
+        .filter(|s| !s.points.is_empty())
+        .collect();
+    if !series.is_empty() {
+        let file = "zoo_mixed_pool_selection.png";
+        page.chart(
+            file,
+            "Selection frequency of the mixed pool's members",
+            "fraction of latent vectors",
+            &series,
+            false,
+        )?;
+        let _ = writeln!(
+            page.md,
+            "![The mixed pool's selection frequency]({}/{file})\n",
+            page.label
+        );
+    }
+    Ok(())
 }
 
 /// Table 1 (fixed codebooks), its best structure, collapse and Fig. 2; returns the best row.

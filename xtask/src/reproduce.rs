@@ -35,7 +35,71 @@ pub enum Part {
     Table2,
     Table3,
     All,
+    /// The quantizer zoo: every quantizer of vq-core at one rate ([`zoo_rows`]), reported as
+    /// `<dataset>-zoo`.
+    Zoo,
 }
+
+/// The zoo's rate: codes per latent position, `2^14`, the best fixed structure's at the quick
+/// budget ([16384, 4] on Fashion-MNIST, docs/results/fashion-mnist-800-steps.md).
+pub const ZOO_CODES: usize = 16384;
+
+/// A zoo row: its group (the report's label), its folder tag, and what it sets on the base
+/// config.
+pub(crate) type ZooRow = (&'static str, &'static str, fn(&mut TrainConfig));
+
+/// The rows of the zoo, each at [`ZOO_CODES`] codes per position except the paper's pool
+/// (W = 65536, whose members have 2^9 to 2^16 codes): VQ [16384, 4] with each gradient and
+/// codebook option, FSQ, LFQ, residual VQ, the paper's pool, and a pool that mixes kinds.
+pub(crate) fn zoo_rows() -> Vec<ZooRow> {
+    fn fixed(c: &mut TrainConfig) {
+        c.model.quantizer = QuantizerSpec::Fixed { n: ZOO_CODES, d: 4 };
+    }
+    vec![
+        ("VQ [16384,4]", "vq", fixed),
+        ("VQ [16384,4], rotation trick", "vq-rotation", |c| {
+            fixed(c);
+            c.model.pool.codebook.gradient = vq_core::VqGradient::Rotation;
+        }),
+        ("VQ [16384,4], cosine", "vq-cosine", |c| {
+            fixed(c);
+            c.model.pool.codebook.distance = vq_core::Distance::Cosine;
+        }),
+        ("SimVQ [16384,4]", "simvq", |c| {
+            fixed(c);
+            let cb = &mut c.model.pool.codebook;
+            (cb.ema, cb.restart_below, cb.sim_vq) = (false, 0.0, true);
+        }),
+        ("FSQ 8,8,8,8,4", "fsq", |c| {
+            c.model.quantizer = QuantizerSpec::Fsq(vq_core::FsqLevels(vec![8, 8, 8, 8, 4]));
+        }),
+        ("LFQ 14 bits", "lfq", |c| {
+            c.model.quantizer = QuantizerSpec::Lfq(vq_core::LfqBits(14));
+        }),
+        ("RVQ 2 × [128,4]", "rvq", |c| {
+            c.model.quantizer = QuantizerSpec::Rvq(vq_core::RvqShape {
+                stages: 2,
+                n: 128,
+                d: 4,
+            });
+        }),
+        ("the paper's pool (W = 65536)", "paper-pool", |c| {
+            c.model.quantizer = QuantizerSpec::Adaptive;
+        }),
+        (ZOO_MIXED, "mixed-pool", |c| {
+            c.model.quantizer = QuantizerSpec::Adaptive;
+            c.model.pool.structures = vec![
+                [ZOO_CODES, 4].into(),
+                vq_core::PoolMember::fsq(&[8, 8, 8, 8, 4]),
+                vq_core::PoolMember::lfq(14),
+                vq_core::PoolMember::rvq(2, 128, 4),
+            ];
+        }),
+    ]
+}
+
+/// The zoo's mixed pool's group.
+pub(crate) const ZOO_MIXED: &str = "mixed pool: VQ [16384,4], FSQ, LFQ, RVQ";
 
 /// Steps per run of the `medium` budget: where the best fixed codebook's validation curve has
 /// flattened on Fashion-MNIST (from here on, 1,000 more steps improve its validation MSE by less
@@ -235,12 +299,38 @@ pub(crate) struct RunSpec {
 }
 
 impl Options {
+    /// A study of `part` on `dataset` at `budget` with every other option at the CLI's default
+    /// (runs under `<root>/runs`, reports under `<root>/results`, CPU, k-means init, the default
+    /// settings, local executor).
+    pub fn new(part: Part, dataset: &str, budget: Budget, root: PathBuf) -> Self {
+        Options {
+            part,
+            dataset: dataset.into(),
+            data_path: None,
+            budget,
+            steps: None,
+            seeds: None,
+            structures: None,
+            runs_dir: root.join("runs"),
+            report_dir: root.join("results"),
+            device: "cpu".into(),
+            init: vq_core::CodebookInit::Kmeans,
+            settings: Setting::DEFAULT.to_vec(),
+            executor: Executor::Local,
+            status: false,
+            slurm: Default::default(),
+        }
+    }
+
     /// Name of the study (its runs folder and report): the dataset, suffixed by the budget
     /// unless it is `quick` or `toy` (by `<steps>-steps` instead when `--steps` overrides the
     /// budget's, so that runs of different lengths never share a folder), and by the
     /// initialisation unless it is k-means.
     fn label(&self) -> String {
         let mut l = self.dataset.clone();
+        if self.part == Part::Zoo {
+            l.push_str("-zoo");
+        }
         match (self.steps, self.budget) {
             (Some(s), _) => l.push_str(&format!("-{s}-steps")),
             (None, Budget::Medium) => l.push_str("-medium"),
@@ -418,6 +508,22 @@ impl Options {
                 v.push(RunSpec {
                     group: setting.group().into(),
                     name: format!("{}-s{s}", setting.tag()),
+                    config: c,
+                });
+            }
+        }
+        Ok(v)
+    }
+
+    fn zoo_specs(&self) -> Result<Vec<RunSpec>> {
+        let mut v = Vec::new();
+        for (group, tag, set) in zoo_rows() {
+            for s in 0..self.seeds() as u64 {
+                let mut c = self.base(s)?;
+                set(&mut c);
+                v.push(RunSpec {
+                    group: group.into(),
+                    name: format!("{tag}-s{s}"),
                     config: c,
                 });
             }
@@ -653,6 +759,7 @@ pub(crate) enum Table {
     One,
     Two,
     Three,
+    Zoo,
 }
 
 impl Table {
@@ -662,6 +769,7 @@ impl Table {
             Table::One => "table1",
             Table::Two => "table2",
             Table::Three => "table3",
+            Table::Zoo => "zoo",
         }
     }
 }
@@ -694,6 +802,7 @@ impl<'a> Study<'a> {
             Part::Table2 => vec![Table::One, Table::Two],
             Part::Table3 => vec![Table::Three],
             Part::All => vec![Table::One, Table::Two, Table::Three],
+            Part::Zoo => vec![Table::Zoo],
         }
     }
 
@@ -704,6 +813,7 @@ impl<'a> Study<'a> {
             Table::One => self.opts.table1_specs(),
             Table::Two => self.opts.adaptive_specs(best_structure(fixed)),
             Table::Three => self.opts.table3_specs(),
+            Table::Zoo => self.opts.zoo_specs(),
         }
     }
 
@@ -721,6 +831,7 @@ pub(crate) struct Results {
     pub(crate) fixed: Vec<Finished>,
     pub(crate) adaptive: Vec<Finished>,
     pub(crate) ablation: Vec<Finished>,
+    pub(crate) zoo: Vec<Finished>,
 }
 
 impl Results {
@@ -729,6 +840,7 @@ impl Results {
             Table::One => &mut self.fixed,
             Table::Two => &mut self.adaptive,
             Table::Three => &mut self.ablation,
+            Table::Zoo => &mut self.zoo,
         }
     }
 }
@@ -845,23 +957,7 @@ mod tests {
     use super::*;
 
     fn opts(budget: Budget) -> Options {
-        Options {
-            part: Part::All,
-            dataset: "embedded".into(),
-            data_path: None,
-            budget,
-            steps: None,
-            seeds: None,
-            structures: None,
-            runs_dir: PathBuf::from("runs"),
-            report_dir: PathBuf::from("results"),
-            device: "cpu".into(),
-            init: vq_core::CodebookInit::Kmeans,
-            settings: Setting::DEFAULT.to_vec(),
-            executor: Executor::Local,
-            status: false,
-            slurm: Default::default(),
-        }
+        Options::new(Part::All, "embedded", budget, PathBuf::from("."))
     }
 
     /// Study labels: budget and initialisation suffixes; the authors' init turns restarts off.

@@ -1,26 +1,13 @@
 //! The reproduction driver end to end at a toy budget: two structures, one seed, a few steps.
 
-use xtask::reproduce::{reproduce, Budget, Executor, Options, Part, Setting};
+use xtask::reproduce::{reproduce, Budget, Options, Part};
 
 #[test]
 fn toy_reproduction_writes_report_and_figures() {
     let dir = tempfile::tempdir().unwrap();
     let opts = Options {
-        part: Part::Table2,
-        dataset: "embedded".into(),
-        data_path: None,
-        budget: Budget::Toy,
-        steps: None,
-        seeds: None,
         structures: Some(vec![[512, 128], [65536, 1]]),
-        runs_dir: dir.path().join("runs"),
-        report_dir: dir.path().join("results"),
-        device: "cpu".into(),
-        init: vq_core::CodebookInit::Kmeans,
-        settings: Setting::DEFAULT.to_vec(),
-        executor: Executor::Local,
-        status: false,
-        slurm: Default::default(),
+        ..Options::new(Part::Table2, "embedded", Budget::Toy, dir.path().into())
     };
     // --status trains nothing: the report names every run as not trained yet (and only-best,
     // which waits for Table 1's best structure).
@@ -223,4 +210,51 @@ fn slurm_executor_without_sbatch_says_so() {
     let config = std::fs::read_to_string(config).unwrap();
     assert!(config.contains("device = \"cuda\""), "{config}");
     assert!(!slurm.join("jobs.jsonl").exists(), "nothing was submitted");
+}
+
+/// The zoo at the toy budget: every quantizer trains a few steps, one row each, in the order
+/// of `zoo_rows`, with the mixed pool's selection figure.
+#[test]
+fn toy_zoo_writes_one_row_per_quantizer() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options::new(Part::Zoo, "embedded", Budget::Toy, dir.path().into());
+    let report = reproduce(&opts).unwrap();
+    assert!(report.ends_with("embedded-zoo.md"), "{}", report.display());
+    let md = std::fs::read_to_string(&report).unwrap();
+    let start = md.find("## The quantizer zoo").expect("a zoo section");
+    let rows: Vec<&str> = md[start..]
+        .lines()
+        .skip_while(|l| !l.starts_with("| ---"))
+        .skip(1)
+        .take_while(|l| l.starts_with('|'))
+        .collect();
+    let labels: Vec<&str> = rows
+        .iter()
+        .map(|r| r.split('|').nth(1).unwrap().trim())
+        .collect();
+    assert_eq!(
+        labels,
+        vec![
+            "VQ [16384,4]",
+            "VQ [16384,4], rotation trick",
+            "VQ [16384,4], cosine",
+            "SimVQ [16384,4]",
+            "FSQ 8,8,8,8,4",
+            "LFQ 14 bits",
+            "RVQ 2 × [128,4]",
+            "the paper's pool (W = 65536)",
+            "mixed pool: VQ [16384,4], FSQ, LFQ, RVQ",
+        ],
+        "{md}"
+    );
+    // Every single quantizer and the mixed pool spend 14 bits per position (7 × 7 positions of
+    // a 28 × 28 image) and 2 more per position to name the pool member: 686 and 784.
+    for r in &rows[..7] {
+        assert!(r.contains("| 686 |"), "{r}");
+    }
+    assert!(rows[8].contains("| 784 |"), "{}", rows[8]);
+    assert!(dir
+        .path()
+        .join("results/embedded-zoo/zoo_mixed_pool_selection.png")
+        .is_file());
 }
