@@ -26,9 +26,10 @@ Setup: pip install torch (CPU is enough). Commands (one JSON line on stdout each
   fsq-bench --T 3136 --levels 8,8,8,5,5,5 [--steps 10 --warmup 3]
       the FSQ of the vector-quantize-pytorch package (pip install vector-quantize-pytorch)
       alone on [T, len(levels)] vectors, training mode, forward and backward;
-  vq-bench --T 3136 --variant rotation|cosine|simvq [--steps 10 --warmup 3]
+  vq-bench --T 3136 --variant rotation|cosine|simvq|rvq [--steps 10 --warmup 3]
       that package's VectorQuantize (EMA, decay 0.99, commitment 0.25) with the rotation trick
-      or cosine similarity, or its SimVQ (straight-through), codebook [1024, 64], alone on
+      or cosine similarity, its SimVQ (straight-through), or its ResidualVQ of 2 such
+      codebooks (straight-through), codebook [1024, 64], alone on
       [T, 64] vectors, training mode, forward and backward of mean(z_q²) + its loss;
   lfq-bench --T 3136 --bits 16 [--steps 10 --warmup 3]
       that package's LFQ (default loss: entropy weight 0.1, β = 100) alone on [T, bits]
@@ -349,10 +350,12 @@ def vq_bench(args):
 
     torch.manual_seed(0)
     common = dict(dim=VQ_BENCH_DIM, codebook_size=VQ_BENCH_CODES)
+    ema = dict(decay=0.99, commitment_weight=0.25)
     if args.variant == "simvq":
         q = vqp.SimVQ(**common, rotation_trick=False)
+    elif args.variant == "rvq":
+        q = vqp.ResidualVQ(**common, **ema, num_quantizers=2, rotation_trick=False)
     else:
-        ema = dict(decay=0.99, commitment_weight=0.25)
         if args.variant == "rotation":
             q = vqp.VectorQuantize(**common, **ema, rotation_trick=True)
         else:
@@ -403,7 +406,9 @@ def main():
     ap.add_argument("--T", type=int, default=3136)
     ap.add_argument("--levels", default="8,8,8,5,5,5")
     ap.add_argument("--bits", type=int, default=16)
-    ap.add_argument("--variant", default="rotation", choices=["rotation", "cosine", "simvq"])
+    ap.add_argument(
+        "--variant", default="rotation", choices=["rotation", "cosine", "simvq", "rvq"]
+    )
     ap.add_argument("--weights")
     ap.add_argument("--input")
     ap.add_argument("--out")

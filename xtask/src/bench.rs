@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 use vq_core::{
     AdaptiveConfig, AdaptiveQuantizer, CodebookConfig, Distance, Fsq, FsqConfig, Lfq, LfqConfig,
-    Quantizer, SeededVarMap, Step, VectorQuantizer, VqConfig, VqGradient,
+    Quantizer, ResidualVq, RvqConfig, SeededVarMap, Step, VectorQuantizer, VqConfig, VqGradient,
 };
 use vq_models::{ModelConfig, QuantizerSpec, VqVae};
 use vq_train::optim::{Adam, AdamConfig};
@@ -127,6 +127,16 @@ pub fn run_case(
         let side = s / 4;
         let q = Lfq::new(&LfqConfig::new(LFQ_BENCH_BITS).validate()?);
         let z = Tensor::randn(0f32, 1.0, (b, LFQ_BENCH_BITS as usize, side, side), &dev)?;
+        let mut rng = vq_core::init::stream(0, "bench");
+        return quantizer_alone(&q, z, steps, warmup, &mut rng, (model, shape, threads));
+    }
+    if model == "rvq" {
+        // Two VQ stages [VQ_BENCH_CODES, VQ_BENCH_DIM] (default learning rule) on residuals.
+        let side = s / 4;
+        let cfg = RvqConfig::new(2, VQ_BENCH_CODES, VQ_BENCH_DIM).validate()?;
+        let vm = SeededVarMap::new(0);
+        let q = ResidualVq::new(&cfg, vm.var_builder(DType::F32, &dev))?;
+        let z = Tensor::randn(0f32, 1.0, (b, VQ_BENCH_DIM, side, side), &dev)?;
         let mut rng = vq_core::init::stream(0, "bench");
         return quantizer_alone(&q, z, steps, warmup, &mut rng, (model, shape, threads));
     }
@@ -303,6 +313,7 @@ pub const CASES: &[(&str, &str)] = &[
     ("rotation", "mnist"),
     ("cosine", "mnist"),
     ("simvq", "mnist"),
+    ("rvq", "mnist"),
     ("fixed512x128", "cifar"),
     ("fixed16384x4", "cifar"),
     ("adaptive", "cifar"),
@@ -338,7 +349,7 @@ fn run_torch(
             "--levels",
             &levels.join(","),
         ]);
-    } else if vq_variant(model).is_some() {
+    } else if vq_variant(model).is_some() || model == "rvq" {
         cmd.args(["vq-bench", "--T", &t.to_string(), "--variant", model]);
     } else if model == "lfq" {
         cmd.args([
@@ -440,7 +451,7 @@ pub struct BenchOptions {
     pub rounds: usize,
     pub compare_torch: bool,
     /// Only this model (fixed512x128, fixed16384x4, adaptive, adaptive-no-restart, quantizer, fsq,
-    /// lfq, rotation, cosine, simvq).
+    /// lfq, rotation, cosine, simvq, rvq).
     pub only: Option<String>,
     /// Only this input shape (mnist, cifar).
     pub shape: Option<String>,

@@ -30,7 +30,7 @@ enum Cmd {
         #[arg(long)]
         compare_torch: bool,
         /// Only this model (fixed512x128, fixed16384x4, adaptive, adaptive-no-restart, quantizer,
-        /// fsq, lfq, rotation, cosine, simvq).
+        /// fsq, lfq, rotation, cosine, simvq, rvq).
         #[arg(long)]
         only: Option<String>,
         /// Only this input shape (mnist: 64×1×28×28, cifar: 64×3×32×32).

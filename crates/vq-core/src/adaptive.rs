@@ -14,8 +14,7 @@ use crate::fused_linear::FusedLinear;
 use crate::gumbel::{gumbel_softmax, gumbel_softmax_with_noise, one_hot_argmax, selection_counts};
 use crate::lfq::Lfq;
 use crate::quantizer::{
-    check_rows, decode_single, from_flat, single_codebook_output, to_flat, Codes,
-    ImplicitQuantizer, Quantizer, QuantizerOutput, Selection, Step,
+    from_flat, to_flat, Codes, Quantizer, QuantizerOutput, RowQuantizer, Selection, Step,
 };
 use crate::rvq::ResidualVq;
 use crate::search::SearchMethod;
@@ -47,25 +46,25 @@ pub enum Member {
 }
 
 impl Member {
+    /// The member as a quantizer of rows.
+    fn rows(&self) -> &dyn RowQuantizer {
+        match self {
+            Self::Vq(q) => q,
+            Self::Fsq(q) => q,
+            Self::Lfq(q) => q,
+            Self::Rvq(q) => q,
+        }
+    }
+
     /// Quantizes the projected vectors `z` `[T, D]` (see [`VectorQuantizer::forward`]); FSQ
     /// gives a zero loss.
     fn forward(&self, z: &Tensor, update: bool) -> Result<VqOutput> {
-        match self {
-            Self::Vq(q) => q.forward(z, update),
-            Self::Fsq(q) => q.forward_rows(z),
-            Self::Lfq(q) => q.forward_rows(z),
-            Self::Rvq(q) => q.forward(z, update),
-        }
+        self.rows().forward_rows(z, update)
     }
 
     /// `[T]` indices → `[T, D]` codes.
     fn decode(&self, indices: &Tensor) -> Result<Tensor> {
-        match self {
-            Self::Vq(q) => q.decode(indices),
-            Self::Fsq(q) => q.indices_to_codes(indices),
-            Self::Lfq(q) => q.indices_to_codes(indices),
-            Self::Rvq(q) => q.decode(indices),
-        }
+        self.rows().indices_to_codes(indices)
     }
 
     /// N: the number of codes.
@@ -269,15 +268,12 @@ impl ProjectedQuantizer {
         rng: &mut dyn rand::RngCore,
     ) -> Result<bool> {
         match &self.quantizer {
-            Member::Vq(q) => {
-                let z = self.project(&flat.detach())?.detach();
-                q.initialise(&z, rows_per_step, rng)
-            }
-            Member::Rvq(q) => {
-                let z = self.project(&flat.detach())?.detach();
-                q.initialise(&z, rows_per_step, rng)
-            }
+            // No codebook to initialise.
             Member::Fsq(_) | Member::Lfq(_) => Ok(false),
+            m => {
+                let z = self.project(&flat.detach())?.detach();
+                m.rows().initialise_rows(&z, rows_per_step, rng)
+            }
         }
     }
 
@@ -811,41 +807,38 @@ impl Quantizer for AdaptiveQuantizer {
     }
 }
 
-impl Quantizer for VectorQuantizer {
-    fn channels(&self) -> usize {
-        self.config().embedding_dim()
-    }
+/// `RowQuantizer` for a codebook type whose inherent `forward`, `decode` and `initialise`
+/// already have the trait's meaning; `$width` gives D from `$s`.
+macro_rules! row_quantizer_of_codebooks {
+    ($t:ty, |$s:ident| $width:expr) => {
+        impl RowQuantizer for $t {
+            fn width(&self) -> usize {
+                let $s = self;
+                $width
+            }
 
-    fn num_codebooks(&self) -> usize {
-        1
-    }
+            fn forward_rows(&self, z: &Tensor, update: bool) -> Result<VqOutput> {
+                <$t>::forward(self, z, update)
+            }
 
-    fn forward_flat(
-        &self,
-        flat: &Tensor,
-        shape: &[usize],
-        step: &mut Step<'_>,
-    ) -> Result<QuantizerOutput> {
-        check_rows(flat, shape)?;
-        single_codebook_output(
-            VectorQuantizer::forward(self, flat, step.update_codebooks)?,
-            shape,
-        )
-    }
+            fn indices_to_codes(&self, indices: &Tensor) -> Result<Tensor> {
+                <$t>::decode(self, indices)
+            }
 
-    fn initialise_codebooks(
-        &self,
-        flat: &Tensor,
-        rows_per_step: usize,
-        rng: &mut dyn rand::RngCore,
-    ) -> Result<bool> {
-        self.initialise(&flat.detach(), rows_per_step, rng)
-    }
-
-    fn decode(&self, codes: &Codes) -> Result<Tensor> {
-        decode_single(codes, self.channels(), |i| VectorQuantizer::decode(self, i))
-    }
+            fn initialise_rows(
+                &self,
+                z: &Tensor,
+                rows_per_step: usize,
+                rng: &mut dyn rand::RngCore,
+            ) -> Result<bool> {
+                <$t>::initialise(self, z, rows_per_step, rng)
+            }
+        }
+    };
 }
+
+row_quantizer_of_codebooks!(VectorQuantizer, |q| q.config().embedding_dim());
+row_quantizer_of_codebooks!(ResidualVq, |q| q.config().stage().embedding_dim());
 
 #[cfg(test)]
 mod tests {

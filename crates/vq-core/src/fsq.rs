@@ -20,7 +20,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ConfigError, Result, VqError};
-use crate::quantizer::{check_indices, ImplicitQuantizer};
+use crate::quantizer::{check_indices, RowQuantizer};
 use crate::vq::{code_usage, VqOutput};
 
 /// ε of the bound: `tanh·h` reaches just past the outermost grid points, and stays inside
@@ -199,7 +199,7 @@ impl Fsq {
     }
 }
 
-impl ImplicitQuantizer for Fsq {
+impl RowQuantizer for Fsq {
     fn width(&self) -> usize {
         self.config.levels.len()
     }
@@ -207,7 +207,7 @@ impl ImplicitQuantizer for Fsq {
     /// Quantizes `z` `[T, D]` like [`VectorQuantizer::forward`](crate::VectorQuantizer::forward)
     /// does: f32 codes (straight-through), indices, the batch's code usage, and a zero loss
     /// (FSQ has none).
-    fn forward_rows(&self, z: &Tensor) -> Result<VqOutput> {
+    fn forward_rows(&self, z: &Tensor, _update: bool) -> Result<VqOutput> {
         let quantized = self.quantize(z)?;
         let indices = self.codes_to_indices(&quantized.detach())?;
         let (counts, perplexity) = code_usage(&indices, self.config.codes as usize)?;

@@ -30,7 +30,7 @@ use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ConfigError, Result, VqError};
-use crate::quantizer::{check_indices, ImplicitQuantizer};
+use crate::quantizer::{check_indices, RowQuantizer};
 use crate::vq::{code_usage, VqOutput};
 
 /// The most channels (bits) of one LFQ quantizer: each batch's code usage is counted in an
@@ -315,14 +315,14 @@ fn half_bits(len: usize, dev: &Device) -> Result<(Tensor, Tensor)> {
     ))
 }
 
-impl ImplicitQuantizer for Lfq {
+impl RowQuantizer for Lfq {
     fn width(&self) -> usize {
         self.config.bits()
     }
 
     /// Quantizes `z` `[T, d]` like [`VectorQuantizer::forward`](crate::VectorQuantizer::forward)
     /// does: f32 codes (straight-through), indices, the batch's code usage and the loss.
-    fn forward_rows(&self, z: &Tensor) -> Result<VqOutput> {
+    fn forward_rows(&self, z: &Tensor, _update: bool) -> Result<VqOutput> {
         let _span = tracing::trace_span!("lfq", bits = self.config.bits()).entered();
         let quantized = self.quantize(z)?;
         let indices = self.codes_to_indices(&quantized.detach())?;
@@ -513,8 +513,8 @@ mod tests {
             .to_dtype(DType::F32)
             .unwrap();
         let z16 = z32.to_dtype(DType::BF16).unwrap();
-        let a = q.forward_rows(&z32).unwrap();
-        let b = q.forward_rows(&z16).unwrap();
+        let a = q.forward_rows(&z32, true).unwrap();
+        let b = q.forward_rows(&z16, true).unwrap();
         assert_eq!(
             a.indices.to_vec1::<u32>().unwrap(),
             b.indices.to_vec1::<u32>().unwrap()
@@ -534,13 +534,13 @@ mod tests {
         c.loss.inv_temperature = 0.25;
         c.loss.entropy_weight = 0.5;
         c.loss.diversity_gamma = 2.0;
-        let out = Lfq::new(&c.validate().unwrap()).forward_rows(&z).unwrap();
+        let out = Lfq::new(&c.validate().unwrap()).forward_rows(&z, true).unwrap();
         let want = 0.5 * (1.2054712465017667 - 2.0 * 1.3421890802510463);
         let got = f64::from(out.loss.to_scalar::<f32>().unwrap());
         assert!((got - want).abs() < 1e-6, "{got} vs {want}");
         c.loss.entropy_weight = 0.0;
         c.loss.commitment_weight = 3.0;
-        let out = Lfq::new(&c.validate().unwrap()).forward_rows(&z).unwrap();
+        let out = Lfq::new(&c.validate().unwrap()).forward_rows(&z, true).unwrap();
         // (0.5² + 0.75² + 1² + 0 + 1² + 0.25²) / 6 = 2.875 / 6.
         let got = f64::from(out.loss.to_scalar::<f32>().unwrap());
         assert!((got - 3.0 * 2.875 / 6.0).abs() < 1e-6, "{got}");
@@ -556,7 +556,7 @@ mod tests {
             &Device::Cpu,
         )
         .unwrap();
-        let out = q.forward_rows(z.as_tensor()).unwrap();
+        let out = q.forward_rows(z.as_tensor(), true).unwrap();
         let loss = out.loss.to_scalar::<f32>().unwrap();
         assert!(loss.is_finite(), "{loss}");
         let grads = out.loss.backward().unwrap();

@@ -71,7 +71,7 @@ pub use gap::{gradient_gap, GradientGap};
 pub use gumbel::{TauSchedule, Temperature};
 pub use init::SeededVarMap;
 pub use lfq::{Lfq, LfqConfig, LfqEntropy, LfqLoss, ValidLfqConfig, LFQ_MAX_BITS};
-pub use quantizer::{Codes, ImplicitQuantizer, Quantizer, QuantizerOutput, Selection, Step};
+pub use quantizer::{Codes, Quantizer, QuantizerOutput, RowQuantizer, Selection, Step};
 pub use rvq::{ResidualVq, RvqConfig, ValidRvqConfig, RVQ_MAX_CODES};
 pub use search::SearchMethod;
 pub use structures::structures;

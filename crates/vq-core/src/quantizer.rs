@@ -229,23 +229,35 @@ pub(crate) fn single_codebook_output(out: VqOutput, shape: &[usize]) -> Result<Q
     })
 }
 
-/// A quantizer of `[T, D]` rows with an implicit codebook and no learned state ([`crate::Fsq`],
-/// [`crate::Lfq`]): implementing it gives the [`Quantizer`] trait (a single codebook over
-/// channel-first latents), and the pool calls the same two methods for its members.
-pub trait ImplicitQuantizer {
+/// One quantizer of `[T, D]` rows with one index per row ([`crate::VectorQuantizer`],
+/// [`crate::ResidualVq`], [`crate::Fsq`], [`crate::Lfq`]): implementing it gives the
+/// [`Quantizer`] trait over channel-first latents (a "pool" of one, no projection, `C = D`).
+pub trait RowQuantizer {
     /// D: the channels of the rows it quantizes.
     fn width(&self) -> usize;
 
-    /// Quantizes `z` `[T, D]` (any float dtype) like
-    /// [`VectorQuantizer::forward`](crate::VectorQuantizer::forward): f32 codes (straight
-    /// through), `[T]` u32 indices, code usage and the loss (zero where there is none).
-    fn forward_rows(&self, z: &Tensor) -> Result<VqOutput>;
+    /// Quantizes `z` `[T, D]` like
+    /// [`VectorQuantizer::forward`](crate::VectorQuantizer::forward): codes (straight
+    /// through), `[T]` u32 indices, code usage and the loss (zero where there is none); with
+    /// `update`, learned codebooks take their training update.
+    fn forward_rows(&self, z: &Tensor, update: bool) -> Result<VqOutput>;
 
-    /// Indices `[T]` u32 → `[T, D]` f32 codes, without a codebook.
+    /// Indices `[T]` u32 → `[T, D]` codes.
     fn indices_to_codes(&self, indices: &Tensor) -> Result<Tensor>;
+
+    /// The data-driven initialisation from `z` `[T, D]` (see
+    /// [`Quantizer::initialise_codebooks`]); nothing by default.
+    fn initialise_rows(
+        &self,
+        _z: &Tensor,
+        _rows_per_step: usize,
+        _rng: &mut dyn RngCore,
+    ) -> Result<bool> {
+        Ok(false)
+    }
 }
 
-impl<Q: ImplicitQuantizer> Quantizer for Q {
+impl<Q: RowQuantizer> Quantizer for Q {
     fn channels(&self) -> usize {
         self.width()
     }
@@ -258,21 +270,22 @@ impl<Q: ImplicitQuantizer> Quantizer for Q {
         &self,
         flat: &Tensor,
         shape: &[usize],
-        _step: &mut Step<'_>,
+        step: &mut Step<'_>,
     ) -> Result<QuantizerOutput> {
         check_rows(flat, shape)?;
-        let mut out = single_codebook_output(self.forward_rows(flat)?, shape)?;
+        let mut out =
+            single_codebook_output(self.forward_rows(flat, step.update_codebooks)?, shape)?;
         out.z_q = out.z_q.to_dtype(flat.dtype())?;
         Ok(out)
     }
 
     fn initialise_codebooks(
         &self,
-        _flat: &Tensor,
-        _rows_per_step: usize,
-        _rng: &mut dyn RngCore,
+        flat: &Tensor,
+        rows_per_step: usize,
+        rng: &mut dyn RngCore,
     ) -> Result<bool> {
-        Ok(false)
+        self.initialise_rows(&flat.detach(), rows_per_step, rng)
     }
 
     fn decode(&self, codes: &Codes) -> Result<Tensor> {

@@ -8,7 +8,7 @@
 mod common;
 
 use candle_core::{Device, Tensor, Var};
-use vq_core::{ImplicitQuantizer, Lfq, LfqConfig};
+use vq_core::{Lfq, LfqConfig, RowQuantizer};
 
 /// Reads blocks from stdin, each a line `d β`, rows of inputs and a line `end`; for each block
 /// prints the package's codes (one row per line), the indices, the per-sample entropy, the
@@ -105,7 +105,7 @@ fn lfq_matches_vector_quantize_pytorch() {
         c.loss.inv_temperature = *beta;
         let q = Lfq::new(&c.validate().unwrap());
         let z = Var::from_tensor(&Tensor::new(x.clone(), &Device::Cpu).unwrap()).unwrap();
-        let out = q.forward_rows(z.as_tensor()).unwrap();
+        let out = q.forward_rows(z.as_tensor(), true).unwrap();
         assert_eq!(
             out.quantized.to_vec2::<f32>().unwrap(),
             r.codes,
