@@ -534,13 +534,17 @@ mod tests {
         c.loss.inv_temperature = 0.25;
         c.loss.entropy_weight = 0.5;
         c.loss.diversity_gamma = 2.0;
-        let out = Lfq::new(&c.validate().unwrap()).forward_rows(&z, true).unwrap();
+        let out = Lfq::new(&c.validate().unwrap())
+            .forward_rows(&z, true)
+            .unwrap();
         let want = 0.5 * (1.2054712465017667 - 2.0 * 1.3421890802510463);
         let got = f64::from(out.loss.to_scalar::<f32>().unwrap());
         assert!((got - want).abs() < 1e-6, "{got} vs {want}");
         c.loss.entropy_weight = 0.0;
         c.loss.commitment_weight = 3.0;
-        let out = Lfq::new(&c.validate().unwrap()).forward_rows(&z, true).unwrap();
+        let out = Lfq::new(&c.validate().unwrap())
+            .forward_rows(&z, true)
+            .unwrap();
         // (0.5² + 0.75² + 1² + 0 + 1² + 0.25²) / 6 = 2.875 / 6.
         let got = f64::from(out.loss.to_scalar::<f32>().unwrap());
         assert!((got - 3.0 * 2.875 / 6.0).abs() < 1e-6, "{got}");
