@@ -729,7 +729,18 @@ impl AdaptiveConfig {
                         num_embeddings: n,
                         embedding_dim: d,
                         codebook: p.codebook.clone(),
-                        min_stages: p.rvq_min_stages.unwrap_or(stages).min(stages),
+                        min_stages: match p.rvq_min_stages {
+                            Some(k) if k == 0 || k > stages => {
+                                return Err(ConfigError::invalid(
+                                    "rvq_min_stages",
+                                    format!(
+                                        "must be 1 to the stages of {member} ({stages}), got {k}"
+                                    ),
+                                ))
+                            }
+                            Some(k) => k,
+                            None => stages,
+                        },
                     }
                     .validate()?,
                 ),

@@ -223,7 +223,7 @@ impl RowQuantizer for Fsq {
     /// Indices `[T]` u32 → `[T, D]` f32 codes, in integer arithmetic (no codebook).
     fn indices_to_codes(&self, indices: &Tensor) -> Result<Tensor> {
         let dev = indices.device();
-        check_indices(indices)?;
+        check_indices(indices, self.config.codes)?;
         let levels: Vec<u32> = self.config.levels.clone();
         let levels = Tensor::from_slice(&levels, (1, levels.len()), dev)?;
         let quotient = indices.unsqueeze(1)?.broadcast_div(&self.basis(dev)?)?;

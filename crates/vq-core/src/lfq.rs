@@ -339,7 +339,7 @@ impl RowQuantizer for Lfq {
 
     /// Indices `[T]` u32 → `[T, d]` f32 codes `±s` (no codebook).
     fn indices_to_codes(&self, indices: &Tensor) -> Result<Tensor> {
-        check_indices(indices)?;
+        check_indices(indices, self.config.codebook_size())?;
         let two = Tensor::new(2u32, indices.device())?;
         let shifted = indices
             .unsqueeze(1)?
@@ -487,6 +487,11 @@ mod tests {
         );
         let back = q.codes_to_indices(&codes).unwrap();
         assert_eq!(back.to_vec1::<u32>().unwrap(), (0..32).collect::<Vec<_>>());
+        let e = q
+            .indices_to_codes(&Tensor::new(&[3u32, 32], &Device::Cpu).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("32 is out of range for 32 codes"), "{e}");
         let q = lfq(24, 100.0);
         let want = vec![(1u32 << 24) - 1, (1 << 23) + 5, 0];
         let idx = Tensor::new(want.as_slice(), &Device::Cpu).unwrap();

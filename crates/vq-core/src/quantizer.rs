@@ -293,8 +293,8 @@ impl<Q: RowQuantizer> Quantizer for Q {
     }
 }
 
-/// Checks that `indices` is `[T]` u32.
-pub(crate) fn check_indices(indices: &Tensor) -> Result<()> {
+/// Checks that `indices` is `[T]` u32 with every index below `codes`.
+pub(crate) fn check_indices(indices: &Tensor, codes: u64) -> Result<()> {
     if indices.rank() != 1 || indices.dtype() != DType::U32 {
         return Err(VqError::input(
             "indices",
@@ -304,6 +304,15 @@ pub(crate) fn check_indices(indices: &Tensor) -> Result<()> {
                 indices.dtype()
             ),
         ));
+    }
+    if indices.elem_count() > 0 {
+        let max = indices.max(0)?.to_scalar::<u32>()?;
+        if u64::from(max) >= codes {
+            return Err(VqError::input(
+                "indices",
+                format!("index {max} is out of range for {codes} codes"),
+            ));
+        }
     }
     Ok(())
 }

@@ -1,8 +1,10 @@
 //! Residual vector quantization (RVQ; Zeghidour et al., 2021, SoundStream): `K` VQ codebooks
 //! `[N, D]` in sequence, each quantizing what the previous stages left, `x − Σ_{j<k} q_j`; the
 //! output is `Σ_k q_k`. Each stage is a [`VectorQuantizer`] with the shared learning rule (EMA,
-//! k-means, restarts, rotation trick, cosine, SimVQ), so the search and the updates are the
-//! single-codebook ones.
+//! k-means, restarts, SimVQ), so the search and the updates are the single-codebook ones. The
+//! rotation trick and cosine codebooks are refused: the stack has one straight-through estimator
+//! around it (no per-stage gradient to rotate), and unit codewords summed over stages could not
+//! follow the input's norm.
 //!
 //! - **Gradient**: the output passes the gradient to `x` unchanged (one straight-through
 //!   estimator around the whole stack, as the residual arithmetic of EnCodec's RVQ gives).
@@ -84,6 +86,20 @@ impl RvqConfig {
                     "must be 1 to stages = {}, got {}",
                     self.stages, self.min_stages
                 ),
+            ));
+        }
+        if self.codebook.gradient != crate::config::VqGradient::StraightThrough {
+            return Err(ConfigError::invalid(
+                "gradient",
+                "a residual stack passes the gradient straight through the whole stack; the \
+                 rotation trick applies to a single codebook",
+            ));
+        }
+        if self.codebook.distance != crate::config::Distance::L2 {
+            return Err(ConfigError::invalid(
+                "distance",
+                "a residual stack sums its stages' codewords; unit (cosine) codewords could not \
+                 follow the input's norm",
             ));
         }
         let stage = VqConfig {
@@ -218,7 +234,7 @@ impl ResidualVq {
         let n = self.config.stage().num_embeddings() as u32;
         let x_sg = x.detach();
         let mut sum = x_sg.zeros_like()?;
-        let mut loss = Tensor::zeros((), DType::F32, x.device())?;
+        let mut loss = Tensor::zeros((), x.dtype(), x.device())?;
         let mut indices = Tensor::zeros(x.dim(0)?, DType::U32, x.device())?;
         let mut radix = 1u32;
         for stage in &self.stages[..active] {
@@ -244,7 +260,7 @@ impl ResidualVq {
 
     /// Indices `[T]` u32 → `[T, D]`: the sum of the stages' codewords.
     pub fn decode(&self, indices: &Tensor) -> Result<Tensor> {
-        check_indices(indices)?;
+        check_indices(indices, self.config.codebook_size())?;
         let n = self.config.stage().num_embeddings() as u32;
         let n_t = Tensor::new(n, indices.device())?;
         let mut rest = indices.clone();
@@ -393,6 +409,14 @@ mod tests {
 
     #[test]
     fn bad_configs_name_their_field() {
+        let mut c = RvqConfig::new(2, 256, 8);
+        c.codebook.gradient = crate::config::VqGradient::Rotation;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("gradient"), "{e}");
+        let mut c = RvqConfig::new(2, 256, 8);
+        c.codebook.distance = crate::config::Distance::Cosine;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("distance"), "{e}");
         let e = RvqConfig::new(0, 256, 8)
             .validate()
             .unwrap_err()

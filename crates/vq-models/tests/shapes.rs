@@ -277,6 +277,18 @@ fn config_errors_name_the_field() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("vq_loss") && e.contains("rvq:2x256,8"), "{e}");
+    let e = ModelConfig {
+        quantizer: "rvq:2x256,8".parse().unwrap(),
+        pool: vq_core::PoolConfig {
+            rvq_min_stages: Some(3),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+    .validate(1)
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("rvq_min_stages") && e.contains("got 3"), "{e}");
     let e = "rvq:2,256,8".parse::<QuantizerSpec>().unwrap_err();
     assert!(e.contains("rvq:KxN,D"), "{e}");
     let e = ModelConfig {
