@@ -276,7 +276,13 @@ impl VectorQuantizer {
         };
         // A non-finite batch (a diverging encoder) must not reach the codebook statistics.
         let finite = !update || x_sg.sum_all()?.to_scalar::<f32>()?.is_finite();
-        let updates = if update && finite && cb.init != CodebookInit::Normal && updates == 0 {
+        // No counter (SimVQ, the authors' init without restarts): nothing to initialise.
+        let updates = if update
+            && finite
+            && self.updates.is_some()
+            && cb.init != CodebookInit::Normal
+            && updates == 0
+        {
             let mut rng = self.rng(0);
             self.initialise(&x_sg, x_sg.dim(0)?, &mut rng)?;
             1
