@@ -128,25 +128,16 @@ impl ProjectOut {
                         format!("the 3×3 back-projection needs positions [B, H, W], got {shape:?}"),
                     ));
                 };
-                // im2col on the channel-last rows, then one GEMM: column (ky·3 + kx)·D + d
-                // holds the input at offset (ky − 1, kx − 1), channel d, and the kernel
-                // [C, D, 3, 3] is viewed as [C, 3, 3, D] → [C, 9D] to match. (candle's CPU
-                // conv2d backward goes through a direct transposed convolution, the slower way at
-                // these sizes.)
-                let (d, c) = (q.dim(1)?, weight.dim(0)?);
-                let padded = q
-                    .reshape((b, h, w, d))?
-                    .pad_with_zeros(1, 1, 1)?
-                    .pad_with_zeros(2, 1, 1)?;
-                let mut cols = Vec::with_capacity(9);
-                for ky in 0..3 {
-                    for kx in 0..3 {
-                        cols.push(padded.narrow(1, ky, h)?.narrow(2, kx, w)?);
-                    }
-                }
-                let cols = Tensor::cat(&cols, 3)?.reshape((b * h * w, 9 * d))?;
-                let kernel = weight.permute((0, 2, 3, 1))?.reshape((c, 9 * d))?;
-                Ok(vq_ops::ops::linear(&cols, &kernel, bias)?)
+                let x = q.reshape((b, h, w, q.dim(1)?))?;
+                let y = if vq_ops::ops::is_cpu_f32(&x) {
+                    // One convolution op over the channel-last positions, whose backward
+                    // computes the input, kernel and bias gradients directly.
+                    let none = vq_ops::ops::ReluAt::NONE;
+                    vq_ops::ops::conv2d_nhwc(&x, weight, Some(bias), 1, 1, none)?
+                } else {
+                    conv3x3_composed(&x, weight, bias)?
+                };
+                Ok(y.reshape((b * h * w, weight.dim(0)?))?)
             }
         }
     }
@@ -155,6 +146,26 @@ impl ProjectOut {
     fn is_pointwise(&self) -> bool {
         matches!(self, Self::Linear(_))
     }
+}
+
+/// A 3×3, padding-1 convolution of channel-last `x` `[B, H, W, D]` with `weight` `[C, D, 3, 3]`
+/// and `bias` `[C]` → `[B, H, W, C]`, from candle ops (any device and dtype): im2col, whose
+/// column (ky·3 + kx)·D + d holds the input at offset (ky − 1, kx − 1), channel d, then one GEMM
+/// with the kernel viewed as `[C, 3, 3, D]` → `[C, 9D]`. The CPU takes the fused op instead: here
+/// each narrow's backward fills and adds a padded copy.
+fn conv3x3_composed(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let (b, h, w, d) = x.dims4()?;
+    let c = weight.dim(0)?;
+    let padded = x.pad_with_zeros(1, 1, 1)?.pad_with_zeros(2, 1, 1)?;
+    let mut cols = Vec::with_capacity(9);
+    for ky in 0..3 {
+        for kx in 0..3 {
+            cols.push(padded.narrow(1, ky, h)?.narrow(2, kx, w)?);
+        }
+    }
+    let cols = Tensor::cat(&cols, 3)?.reshape((b * h * w, 9 * d))?;
+    let kernel = weight.permute((0, 2, 3, 1))?.reshape((c, 9 * d))?;
+    Ok(vq_ops::ops::linear(&cols, &kernel, bias)?.reshape((b, h, w, c))?)
 }
 
 impl ProjectedQuantizer {
@@ -845,7 +856,7 @@ mod tests {
     use super::*;
     use crate::config::{AdaptiveConfig, PoolConfig};
     use crate::init::SeededVarMap;
-    use candle_core::Device;
+    use candle_core::{Device, Var};
 
     /// One image, positions p0, p1, channels a..d: channel-last rows `[a0 b0 c0 d0]`,
     /// `[a1 b1 c1 d1]`; the channel-first memory is `a0 a1 b0 b1 c0 c1 d0 d1`, so
@@ -877,6 +888,69 @@ mod tests {
         };
         let e = c.validate().unwrap_err().to_string();
         assert!(e.contains("granularity") && e.contains("raw-view"), "{e}");
+    }
+
+    /// The 3×3 back-projection, fused on the CPU and composed from candle ops elsewhere, gives
+    /// candle's own `conv2d` (padding 1, bias added) on the channel-first view, with the same
+    /// gradients for the input, the kernel and the bias, for D = 1 and D = 32 (the direct
+    /// kernels' case when C is a multiple of 32 too).
+    #[test]
+    fn conv_back_projection_matches_candle_conv2d() {
+        let dev = Device::Cpu;
+        let max_diff = |a: &Tensor, b: &Tensor| {
+            let d = (a - b).unwrap().abs().unwrap().flatten_all().unwrap();
+            d.max(0).unwrap().to_scalar::<f32>().unwrap()
+        };
+        for d in [1, 32] {
+            let (b, h, w, c) = (2, 5, 4, 32);
+            let rows = crate::init::randn(1, "q", &[b * h * w, d], &dev).unwrap();
+            let weight = crate::init::randn(2, "w", &[c, d, 3, 3], &dev).unwrap();
+            let bias = crate::init::randn(3, "b", &[c], &dev).unwrap();
+            let r = crate::init::randn(4, "r", &[b * h * w, c], &dev).unwrap();
+            // Reference: candle's conv2d on [B, D, H, W], back to rows [B·H·W, C].
+            let vars = [&rows, &weight, &bias].map(|t| Var::from_tensor(t).unwrap());
+            let [q, k, bb] = vars.each_ref().map(|v| v.as_tensor().clone());
+            let nchw = q
+                .reshape((b, h, w, d))
+                .unwrap()
+                .permute((0, 3, 1, 2))
+                .unwrap();
+            let want = nchw.conv2d(&k, 1, 1, 1, 1).unwrap();
+            let want = want
+                .broadcast_add(&bb.reshape((1, c, 1, 1)).unwrap())
+                .unwrap();
+            let want = want
+                .permute((0, 2, 3, 1))
+                .unwrap()
+                .reshape((b * h * w, c))
+                .unwrap();
+            let want_g = (&want * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let fused = ProjectOut::Conv3x3 {
+                weight: k.clone(),
+                bias: bb.clone(),
+            };
+            let composed = |q: &Tensor| -> Result<Tensor> {
+                let x = q.reshape((b, h, w, d))?;
+                Ok(conv3x3_composed(&x, &k, &bb)?.reshape((b * h * w, c))?)
+            };
+            for (name, got) in [
+                ("fused", fused.forward(&q, &[b, h, w]).unwrap()),
+                ("composed", composed(&q).unwrap()),
+            ] {
+                assert!(
+                    max_diff(&got, &want) < 1e-4,
+                    "{name} D = {d}: values differ"
+                );
+                let g = (&got * &r).unwrap().sum_all().unwrap().backward().unwrap();
+                for (v, what) in vars.iter().zip(["input", "kernel", "bias"]) {
+                    let diff = max_diff(g.get(v.as_tensor()).unwrap(), want_g.get(v).unwrap());
+                    assert!(
+                        diff < 1e-3,
+                        "{name} D = {d}: {what} gradient differs by {diff}"
+                    );
+                }
+            }
+        }
     }
 
     /// A 3×3 back-projection: one codebook decodes its codes (the convolution of its own
