@@ -83,7 +83,7 @@ pub(crate) fn zoo_rows() -> Vec<ZooRow> {
                 d: 4,
             });
         }),
-        ("the paper's pool (W = 65536)", "paper-pool", |c| {
+        (ZOO_PAPER_POOL, "paper-pool", |c| {
             c.model.quantizer = QuantizerSpec::Adaptive;
         }),
         (ZOO_MIXED, "mixed-pool", |c| {
@@ -97,6 +97,9 @@ pub(crate) fn zoo_rows() -> Vec<ZooRow> {
         }),
     ]
 }
+
+/// The zoo's group of the paper's pool.
+pub(crate) const ZOO_PAPER_POOL: &str = "the paper's pool (W = 65536)";
 
 /// The zoo's mixed pool's group.
 pub(crate) const ZOO_MIXED: &str = "mixed pool: VQ [16384,4], FSQ, LFQ, RVQ";

@@ -212,8 +212,8 @@ fn slurm_executor_without_sbatch_says_so() {
     assert!(!slurm.join("jobs.jsonl").exists(), "nothing was submitted");
 }
 
-/// The zoo at the toy budget: every quantizer trains a few steps, one row each, in the order
-/// of `zoo_rows`, with the mixed pool's selection figure.
+/// The zoo at the toy budget: every quantizer trains a few steps, one row each in the order of
+/// `zoo_rows` (a pool one per routing), with the mixed pool's selection figure.
 #[test]
 fn toy_zoo_writes_one_row_per_quantizer() {
     let dir = tempfile::tempdir().unwrap();
@@ -242,8 +242,10 @@ fn toy_zoo_writes_one_row_per_quantizer() {
             "FSQ 8,8,8,8,4",
             "LFQ 14 bits",
             "RVQ 2 × [128,4]",
-            "the paper's pool (W = 65536)",
-            "mixed pool: VQ [16384,4], FSQ, LFQ, RVQ",
+            "the paper's pool (W = 65536), sampled routing",
+            "the paper's pool (W = 65536), argmax routing",
+            "mixed pool: VQ [16384,4], FSQ, LFQ, RVQ, sampled routing",
+            "mixed pool: VQ [16384,4], FSQ, LFQ, RVQ, argmax routing",
         ],
         "{md}"
     );
@@ -252,7 +254,15 @@ fn toy_zoo_writes_one_row_per_quantizer() {
     for r in &rows[..7] {
         assert!(r.contains("| 686 |"), "{r}");
     }
-    assert!(rows[8].contains("| 784 |"), "{}", rows[8]);
+    for r in &rows[9..] {
+        assert!(r.contains("| 784 |"), "{r}");
+    }
+    // The embedded set has no column in the paper's tables.
+    assert!(
+        rows[0].split('|').nth(5).unwrap().trim() == "–",
+        "{}",
+        rows[0]
+    );
     assert!(dir
         .path()
         .join("results/embedded-zoo/zoo_mixed_pool_selection.png")
