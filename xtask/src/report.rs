@@ -156,22 +156,33 @@ fn fmt_ms((m, s): (f64, f64)) -> String {
 }
 
 /// A Markdown table of rows; `paper` gives the paper's figure for a row, if it has one.
-fn table(out: &mut String, rows: &[Row], first: &str, paper: &dyn Fn(&Row) -> Option<f64>) {
+/// An extra last column of a [`table`]: its header and each row's cell.
+type Column<'a> = (&'a str, &'a dyn Fn(&Row) -> String);
+
+fn table(
+    out: &mut String,
+    rows: &[Row],
+    first: &str,
+    paper: &dyn Fn(&Row) -> Option<f64>,
+    extra: Option<Column>,
+) {
+    let (head, rule) = extra.map_or((String::new(), ""), |(h, _)| (format!(" {h} |"), " --- |"));
     let _ = writeln!(
         out,
-        "| {first} | runs | validation MSE (mean ± std) | sum of batch MSEs over the validation set (mean ± std) | paper's sum | PSNR dB | SSIM | bits / image | fewest codewords in use (of a codebook, over runs) |"
+        "| {first} | runs | validation MSE (mean ± std) | sum of batch MSEs over the validation set (mean ± std) | paper's sum | PSNR dB | SSIM | bits / image | fewest codewords in use (of a codebook, over runs) |{head}"
     );
     let _ = writeln!(
         out,
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |{rule}"
     );
     for r in rows {
         let used = r.fewest_used.map_or("–".to_string(), |(u, p)| {
             format!("{u} ({:.1}%)", 100.0 * p)
         });
+        let cell = extra.map_or(String::new(), |(_, f)| format!(" {} |", f(r)));
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.3} ± {:.3} | {} | {:.2} ± {:.2} | {:.4} ± {:.4} | {:.0} | {used} |",
+            "| {} | {} | {} | {:.3} ± {:.3} | {} | {:.2} ± {:.2} | {:.4} ± {:.4} | {:.0} | {used} |{cell}",
             r.label,
             r.runs,
             fmt_ms(r.mse),
@@ -368,7 +379,13 @@ pub(crate) fn write(
     }
     if !done.ablation.is_empty() {
         let _ = writeln!(page.md, "## Table 3: ablations (adaptive quantizer)\n");
-        table(&mut page.md, &rows(&done.ablation), "setting", &|_| None);
+        table(
+            &mut page.md,
+            &rows(&done.ablation),
+            "setting",
+            &|_| None,
+            None,
+        );
     }
     if !done.zoo.is_empty() {
         zoo(&mut page, study, &done.zoo)?;
@@ -477,19 +494,11 @@ fn zoo(page: &mut Page, study: &Study, zoo: &[Finished]) -> Result<()> {
          shared with other runs: compare it within this table only.\n",
         crate::reproduce::ZOO_CODES
     );
-    let _ = writeln!(
-        page.md,
-        "| quantizer | runs | validation MSE (mean ± std) | sum of batch MSEs (mean ± std) | paper's sum | PSNR dB | SSIM | bits / image | fewest codewords in use | ms / step |"
-    );
-    let _ = writeln!(
-        page.md,
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
-    );
     // The paper's numbers where a row is one of its models: Table 1's [16384,4] and Table 2's
     // adaptive pool (20,000 steps there).
-    let paper = |group: &str| -> Option<f64> {
+    let paper = |r: &Row| -> Option<f64> {
         let c = page.col?;
-        match group {
+        match r.group.as_str() {
             "VQ [16384,4]" => PAPER_TABLE1
                 .iter()
                 .find(|(nd, _)| *nd == [crate::reproduce::ZOO_CODES, 4])
@@ -498,58 +507,38 @@ fn zoo(page: &mut Page, study: &Study, zoo: &[Finished]) -> Result<()> {
             _ => None,
         }
     };
-    let mut groups: Vec<&str> = Vec::new();
-    for f in zoo {
-        if !groups.contains(&f.group.as_str()) {
-            groups.push(&f.group);
+    let mut table_rows = Vec::new();
+    for single in rows(zoo) {
+        // A pool gets both routings' rows; a single quantizer one (they agree).
+        let group = single.group.clone();
+        if zoo
+            .iter()
+            .any(|f| f.group == group && f.val.selection.len() > 1)
+        {
+            for (route, how) in [(Route::Sampled, "sampled"), (Route::Argmax, "argmax")] {
+                table_rows.extend(row(zoo, &group, route, &format!("{group}, {how} routing")));
+            }
+        } else {
+            table_rows.push(single);
         }
     }
-    for group in groups {
+    let ms_per_step = |r: &Row| {
         let ms = mean_std(
             &zoo.iter()
-                .filter(|f| f.group == group)
+                .filter(|f| f.group == r.group)
                 .map(|f| 1000.0 * f.train_s / steps)
                 .collect::<Vec<_>>(),
         );
-        // A pool gets both routings' rows; a single quantizer one (they agree).
-        let pool = zoo
-            .iter()
-            .any(|f| f.group == group && f.val.selection.len() > 1);
-        let routes: &[(Route, &str)] = if pool {
-            &[
-                (Route::Sampled, ", sampled routing"),
-                (Route::Argmax, ", argmax routing"),
-            ]
-        } else {
-            &[(Route::Sampled, "")]
-        };
-        for &(route, how) in routes {
-            let Some(r) = row(zoo, group, route, &format!("{group}{how}")) else {
-                continue;
-            };
-            let used = r.fewest_used.map_or("–".to_string(), |(u, p)| {
-                format!("{u} ({:.1}%)", 100.0 * p)
-            });
-            let _ = writeln!(
-                page.md,
-                "| {} | {} | {} | {:.3} ± {:.3} | {} | {:.2} ± {:.2} | {:.4} ± {:.4} | {:.0} | {used} | {:.0} ± {:.0} |",
-                r.label,
-                r.runs,
-                fmt_ms(r.mse),
-                r.sum.0,
-                r.sum.1,
-                paper(group).map_or("–".to_string(), |v| format!("{v:.3}")),
-                r.psnr.0,
-                r.psnr.1,
-                r.ssim.0,
-                r.ssim.1,
-                r.bits,
-                ms.0,
-                ms.1,
-            );
-        }
-    }
-    let _ = writeln!(page.md);
+        format!("{:.0} ± {:.0}", ms.0, ms.1)
+    };
+    let ms_column: Column = ("ms / step", &ms_per_step);
+    table(
+        &mut page.md,
+        &table_rows,
+        "quantizer",
+        &paper,
+        Some(ms_column),
+    );
     let mut mixed = vq_train::TrainConfig::default();
     let set = crate::reproduce::zoo_rows()
         .into_iter()
@@ -592,7 +581,7 @@ fn table1(page: &mut Page, fixed: &[Finished]) -> Result<Option<Row>> {
     let r = rows(fixed);
     let _ = writeln!(page.md, "## Table 1: fixed codebooks at W = 65536\n");
     let col = page.col;
-    table(&mut page.md, &r, "[N, D]", &|x| paper_fixed(col, x));
+    table(&mut page.md, &r, "[N, D]", &|x| paper_fixed(col, x), None);
     let best = r
         .iter()
         .enumerate()
@@ -716,7 +705,7 @@ fn table2(page: &mut Page, study: &Study, done: &Results, best_fixed: Option<&Ro
             paper_fixed(page.col, r)
         }
     };
-    table(&mut page.md, &both, "quantizer", &paper_adaptive);
+    table(&mut page.md, &both, "quantizer", &paper_adaptive, None);
     if let Some(b) = best_fixed {
         for c in &candidates {
             let reading = verdict(b.mse, c.mse, b.runs.min(c.runs));
