@@ -27,6 +27,10 @@ const PAPER_TABLE1: [([usize; 2], [f64; 2]); 8] = [
 /// The paper's Table 2 adaptive row (MNIST, Fashion-MNIST).
 const PAPER_ADAPTIVE: [f64; 2] = [0.166, 0.410];
 
+/// Validation batches of 64 in the paper's sums: its MNIST and Fashion-MNIST test sets have
+/// 10,000 images each.
+const PAPER_VAL_BATCHES: usize = 157;
+
 /// Column of the paper's tables for a dataset of this study.
 fn paper_column(dataset: &str) -> Option<usize> {
     match dataset {
@@ -475,6 +479,20 @@ fn header(page: &mut Page, study: &Study, done: &Results) {
          positions, plus log2 8 = 3 bits per position for naming it in the pool.\n",
         init.1
     );
+    // The paper's sums run over its sets' 10,000 test images; a smaller split sums fewer batches.
+    if let (Some(_), Some(r)) = (page.col, all().next()) {
+        let (images, batches) = (r.val.images, r.val.batches);
+        if batches != PAPER_VAL_BATCHES {
+            let _ = writeln!(
+                md,
+                "This dataset's test split has {images} images ({batches} batches of 64) where \
+                 the paper's has 10,000 ({PAPER_VAL_BATCHES} batches): compare our sums with the \
+                 paper's times {batches}/{PAPER_VAL_BATCHES} = {:.3}, or our validation MSE with \
+                 the paper's sum divided by {PAPER_VAL_BATCHES}.\n",
+                batches as f64 / PAPER_VAL_BATCHES as f64
+            );
+        }
+    }
 }
 
 /// The quantizer zoo: one row per quantizer (validation MSE, PSNR, SSIM, bits, codewords in
