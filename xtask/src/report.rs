@@ -159,10 +159,11 @@ fn fmt_ms((m, s): (f64, f64)) -> String {
     format!("{m:.5} ± {s:.5}")
 }
 
-/// A Markdown table of rows; `paper` gives the paper's figure for a row, if it has one.
 /// An extra last column of a [`table`]: its header and each row's cell.
 type Column<'a> = (&'a str, &'a dyn Fn(&Row) -> String);
 
+/// A Markdown table of rows; `paper` gives the paper's figure for a row, if it has one, and
+/// `extra` an optional last column.
 fn table(
     out: &mut String,
     rows: &[Row],
@@ -517,7 +518,7 @@ fn zoo(page: &mut Page, study: &Study, zoo: &[Finished]) -> Result<()> {
     let paper = |r: &Row| -> Option<f64> {
         let c = page.col?;
         match r.group.as_str() {
-            "VQ [16384,4]" => PAPER_TABLE1
+            crate::reproduce::ZOO_VQ => PAPER_TABLE1
                 .iter()
                 .find(|(nd, _)| *nd == [crate::reproduce::ZOO_CODES, 4])
                 .map(|(_, v)| v[c]),

@@ -56,7 +56,7 @@ pub(crate) fn zoo_rows() -> Vec<ZooRow> {
         c.model.quantizer = QuantizerSpec::Fixed { n: ZOO_CODES, d: 4 };
     }
     vec![
-        ("VQ [16384,4]", "vq", fixed),
+        (ZOO_VQ, "vq", fixed),
         ("VQ [16384,4], rotation trick", "vq-rotation", |c| {
             fixed(c);
             c.model.pool.codebook.gradient = vq_core::VqGradient::Rotation;
@@ -97,6 +97,9 @@ pub(crate) fn zoo_rows() -> Vec<ZooRow> {
         }),
     ]
 }
+
+/// The zoo's group of the plain VQ codebook (straight-through, Table 1's [16384,4]).
+pub(crate) const ZOO_VQ: &str = "VQ [16384,4]";
 
 /// The zoo's group of the paper's pool.
 pub(crate) const ZOO_PAPER_POOL: &str = "the paper's pool (W = 65536)";
