@@ -125,8 +125,8 @@ pub enum Setting {
     /// The paper's selector: attention, log-attention logits, τ_m = (steps − m) + 1.
     Paper,
     /// The paper's selector trained at τ = max(0.5, 2·0.997^m) (the CLI default; not in the
-    /// paper): the straight-through gradient reaches the selector from the first step instead
-    /// of being scaled by 1/τ ≈ 1/steps.
+    /// paper): the soft path is sharp from the first steps instead of nearly uniform (τ ≈ steps),
+    /// and the selector commits within ~200 steps rather than ~1,500.
     ExpTau,
     /// The authors' published model (`ModelConfig::into_authors_variant`), τ as the paper.
     Authors,
