@@ -6,7 +6,7 @@ use candle_nn::{Init, VarBuilder};
 
 use crate::config::{CodebookInit, Distance, ValidVqConfig, VqGradient};
 use crate::error::{Result, VqError};
-use crate::search::{nearest, SearchMethod};
+use crate::search::{nearest_with, SearchCache, SearchMethod};
 
 /// EMA state of a codebook: `N_i` (cluster sizes) and `m_i` (running sums).
 #[derive(Clone, Debug)]
@@ -42,6 +42,8 @@ pub struct VectorQuantizer {
     /// Stream key of this codebook's random choices (hash of its variable path).
     key: u64,
     search: SearchMethod,
+    /// The search's state between steps (the k-d tree of a small-`D` codebook).
+    search_cache: SearchCache,
 }
 
 /// What [`VectorQuantizer::forward`] returns.
@@ -173,6 +175,7 @@ impl VectorQuantizer {
             updates,
             key: crate::init::stable_hash(vb.prefix().as_bytes()),
             search: SearchMethod::Auto,
+            search_cache: SearchCache::default(),
         })
     }
 
@@ -219,10 +222,11 @@ impl VectorQuantizer {
     /// Nearest codeword index of each row of `x` (`[T, D]` → `[T]` u32), no gradient, no update.
     pub fn encode(&self, x: &Tensor) -> Result<Tensor> {
         self.check_input(x)?;
-        nearest(
+        nearest_with(
             &self.prepare(&x.detach())?,
             &self.codebook()?.detach(),
             self.search,
+            Some(&self.search_cache),
         )
     }
 
@@ -290,7 +294,12 @@ impl VectorQuantizer {
             updates
         };
         let codebook = self.codebook()?;
-        let indices = nearest(&x_sg, &codebook.detach(), self.search)?;
+        let indices = nearest_with(
+            &x_sg,
+            &codebook.detach(),
+            self.search,
+            Some(&self.search_cache),
+        )?;
         let z_q = codebook.index_select(&indices, 0)?;
         let z_q_sg = z_q.detach();
         // ‖sg[z_e] − z_q‖²: moves a learned codebook; a constant with EMA.
