@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod fuzz;
 pub mod layers;
+pub mod oracle;
 pub mod paths;
 pub mod report;
 pub mod reproduce;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use xtask::{bench, fuzz, reproduce};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -73,6 +73,17 @@ enum Cmd {
         rounds: usize,
         #[arg(long)]
         compare_torch: bool,
+    },
+    /// Per-image oracle among trained runs: each validation image reconstructed by the run of
+    /// a set that reconstructs it best, against the set's best run alone (docs/results/).
+    Oracle {
+        /// A named set of run folders (each with a checkpoint), NAME=DIR,DIR,... (repeatable),
+        /// e.g. structures=runs/a,runs/b seeds=runs/b,runs/c.
+        #[arg(long = "set", value_name = "NAME=DIR,DIR", required = true)]
+        sets: Vec<String>,
+        /// The report to write.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// One benchmark case in this process (used by `bench`).
     #[command(hide = true)]
@@ -205,6 +216,21 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        Cmd::Oracle { sets, out } => {
+            let command = format!(
+                "cargo xtask oracle {} --out {}",
+                sets.iter()
+                    .map(|s| format!("--set {s}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                out.display()
+            );
+            let sets = sets
+                .iter()
+                .map(|s| parse_set(s))
+                .collect::<Result<Vec<_>>>()?;
+            xtask::oracle::run(&xtask::oracle::OracleOptions { sets, out, command })
+        }
         Cmd::BenchCase {
             model,
             shape,
@@ -217,6 +243,28 @@ fn main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `NAME=DIR,DIR,...` → the set's name and run folders.
+fn parse_set(s: &str) -> Result<(String, Vec<PathBuf>)> {
+    let (name, dirs) = s
+        .split_once('=')
+        .with_context(|| format!("--set {s}: expected NAME=DIR,DIR,..."))?;
+    let dirs: Vec<PathBuf> = dirs
+        .split(',')
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .collect();
+    if name.is_empty() || dirs.is_empty() {
+        anyhow::bail!("--set {s}: expected NAME=DIR,DIR,... with a name and at least one run");
+    }
+    if let Some(d) = dirs.iter().find(|d| !d.join("config.toml").is_file()) {
+        anyhow::bail!(
+            "--set {s}: {} is not a run folder (no config.toml)",
+            d.display()
+        );
+    }
+    Ok((name.to_string(), dirs))
 }
 
 /// `cargo xtask reproduce`: checks the options, then runs (or reports) the study.

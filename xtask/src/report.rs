@@ -267,7 +267,7 @@ fn clamp0(v: f64) -> f64 {
     }
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -291,7 +291,7 @@ fn machine() -> String {
     format!("{cpu}, {cores} cores, {mem}")
 }
 
-fn commit() -> String {
+pub(crate) fn commit() -> String {
     std::process::Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
         .output()
