@@ -147,7 +147,11 @@ pub fn run(opts: &OracleOptions) -> Result<()> {
          its per-image MSE is the mean over the image's pixels in the model's input space, so \
          the mean over images is the run's validation MSE. The oracle of a set takes, for every \
          image, the model of the set with the lowest error (it knows the image, as an encoder \
-         choosing between codecs does), and names it with log2 m bits.\n"
+         choosing between codecs does), and names it with log2 m bits. A study's archive \
+         (`docs/results/<label>/runs/`) keeps configs and metrics but no weights: such a run is \
+         retrained with `vq-train train --config <archive>/<run>/config.toml --out DIR`, and \
+         training is deterministic, so the retrained run's validation MSE is the archived one \
+         (the column \"recorded\" is the retrained run's own).\n"
     )?;
     writeln!(md, "## Models\n")?;
     writeln!(
