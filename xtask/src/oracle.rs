@@ -59,8 +59,15 @@ fn eval_run(run: &Path) -> Result<ModelEval> {
             bits.push(vq_train::quality::bits_per_image(&codes, &session.pool));
         }
     }
-    let records = vq_train::metrics::read_metrics(&run.join("metrics.jsonl")).ok();
-    let recorded = records.and_then(|r| vq_train::metrics::split(r).1.last().map(|v| v.mse));
+    // A run without metrics.jsonl has nothing recorded; an unreadable one is an error.
+    let metrics = run.join("metrics.jsonl");
+    let recorded = if metrics.is_file() {
+        let records = vq_train::metrics::read_metrics(&metrics)
+            .with_context(|| format!("reading {}", metrics.display()))?;
+        vq_train::metrics::split(records).1.last().map(|v| v.mse)
+    } else {
+        None
+    };
     let label = format!(
         "{} s{}",
         session.config.model.quantizer, session.config.train.seed
